@@ -1,0 +1,170 @@
+"""Overhead benchmark: Daguerre's engine vs the bare diffusers FluxPipeline, same weights, one process.
+
+    .venv/bin/python bench/overhead [--steps 8] [--size 512] [--runs 5] [--out bench/results/overhead.json]
+
+A mid-size random FLUX.1-architecture model (4 double + 8 single blocks, 4 heads of 64, real
+8x VAE) is built in memory. Warm-up runs are excluded; medians of N runs are compared:
+  single:  one image, engine vs `FluxPipeline(prompt, generator=Generator("cpu").manual_seed(s))`
+  batch:   numberResults=4 in one request (default chunking: 1 image per pass on the CPU, 4 on a GPU)
+           vs single engine runs, per image; and, for information, 4 images forced into one pass
+Targets: engine/diffusers <= 1.02; batch per image <= single per image. Not a test: no asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+PROMPT = "portrait of a woman in her 30s, soft studio lighting, 85mm f/1.4"
+
+
+def build_midsize(folder: Path, seed: int = 0) -> None:
+    """Tiny builder's tokenizers and encoders, with a mid-size transformer and a wider VAE."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    from daguerre.testing import tiny
+
+    parts = tiny.build_components(seed=seed)
+    torch.manual_seed(seed)
+    parts["transformer"] = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=4,
+        num_single_layers=8,
+        attention_head_dim=64,
+        num_attention_heads=4,
+        joint_attention_dim=tiny.TEXT_DIM,
+        pooled_projection_dim=tiny.TEXT_DIM,
+        guidance_embeds=True,
+        axes_dims_rope=(16, 24, 24),
+    ).eval()
+    parts["vae"] = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).eval()
+    tiny._save_folder(parts, folder, with_transformer_weights=True)
+
+
+def interleaved(fns: dict, runs: int) -> dict[str, list[float]]:
+    """One warm-up each, then round-robin runs, so drift in machine load hits every path alike."""
+    for fn in fns.values():
+        fn()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
+    a = p.parse_args(argv)
+
+    from diffusers import FluxPipeline
+    from diffusers.utils import logging as dlog
+
+    from daguerre.engine.catalog import Catalog
+    from daguerre.engine.generate import Engine
+    from daguerre.engine.models import ModelManager
+    from daguerre.request import GenerationRequest
+
+    dlog.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "midsize"
+        build_midsize(folder)
+        manager = ModelManager(catalog=Catalog([]), cache_dir=Path(tmp) / "cache")
+        engine = Engine(models=manager)
+        with manager.lease(str(folder)) as model:  # the same loaded weights for both paths
+            pipe = FluxPipeline(**model.pipe.components)
+            pipe.set_progress_bar_config(disable=True)
+            device = model.device
+
+            def bare():
+                pipe(
+                    PROMPT,
+                    height=a.size,
+                    width=a.size,
+                    num_inference_steps=a.steps,
+                    guidance_scale=3.5,
+                    generator=torch.Generator("cpu").manual_seed(1),
+                    output_type="pil",
+                )
+
+            def ours(n=1, max_batch=None):
+                req = GenerationRequest(
+                    model=str(folder),
+                    positive_prompt=PROMPT,
+                    width=a.size,
+                    height=a.size,
+                    steps=a.steps,
+                    seed=1,
+                    number_results=n,
+                )
+                engine.generate(req, max_batch=max_batch)
+
+            times = interleaved({"diffusers": bare, "daguerre": ours}, a.runs)
+            batch_runs = max(1, a.runs // 3)
+            times.update(interleaved({"batch4": lambda: ours(4), "batch4_forced": lambda: ours(4, 4)}, batch_runs))
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "benchmark": "overhead",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "model": "4 double + 8 single blocks, 4x64 heads, random",
+        "size": a.size,
+        "steps": a.steps,
+        "runs": a.runs,
+        "seconds_median": med,
+        "engine_over_diffusers": med["daguerre"] / med["diffusers"],
+        "default_max_batch": engine.max_batch,
+        "batch4_per_image_over_single": (med["batch4"] / 4) / med["daguerre"],
+        "batch4_forced_per_image_over_single": (med["batch4_forced"] / 4) / med["daguerre"],
+        "samples": times,
+    }
+    print(f"{'path':<34}{'s/image (median)':>18}{'ratio':>10}")
+    print(f"{'diffusers FluxPipeline':<34}{med['diffusers']:>18.3f}{1.0:>10.3f}")
+    print(f"{'daguerre engine':<34}{med['daguerre']:>18.3f}{result['engine_over_diffusers']:>10.3f}")
+    print(
+        f"{'daguerre numberResults=4 / image':<34}{med['batch4'] / 4:>18.3f}"
+        f"{result['batch4_per_image_over_single']:>10.3f}  (vs engine single; {engine.max_batch} per pass)"
+    )
+    print(
+        f"{'  same, 4 forced into one pass':<34}{med['batch4_forced'] / 4:>18.3f}"
+        f"{result['batch4_forced_per_image_over_single']:>10.3f}"
+    )
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""The `daguerre` command: generate, models, reproduce. Thin: parse, hand off, print."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from daguerre.errors import DaguerreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Photoreal FLUX.1 image generation.")
+err = Console(stderr=True)
+out = Console()
+
+# Request parameter (as errors name it) -> the flag a CLI user typed.
+FLAGS = {
+    "positivePrompt": "PROMPT",
+    "negativePrompt": "--negative",
+    "width": "--width",
+    "height": "--height",
+    "steps": "--steps",
+    "CFGScale": "--guidance",
+    "trueCFGScale": "--true-cfg",
+    "seed": "--seed",
+    "numberResults": "-n",
+    "scheduler": "--scheduler",
+    "seedImage": "--image",
+    "maskImage": "--mask",
+    "strength": "--strength",
+    "outputFormat": "--format",
+    "outputQuality": "--quality",
+    "model": "--model",
+}
+EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="settings TOML (models, folders, device)")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cuda | mps | cpu (default: best available)")]
+DtypeOpt = Annotated[str | None, typer.Option(help="bfloat16 | float16 | float32 (default: bf16 GPU, fp32 CPU)")]
+
+
+def _fail(e: DaguerreError) -> None:
+    """Print a user error with the flag it concerns (and the API name) and exit 2."""
+    flag = FLAGS.get(e.parameter or "")
+    prefix = f"{flag} ({e.parameter}): " if flag else ""
+    err.print(f"[bold red]error[/]: {prefix}{e.message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _settings(config: Path | None, **overrides):
+    from daguerre.config import Settings
+
+    return Settings.load(config, **overrides)
+
+
+def _engine(settings):
+    import diffusers
+    import transformers
+
+    from daguerre.engine.catalog import Catalog
+
+    # Our own bars report progress; the libraries' per-file loading bars are noise here.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    from daguerre.engine.generate import Engine
+    from daguerre.engine.models import ModelManager
+
+    catalog = Catalog.from_settings(settings)
+    manager = ModelManager(
+        catalog=catalog,
+        device=settings.device,
+        dtype=settings.dtype,
+        memory_budget_gb=settings.memory_budget_gb,
+        cache_dir=settings.cache_dir,
+    )
+    return Engine(models=manager, max_batch=settings.max_batch)
+
+
+def _default_model(engine) -> str:
+    specs = list(engine.models.catalog)
+    if len(specs) == 1:
+        return specs[0].id
+    names = ", ".join(s.name for s in specs) or "none found"
+    raise DaguerreError(
+        f"--model is required when the catalog does not hold exactly one model (catalog: {names})",
+        parameter="model",
+        code="invalidParameter",
+    )
+
+
+def _stem(prompt: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "image"
+
+
+def _run(
+    engine, req, out_dir: Path, *, quiet: bool = False, max_batch: int | None = None, keep: int | None = None
+) -> list[tuple[Path, object]]:
+    """Generate with a progress bar per image; write files; return (path, GeneratedImage)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from daguerre.request import validate
+
+    validate(req)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+        transient=False,
+    ) as progress:
+        bars = [progress.add_task(f"image {i + 1}/{req.number_results}", total=None) for i in range(req.number_results)]
+
+        def on_progress(ev):
+            for i in ev.images:
+                progress.update(bars[i], total=ev.total, completed=ev.step)
+
+        result = engine.generate(req, on_progress=on_progress, max_batch=max_batch)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for im in result.images if keep is None else [result.images[keep]]:
+        path = out_dir / f"{_stem(req.positive_prompt)}-{im.seed}.{EXTENSIONS[req.output.format]}"
+        path.write_bytes(im.encode(req.output))
+        written.append((path, im))
+    return written
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="positive prompt (2-3000 characters)")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="catalog id, short name or path")] = None,
+    negative: Annotated[str | None, typer.Option(help="negative prompt; acts only with --true-cfg > 1")] = None,
+    width: Annotated[int | None, typer.Option("--width", "-W", help="128-2048, multiple of 64 [1024]")] = None,
+    height: Annotated[int | None, typer.Option("--height", "-H", help="128-2048, multiple of 64 [1024]")] = None,
+    steps: Annotated[int | None, typer.Option(help="1-50 [28 dev, 4 schnell]")] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option("--guidance", "--cfg", help="CFGScale: distilled guidance of dev-type models, 0-20 [3.5]"),
+    ] = None,
+    true_cfg: Annotated[
+        float | None, typer.Option("--true-cfg", help="trueCFGScale > 1 runs real CFG against --negative (2x compute)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="0..2^63-1; random if omitted; image i uses seed+i")] = None,
+    n: Annotated[int, typer.Option("-n", "--number", help="numberResults, 1-20")] = 1,
+    scheduler: Annotated[str, typer.Option(help="scheduler name")] = "Default",
+    image: Annotated[
+        str | None, typer.Option("--image", "-i", help="seed image (path, base64, data URI) for image-to-image")
+    ] = None,
+    mask: Annotated[str | None, typer.Option(help="mask for inpainting; white = repaint")] = None,
+    strength: Annotated[float | None, typer.Option(help="0-1 with --image [0.8]")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="JPG | PNG | WEBP")] = "JPG",
+    quality: Annotated[int, typer.Option(help="20-99 (JPG/WEBP)")] = 95,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output folder [./out]")] = None,
+    config: ConfigOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    base: Annotated[str | None, typer.Option(help="folder lending text encoders/VAE to a single-file model")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+):
+    """Generate images and print their paths and seeds."""
+    from daguerre.imaging import load_image
+    from daguerre.request import GenerationRequest, OutputSpec
+
+    try:
+        settings = _settings(config, device=device, dtype=dtype, base_model=base)
+        seed_image = load_image(image, parameter="seedImage", limits=settings.image_limits) if image else None
+        mask_image = load_image(mask, parameter="maskImage", limits=settings.image_limits, mask=True) if mask else None
+        if seed_image is not None and (width is None or height is None):
+            # Default to the source's size, rounded down to the 64-pixel grid.
+            width = width or max(128, min(2048, seed_image.width // 64 * 64))
+            height = height or max(128, min(2048, seed_image.height // 64 * 64))
+        if negative is not None and (true_cfg or 0) <= 1:
+            err.print(
+                "note: --negative acts only with --true-cfg > 1 (as in the reference API); it is recorded "
+                "but not used for this image",
+                highlight=False,
+            )
+        engine = _engine(settings)
+        req = GenerationRequest(
+            model=model or _default_model(engine),
+            positive_prompt=prompt,
+            negative_prompt=negative,
+            width=width or 1024,
+            height=height or 1024,
+            steps=steps,
+            guidance=guidance,
+            true_cfg_scale=true_cfg,
+            seed=seed,
+            number_results=n,
+            scheduler=scheduler,
+            seed_image=seed_image,
+            mask_image=mask_image,
+            strength=strength,
+            output=OutputSpec(format=fmt.upper(), quality=quality),
+        )
+        for path, im in _run(engine, req, out_dir or settings.output_dir, quiet=quiet):
+            typer.echo(f"{path}\tseed={im.seed}")  # plain: scripts parse these lines
+    except DaguerreError as e:
+        _fail(e)
+
+
+@app.command()
+def models(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+):
+    """List the models the catalog knows: ids, kinds, paths, sizes."""
+    from daguerre.engine.catalog import Catalog
+
+    try:
+        catalog = Catalog.from_settings(_settings(config))
+    except DaguerreError as e:
+        _fail(e)
+    rows = [
+        {
+            "id": s.id,
+            "name": s.name,
+            "aliases": list(s.aliases),
+            "kind": s.kind,
+            "format": s.format,
+            "source": s.source,
+            "path": str(s.path),
+            "size_gb": round(s.size_bytes / 1e9, 2),
+            "base": s.base,
+        }
+        for s in catalog
+    ]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        out.print(
+            "no models found: add \\[models.NAME] entries to a --config file, or set model_dirs / hf_cache "
+            "(see README: 'Point it at your weights')"
+        )
+        return
+    cells = [
+        [
+            r["id"],
+            r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else ""),
+            r["kind"],
+            r["format"],
+            f"{r['size_gb']:.2f} GB",
+            r["path"],
+        ]
+        for r in rows
+    ]
+    if not out.is_terminal:  # piped: whole values, tab-separated, never truncated
+        for row in cells:
+            typer.echo("\t".join(row))
+        return
+    table = Table("id", "name", "kind", "format", "size", "path")
+    for row in cells:
+        table.add_row(*row)
+    out.print(table)
+
+
+@app.command()
+def reproduce(
+    image_path: Annotated[Path, typer.Argument(metavar="IMAGE", help="an image Daguerre wrote")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="use this model instead of the recipe's id (its weights hash must still match)"
+        ),
+    ] = None,
+    source: Annotated[str | None, typer.Option("--image", "-i", help="the seed image, for img2img/inpaint")] = None,
+    mask: Annotated[str | None, typer.Option(help="the mask, for inpaint recipes")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output folder [./out]")] = None,
+    config: ConfigOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    base: Annotated[str | None, typer.Option(help="folder lending text encoders/VAE to a single-file model")] = None,
+):
+    """Regenerate an image from its embedded recipe and say whether the bytes match."""
+    from daguerre import recipe as recipes
+    from daguerre.imaging import load_image
+    from daguerre.recipe import pixels_sha256
+    from daguerre.request import GenerationRequest, OutputSpec
+
+    try:
+        r = recipes.read(image_path)
+        settings = _settings(config, device=device or r.device, dtype=dtype or r.dtype, base_model=base)
+        seed_image = load_image(source, parameter="seedImage", limits=settings.image_limits) if source else None
+        mask_image = load_image(mask, parameter="maskImage", limits=settings.image_limits, mask=True) if mask else None
+        for name, img, want in (
+            ("seedImage", seed_image, r.seed_image_sha256),
+            ("maskImage", mask_image, r.mask_image_sha256),
+        ):
+            if want and img is None:
+                raise DaguerreError(
+                    f"this {r.workflow} recipe needs the original {name} ({FLAGS[name]} PATH)",
+                    parameter=name,
+                    code="invalidParameter",
+                )
+            if want and pixels_sha256(img) != want:
+                raise DaguerreError(
+                    f"{name} is not the image the recipe was made from (pixel hash differs)",
+                    parameter=name,
+                    code="invalidParameter",
+                )
+        engine = _engine(settings)
+        req = GenerationRequest(
+            model=model or r.model,
+            positive_prompt=r.positive_prompt,
+            negative_prompt=r.negative_prompt,
+            width=r.width,
+            height=r.height,
+            steps=r.steps,
+            guidance=r.guidance,
+            true_cfg_scale=r.true_cfg_scale,
+            seed=r.seed - r.batch_index,
+            number_results=r.batch_size,
+            scheduler=r.scheduler,
+            seed_image=seed_image,
+            mask_image=mask_image,
+            strength=r.strength,
+            output=OutputSpec(format=r.output_format, quality=r.output_quality),
+        )
+        # The image's whole chunk runs again: batched results match single runs only to ~1e-5.
+        [(path, im)] = _run(engine, req, out_dir or settings.output_dir, max_batch=r.batch_size, keep=r.batch_index)
+        if im.recipe.model_hash != r.model_hash:
+            err.print(
+                f"[yellow]warning[/]: model weights differ from the recipe's "
+                f"({im.recipe.model_hash[:10]} vs {r.model_hash[:10]})"
+            )
+    except DaguerreError as e:
+        _fail(e)
+    same = path.read_bytes() == image_path.read_bytes()
+    typer.echo(f"{path}\tseed={im.seed}\t{'identical' if same else 'DIFFERENT'} bytes")
+    if not same:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app()

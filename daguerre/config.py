@@ -1,0 +1,132 @@
+"""Settings: read once at start-up (environment + optional TOML file) and passed down.
+
+Environment variables use the prefix DAGUERRE_ (DAGUERRE_DEVICE=cuda, DAGUERRE_MODEL_DIRS='["/srv/ComfyUI"]').
+A TOML file (`--config daguerre.toml` or DAGUERRE_CONFIG) holds the same keys at top level and the
+model catalog under `[models.NAME]` tables (see docs/models.md). Precedence: explicit overrides
+(CLI flags) > environment > file > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from daguerre.errors import RequestError
+
+
+class ImageLimits(BaseModel):
+    """Caps for user-supplied images, checked before any pixel is decoded."""
+
+    max_pixels: int = Field(4096 * 4096, ge=1, description="width*height cap (16.8 MP)")
+    max_side: int = Field(4096, ge=1, description="longest side cap in pixels")
+    max_bytes: int = Field(40 * 1024 * 1024, ge=1, description="encoded (or base64-decoded) size cap")
+
+
+def _default_hf_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return home / "hub"
+
+
+class Settings(BaseSettings):
+    """Everything configurable about one Daguerre process."""
+
+    model_config = SettingsConfigDict(env_prefix="DAGUERRE_", extra="forbid", protected_namespaces=())
+
+    # --- models
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="catalog entries: short name -> {id, path, base, kind, aliases}"
+    )
+    catalog_root: Path | None = Field(None, description="relative catalog paths resolve against this folder")
+    discover: bool = Field(True, description="scan the Hugging Face cache and model_dirs for FLUX models")
+    hf_cache: Path = Field(default_factory=_default_hf_cache)
+    model_dirs: list[Path] = Field(
+        default_factory=list, description="ComfyUI-style folders (with models/diffusion_models, unet, checkpoints)"
+    )
+    base_model: str | None = Field(
+        None, description="catalog id or folder that lends text encoders/VAE to single-file models"
+    )
+    # --- device and residency
+    device: Literal["cuda", "mps", "cpu"] | None = Field(None, description="default: cuda > mps > cpu")
+    dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
+        None, description="default: bf16 on GPU, fp32 on CPU"
+    )
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="resident-model budget; default 90% of GPU memory or 60% of RAM on CPU"
+    )
+    max_batch: int | None = Field(
+        None,
+        ge=1,
+        le=20,
+        description="images per forward pass (numberResults is split into chunks); default "
+        "4 on GPUs, 1 on the CPU where a step is compute-bound and batching only costs cache",
+    )
+    # --- inputs and outputs
+    image_limits: ImageLimits = Field(default_factory=ImageLimits)
+    output_dir: Path = Field(Path("out"), description="where the CLI writes images by default")
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "daguerre")
+
+    @field_validator("hf_cache", "output_dir", "cache_dir", "catalog_root", mode="after")
+    @classmethod
+    def _expand(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
+    @field_validator("model_dirs", mode="after")
+    @classmethod
+    def _expand_all(cls, v: list[Path]) -> list[Path]:
+        return [p.expanduser() for p in v]
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Explicit values (CLI flags) > environment > the TOML file > defaults.
+        return init_settings, env_settings, _TomlSource(settings_cls)
+
+    @classmethod
+    def load(cls, path: Path | str | None = None, **overrides: Any) -> Settings:
+        """Read the TOML file (argument, else DAGUERRE_CONFIG, else none), the environment and overrides."""
+        path = path or os.environ.get("DAGUERRE_CONFIG")
+        values: dict[str, Any] = {}
+        if path:
+            path = Path(path).expanduser()
+            try:
+                values = tomllib.loads(path.read_text())
+            except FileNotFoundError as e:
+                raise RequestError(f"config file {path} does not exist", parameter="config") from e
+            except tomllib.TOMLDecodeError as e:
+                raise RequestError(f"config file {path} is not valid TOML: {e}", parameter="config") from e
+            values.setdefault("catalog_root", str(path.parent))
+        token = _FILE_VALUES.set(values)
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(map(str, x['loc']))}: {x['msg']} (got {x.get('input')!r})" for x in e.errors()
+            )
+            where = f" in {path}" if path else ""
+            raise RequestError(f"invalid settings{where}: {problems}", parameter="config") from e
+        finally:
+            _FILE_VALUES.reset(token)
+
+
+# The TOML values of the `Settings.load` call in progress (a context variable, so concurrent
+# loads in threads or tasks do not see each other's files).
+_FILE_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("daguerre_settings_file", default=None)
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """The settings file as a pydantic-settings source, below the environment."""
+
+    def get_field_value(self, field, field_name):
+        return (_FILE_VALUES.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_VALUES.get() or {})

@@ -1,0 +1,305 @@
+"""The model catalog: AIR-style ids and short names -> model specs (files on disk).
+
+Sources, in priority order: `[models.NAME]` tables in the settings TOML; FLUX.1 pipelines in
+the Hugging Face cache; FLUX.1 transformer files in ComfyUI-style folders; and, at lookup
+time, a path given directly. Discovery reads only JSON configs and safetensors headers, never
+weights, so listing a folder of 24 GB files is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from daguerre.config import Settings
+from daguerre.engine import checkpoints
+from daguerre.errors import ModelLoadError, ModelNotFoundError, RequestError
+
+log = logging.getLogger(__name__)
+
+AIR_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9._/+-]+@[A-Za-z0-9._-]+$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+KINDS = ("dev", "schnell", "fill", "control", "kontext")
+COMFY_SUBDIRS = ("diffusion_models", "unet", "checkpoints")
+# AIR ids the hosted API uses for the Black Forest Labs originals, given to the same
+# models when they are found in the Hugging Face cache.
+WELL_KNOWN_AIR = {
+    "black-forest-labs/FLUX.1-dev": "runware:101@1",
+    "black-forest-labs/FLUX.1-schnell": "runware:100@1",
+}
+PIPELINE_KINDS = {"FluxFillPipeline": "fill", "FluxKontextPipeline": "kontext", "FluxControlPipeline": "control"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One loadable model: where its files are and what it is."""
+
+    id: str  # AIR-style source:id@version, or the absolute path for ad-hoc paths
+    name: str  # short name (`flux-dev`)
+    path: Path  # diffusers folder or single .safetensors transformer file
+    format: str  # "folder" | "single-file"
+    kind: str  # dev | schnell | fill | control | kontext
+    source: str  # catalog | hf-cache | comfyui | path
+    size_bytes: int  # on disk, weights only
+    base: str | None = None  # single-file: catalog id/name or folder lending encoders and VAE
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.id, self.name, *self.aliases)
+
+
+def slug(name: str) -> str:
+    """Short name from a repo or file name: `FLUX.1-dev` -> `flux-dev`."""
+    s = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.")
+    return s.replace("flux.1-", "flux-").replace("flux1-", "flux-") or "model"
+
+
+def _dir_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix == ".safetensors")
+
+
+def describe_folder(folder: Path) -> tuple[str, int]:
+    """(kind, size) of a diffusers FLUX.1 folder, from model_index.json and transformer/config.json."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"{folder}: not a diffusers model folder (no readable model_index.json); expected the Hugging Face "
+            "layout with model_index.json, transformer/, text_encoder/, text_encoder_2/, tokenizer/, "
+            "tokenizer_2/, vae/, scheduler/",
+            parameter="model",
+        ) from e
+    cls = str(index.get("_class_name", ""))
+    if not cls.startswith("Flux") or cls.startswith("Flux2"):
+        raise ModelLoadError(f"{folder}: model_index.json declares {cls or 'no pipeline'}, not a FLUX.1 pipeline")
+    kind = PIPELINE_KINDS.get(cls)
+    tconf_path = folder / "transformer" / "config.json"
+    if kind is None and tconf_path.exists():
+        tconf = json.loads(tconf_path.read_text())
+        kind = checkpoints.KIND_BY_IN_CHANNELS.get(tconf.get("in_channels", 64)) or (
+            "dev" if tconf.get("guidance_embeds", True) else "schnell"
+        )
+    return kind or "dev", _dir_size(folder)
+
+
+def spec_for_path(
+    path: Path,
+    *,
+    base: str | None,
+    source: str = "path",
+    name: str | None = None,
+    id: str | None = None,
+    kind: str | None = None,
+    aliases: tuple[str, ...] = (),
+) -> ModelSpec:
+    """Build a spec for a folder or single file, inspecting it (headers and configs only)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"model path {path} does not exist", parameter="model")
+    if path.is_dir():
+        found_kind, size = describe_folder(path)
+        fmt = "folder"
+    else:
+        info = checkpoints.inspect(path)
+        found_kind, size, fmt = info.kind, info.size_bytes, "single-file"
+    if kind is not None and kind not in KINDS:
+        raise RequestError(f"model kind {kind!r} for {path} is not one of {', '.join(KINDS)}", parameter="kind")
+    return ModelSpec(
+        id=id or str(path.resolve()),
+        name=name or slug(path.stem if path.is_file() else path.name),
+        path=path.resolve(),
+        format=fmt,
+        kind=kind or found_kind,
+        source=source,
+        size_bytes=size,
+        base=base if fmt == "single-file" else None,
+        aliases=aliases,
+    )
+
+
+def discover_hf_cache(cache: Path) -> list[ModelSpec]:
+    """FLUX.1 pipelines in a Hugging Face hub cache (`models--ORG--NAME/snapshots/REV/`)."""
+    specs = []
+    if not cache.is_dir():
+        return specs
+    for repo in sorted(cache.glob("models--*--*")):
+        org, _, name = repo.name[len("models--") :].partition("--")
+        snap = _snapshot(repo)
+        if snap is None or not (snap / "model_index.json").exists():
+            continue
+        try:
+            kind, size = describe_folder(snap)
+        except (ModelLoadError, ValueError) as e:
+            log.debug("skipping %s: %s", snap, e)
+            continue
+        repo_id = f"{org}/{name}"
+        air = WELL_KNOWN_AIR.get(repo_id)
+        specs.append(
+            ModelSpec(
+                id=f"hf:{repo_id}@{snap.name[:8]}",
+                name=slug(name),
+                path=snap,
+                format="folder",
+                kind=kind,
+                source="hf-cache",
+                size_bytes=size,
+                aliases=(air,) if air else (),
+            )
+        )
+    return specs
+
+
+def _snapshot(repo: Path) -> Path | None:
+    ref = repo / "refs" / "main"
+    if ref.exists():
+        snap = repo / "snapshots" / ref.read_text().strip()
+        if snap.is_dir():
+            return snap
+    snaps = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
+    return snaps[-1] if snaps else None
+
+
+def discover_model_dirs(dirs: list[Path], *, base: str | None) -> list[ModelSpec]:
+    """FLUX.1 transformer files in ComfyUI-style folders; other models there are skipped."""
+    specs = []
+    for root in dirs:
+        for sub in COMFY_SUBDIRS:
+            for folder in (root / "models" / sub, root / sub):
+                for f in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+                    try:
+                        info = checkpoints.inspect(f)
+                    except Exception as e:  # noqa: BLE001 - any non-FLUX file is skipped, not fatal
+                        log.debug("skipping %s: %s", f, e)
+                        continue
+                    specs.append(
+                        ModelSpec(
+                            id=f"comfyui:{f.stem}@1",
+                            name=slug(f.stem),
+                            path=f.resolve(),
+                            format="single-file",
+                            kind=info.kind,
+                            source="comfyui",
+                            size_bytes=info.size_bytes,
+                            base=base,
+                        )
+                    )
+    return specs
+
+
+class Catalog:
+    """Resolves a model reference (AIR id, short name, alias or path) to a ModelSpec."""
+
+    def __init__(self, specs: list[ModelSpec], *, default_base: str | None = None):
+        self.default_base = default_base
+        self._specs: list[ModelSpec] = []
+        self._index: dict[str, ModelSpec] = {}
+        for spec in specs:
+            self.add(spec)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Catalog:
+        specs = [_from_table(name, table, settings) for name, table in settings.models.items()]
+        if settings.discover:
+            specs += discover_hf_cache(settings.hf_cache)
+            specs += discover_model_dirs(settings.model_dirs, base=settings.base_model)
+        default_base = settings.base_model
+        if default_base is None:
+            folders = [s for s in specs if s.format == "folder" and s.kind in ("dev", "schnell")]
+            default_base = folders[0].id if folders else None
+        return cls(specs, default_base=default_base)
+
+    def add(self, spec: ModelSpec) -> None:
+        """Register a spec; a name taken by an earlier (higher-priority) spec gets a numeric suffix."""
+        if spec.id in self._index:
+            log.debug("duplicate model id %s (%s) ignored", spec.id, spec.path)
+            return
+        name, n = spec.name, 2
+        while name in self._index:
+            name, n = f"{spec.name}-{n}", n + 1
+        spec = replace(spec, name=name, aliases=tuple(a for a in spec.aliases if a not in self._index))
+        self._specs.append(spec)
+        for key in spec.keys:
+            self._index[key] = spec
+
+    def __iter__(self):
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def get(self, ref: str) -> ModelSpec:
+        """The spec for an id, name, alias, or a path to a folder or .safetensors file."""
+        if not ref or not ref.strip():
+            raise RequestError(
+                "model must be a catalog id, a short name or a path; got an empty string", parameter="model"
+            )
+        if ref in self._index:
+            return self._index[ref]
+        if "/" in ref or ref.endswith(".safetensors") or ref.startswith((".", "~")):
+            path = Path(ref).expanduser()
+            if path.exists():
+                spec = spec_for_path(path, base=self.default_base)
+                self._index.setdefault(spec.id, spec)
+                return spec
+        known = ", ".join(sorted(s.name for s in self._specs)[:20]) or "none (see docs/models.md)"
+        raise ModelNotFoundError(
+            f"model {ref!r} is not in the catalog and is not an existing path; known models: {known}",
+            parameter="model",
+        )
+
+    def resolve_base(self, spec: ModelSpec) -> Path:
+        """The folder that lends text encoders, tokenizers and VAE to a single-file model."""
+        ref = spec.base or self.default_base
+        if ref is None:
+            raise ModelLoadError(
+                f"{spec.path} is a single-file transformer and needs a base folder for its text encoders, "
+                'tokenizers and VAE: set base = "<folder or catalog id>" on its catalog entry or '
+                "base_model in settings (any FLUX.1-dev/schnell diffusers folder works)",
+                parameter="model",
+            )
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            return path.resolve()
+        base = self.get(ref)
+        if base.format != "folder":
+            raise ModelLoadError(f"base {ref!r} of {spec.name} is a single file; it must be a diffusers folder")
+        return base.path
+
+
+def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
+    if not NAME_RE.match(name):
+        raise RequestError(f"catalog name {name!r} must be letters, digits, '.', '_' or '-'", parameter="models")
+    unknown = set(table) - {"id", "path", "base", "kind", "aliases"}
+    if unknown:
+        raise RequestError(
+            f"catalog entry {name!r} has unknown keys {sorted(unknown)}; allowed: id, path, base, kind, aliases",
+            parameter="models",
+        )
+    if "path" not in table:
+        raise RequestError(f"catalog entry {name!r} needs a path", parameter="models")
+    air = table.get("id")
+    if air is not None and not AIR_RE.match(air):
+        raise RequestError(
+            f"catalog entry {name!r}: id {air!r} is not AIR-style 'source:id@version' (e.g. rundiffusion:130@100)",
+            parameter="models",
+        )
+    path = Path(table["path"]).expanduser()
+    if not path.is_absolute() and settings.catalog_root is not None:
+        path = settings.catalog_root / path
+    base = table.get("base", settings.base_model)
+    if base is not None and settings.catalog_root is not None and ("/" in base or base.startswith(".")):
+        bp = Path(base).expanduser()
+        base = str(bp if bp.is_absolute() else settings.catalog_root / bp)
+    return spec_for_path(
+        path,
+        base=base,
+        source="catalog",
+        name=name,
+        id=air or f"local:{name}@1",
+        kind=table.get("kind"),
+        aliases=tuple(table.get("aliases", ())),
+    )

@@ -1,0 +1,302 @@
+"""Single-file FLUX.1 transformer checkpoints: sniffing, key layout conversion, fp8 upcast.
+
+FLUX.1-dev, schnell and the realism fine-tunes ship one `.safetensors` file in the
+Black Forest Labs key layout (`double_blocks.N...`, `single_blocks.N...`), sometimes with
+ComfyUI's `model.diffusion_model.` prefix and bundled text encoders / VAE, sometimes in
+float8. diffusers' own converter hard-codes the full-size hidden width (3072), so it cannot
+load a model of any other width; this module infers every dimension from the tensors, which
+is what lets the tiny test checkpoints and a real 24 GB file go through the same code.
+
+Layout reference: black-forest-labs/flux `src/flux/model.py` (key names) and diffusers
+`FluxTransformer2DModel` (target names).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from daguerre.errors import ModelLoadError, UnsupportedError
+
+COMFY_PREFIX = "model.diffusion_model."
+# Keys of an all-in-one ComfyUI checkpoint that belong to other components; we take the
+# transformer and load text encoders / VAE from the base folder.
+FOREIGN_PREFIXES = ("text_encoders.", "vae.", "cond_stage_model.", "first_stage_model.", "conditioner.")
+FP8_DTYPES = {torch.float8_e4m3fn, torch.float8_e5m2}
+
+# The transformer's input width tells the FLUX.1 variant apart (packed 2x2 latents):
+# 64 = 16 latent channels; 128 = + control image latents; 384 = + masked image + 4x4 mask.
+KIND_BY_IN_CHANNELS = {64: None, 128: "control", 384: "fill"}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a single file holds, read from its header without loading tensors."""
+
+    path: Path
+    layout: str  # "bfl" (double_blocks.N...) or "diffusers" (transformer_blocks.N...)
+    kind: str  # dev | schnell | fill | control
+    dtype: str  # dominant tensor dtype as safetensors names it (BF16, F8_E4M3, F32...)
+    size_bytes: int
+
+
+def read_header(path: Path) -> dict:
+    """The safetensors JSON header (tensor names, dtypes, shapes) without reading tensors."""
+    path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        raise UnsupportedError(
+            f"{path}: GGUF-quantized transformers are not supported yet; use a .safetensors file",
+            parameter="model",
+        )
+    if path.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin"}:
+        raise ModelLoadError(
+            f"{path}: pickle checkpoints are not loaded (they can run code); "
+            "expected a .safetensors FLUX.1 transformer",
+            parameter="model",
+        )
+    try:
+        with path.open("rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) != 8:
+                raise ValueError("file shorter than a safetensors header")
+            (n,) = struct.unpack("<Q", raw_len)
+            if n > 100_000_000 or n > path.stat().st_size:
+                raise ValueError("header length is implausible")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(
+            f"{path}: not a readable .safetensors file ({e}); expected a FLUX.1 transformer checkpoint",
+            parameter="model",
+        ) from e
+    header.pop("__metadata__", None)
+    return header
+
+
+def inspect(path: Path) -> CheckpointInfo:
+    """Identify a single-file checkpoint: layout, FLUX.1 kind, dtype. Raises a clear error otherwise."""
+    path = Path(path)
+    header = read_header(path)
+    names = {_strip(k) for k in header}
+    if any(k.startswith("double_blocks.") for k in names):
+        layout = "bfl"
+        if "img_in.weight" not in names:
+            raise ModelLoadError(f"{path}: BFL-layout file without img_in.weight; not a FLUX.1 transformer")
+        if "double_stream_modulation_img.lin.weight" in names or "single_stream_modulation.lin.weight" in names:
+            raise UnsupportedError(f"{path}: this is a FLUX.2 checkpoint; only FLUX.1 is supported")
+        in_channels = header[_find(header, "img_in.weight")]["shape"][1]
+        guidance = "guidance_in.in_layer.weight" in names
+    elif "x_embedder.weight" in names and any(k.startswith("transformer_blocks.") for k in names):
+        layout = "diffusers"
+        in_channels = header[_find(header, "x_embedder.weight")]["shape"][1]
+        guidance = "time_text_embed.guidance_embedder.linear_1.weight" in names
+    else:
+        sample = ", ".join(sorted(names)[:3]) or "no tensors"
+        raise ModelLoadError(
+            f"{path}: not a FLUX.1 transformer checkpoint: expected keys like "
+            f"'double_blocks.0.img_attn.qkv.weight' (BFL/ComfyUI) or 'transformer_blocks.0.attn.to_q.weight' "
+            f"(diffusers); found {sample}",
+            parameter="model",
+        )
+    if in_channels not in KIND_BY_IN_CHANNELS:
+        raise ModelLoadError(f"{path}: transformer input width {in_channels} is not a FLUX.1 variant (64/128/384)")
+    kind = KIND_BY_IN_CHANNELS[in_channels] or ("dev" if guidance else "schnell")
+    dtypes: dict[str, int] = {}
+    for entry in header.values():
+        dtypes[entry["dtype"]] = dtypes.get(entry["dtype"], 0) + 1
+    return CheckpointInfo(
+        path=path,
+        layout=layout,
+        kind=kind,
+        dtype=max(dtypes, key=dtypes.get),
+        size_bytes=path.stat().st_size,
+    )
+
+
+def _strip(key: str) -> str:
+    return key[len(COMFY_PREFIX) :] if key.startswith(COMFY_PREFIX) else key
+
+
+def _find(header: dict, name: str) -> str:
+    return name if name in header else COMFY_PREFIX + name
+
+
+def load_transformer_state_dict(
+    path: Path, dtype: torch.dtype, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a single file into a diffusers-layout state dict in `dtype` on `device`, plus its implied config.
+
+    Tensors are read straight onto the device and fp8 ones upcast one by one (ComfyUI "scaled
+    fp8" files: times their `scale_weight`), so peak memory stays near one copy of the model in
+    the run dtype, and a GPU box does not stage 24 GB in host RAM.
+    """
+    from safetensors import safe_open
+
+    info = inspect(path)
+    sd: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        keys = list(f.keys())
+        scales = {k[: -len("scale_weight")]: k for k in keys if k.endswith(".scale_weight")}
+        for key in keys:
+            name = _strip(key)
+            if key.startswith(FOREIGN_PREFIXES) or name == "scaled_fp8" or key.endswith(".scale_weight"):
+                continue
+            if key.endswith(".scale_input"):
+                continue
+            t = f.get_tensor(key)
+            if t.dtype in FP8_DTYPES:
+                t = t.to(torch.float32)
+                prefix = key[: -len("weight")] if key.endswith("weight") else None
+                if prefix is not None and prefix in scales:
+                    t = t * f.get_tensor(scales[prefix]).to(torch.float32)
+            elif not t.is_floating_point():
+                raise ModelLoadError(f"{path}: tensor {key} has dtype {t.dtype}; quantized files are not supported")
+            sd[name] = t.to(dtype)
+    if info.layout == "bfl":
+        sd = bfl_to_diffusers(sd)
+    return sd, config_from_state_dict(sd)
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
+    """FluxTransformer2DModel config fields implied by a diffusers-layout state dict's shapes."""
+    inner = sd["x_embedder.weight"].shape[0]
+    head_dim = sd["transformer_blocks.0.attn.norm_q.weight"].shape[0]
+    return {
+        "in_channels": sd["x_embedder.weight"].shape[1],
+        "out_channels": sd["proj_out.weight"].shape[0],
+        "num_layers": 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("transformer_blocks.")),
+        "num_single_layers": 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("single_transformer_blocks.")),
+        "attention_head_dim": head_dim,
+        "num_attention_heads": inner // head_dim,
+        "joint_attention_dim": sd["context_embedder.weight"].shape[1],
+        "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
+        "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in sd,
+    }
+
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """BFL's final modulation is (shift, scale); diffusers' AdaLayerNormContinuous is (scale, shift)."""
+    a, b = t.chunk(2, dim=0)
+    return torch.cat([b, a], dim=0)
+
+
+# (BFL name, diffusers name) for tensors that only change name; {i} is the block index.
+_TOP = [
+    ("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+    ("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
+    ("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
+    ("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
+    ("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"),
+    ("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"),
+    ("txt_in", "context_embedder"),
+    ("img_in", "x_embedder"),
+    ("final_layer.linear", "proj_out"),
+]
+_DOUBLE = [
+    ("img_mod.lin", "norm1.linear"),
+    ("txt_mod.lin", "norm1_context.linear"),
+    ("img_attn.proj", "attn.to_out.0"),
+    ("txt_attn.proj", "attn.to_add_out"),
+    ("img_mlp.0", "ff.net.0.proj"),
+    ("img_mlp.2", "ff.net.2"),
+    ("txt_mlp.0", "ff_context.net.0.proj"),
+    ("txt_mlp.2", "ff_context.net.2"),
+]
+_DOUBLE_NORMS = [
+    ("img_attn.norm.query_norm.scale", "attn.norm_q.weight"),
+    ("img_attn.norm.key_norm.scale", "attn.norm_k.weight"),
+    ("txt_attn.norm.query_norm.scale", "attn.norm_added_q.weight"),
+    ("txt_attn.norm.key_norm.scale", "attn.norm_added_k.weight"),
+]
+_SINGLE = [("modulation.lin", "norm.linear"), ("linear2", "proj_out")]
+_SINGLE_NORMS = [("norm.query_norm.scale", "attn.norm_q.weight"), ("norm.key_norm.scale", "attn.norm_k.weight")]
+_QKV_DOUBLE = {
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+}
+_QKV_SINGLE = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+
+
+def _block_count(keys, prefix: str) -> int:
+    idx = {int(k.split(".")[1]) for k in keys if k.startswith(prefix)}
+    return max(idx) + 1 if idx else 0
+
+
+def bfl_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename and split a BFL-layout FLUX.1 state dict into diffusers' FluxTransformer2DModel layout."""
+    src = dict(sd)
+    out: dict[str, torch.Tensor] = {}
+    inner = src["img_in.weight"].shape[0]
+
+    def move(a: str, b: str) -> None:
+        for suffix in (".weight", ".bias"):
+            if a + suffix in src:
+                out[b + suffix] = src.pop(a + suffix)
+
+    for a, b in _TOP:
+        move(a, b)
+    for suffix in (".weight", ".bias"):
+        out["norm_out.linear" + suffix] = _swap_halves(src.pop("final_layer.adaLN_modulation.1" + suffix))
+    for i in range(_block_count(src, "double_blocks.")):
+        p, q = f"double_blocks.{i}.", f"transformer_blocks.{i}."
+        for a, b in _DOUBLE:
+            move(p + a, q + b)
+        for a, b in _DOUBLE_NORMS:
+            out[q + b] = src.pop(p + a)
+        for fused, parts in _QKV_DOUBLE.items():
+            for suffix in (".weight", ".bias"):
+                for name, t in zip(parts, src.pop(p + fused + suffix).chunk(3, dim=0), strict=True):
+                    out[q + name + suffix] = t
+    for i in range(_block_count(src, "single_blocks.")):
+        p, q = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
+        for a, b in _SINGLE:
+            move(p + a, q + b)
+        for a, b in _SINGLE_NORMS:
+            out[q + b] = src.pop(p + a)
+        for suffix in (".weight", ".bias"):
+            fused = src.pop(p + "linear1" + suffix)
+            split = (inner, inner, inner, fused.shape[0] - 3 * inner)
+            for name, t in zip(_QKV_SINGLE, fused.split(split, dim=0), strict=True):
+                out[q + name + suffix] = t
+    if src:
+        raise ModelLoadError(f"BFL checkpoint has tensors this converter does not know: {sorted(src)[:5]}")
+    return out
+
+
+def diffusers_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `bfl_to_diffusers`: how FLUX.1 single files lay out a diffusers transformer."""
+    src = dict(sd)
+    out: dict[str, torch.Tensor] = {}
+
+    def move(b: str, a: str) -> None:
+        for suffix in (".weight", ".bias"):
+            if b + suffix in src:
+                out[a + suffix] = src.pop(b + suffix)
+
+    for a, b in _TOP:
+        move(b, a)
+    for suffix in (".weight", ".bias"):
+        out["final_layer.adaLN_modulation.1" + suffix] = _swap_halves(src.pop("norm_out.linear" + suffix))
+    for i in range(_block_count(src, "transformer_blocks.")):
+        p, q = f"double_blocks.{i}.", f"transformer_blocks.{i}."
+        for a, b in _DOUBLE:
+            move(q + b, p + a)
+        for a, b in _DOUBLE_NORMS:
+            out[p + a] = src.pop(q + b)
+        for fused, parts in _QKV_DOUBLE.items():
+            for suffix in (".weight", ".bias"):
+                out[p + fused + suffix] = torch.cat([src.pop(q + n + suffix) for n in parts], dim=0)
+    for i in range(_block_count(src, "single_transformer_blocks.")):
+        p, q = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
+        for a, b in _SINGLE:
+            move(q + b, p + a)
+        for a, b in _SINGLE_NORMS:
+            out[p + a] = src.pop(q + b)
+        for suffix in (".weight", ".bias"):
+            out[p + "linear1" + suffix] = torch.cat([src.pop(q + n + suffix) for n in _QKV_SINGLE], dim=0)
+    if src:
+        raise ValueError(f"diffusers state dict has tensors with no BFL name: {sorted(src)[:5]}")
+    return out

@@ -1,0 +1,289 @@
+"""The generation workflows (txt2img, img2img, inpaint) on diffusers' Flux pipelines.
+
+Seeds are diffusers-compatible by construction: image i of a request with seed s gets its
+own CPU generator seeded s + i, passed to the pipeline as one generator per image, which is
+exactly how diffusers draws per-image noise (and per-image VAE samples for img2img). So image
+i equals a plain FluxPipeline call with `torch.Generator("cpu").manual_seed(s + i)`, at any
+batch size and on any device. numberResults is run in chunks of `max_batch` images.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from daguerre.engine.models import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEQUENCE_LENGTH, LoadedModel, ModelManager
+from daguerre.errors import Cancelled, OutOfMemory, RequestError
+from daguerre.imaging import encode, to_pil
+from daguerre.recipe import Recipe, pixels_sha256
+from daguerre.request import DEFAULT_STRENGTH, GenerationRequest, OutputSpec, validate
+
+# FLUX.1 latent -> RGB projection for previews: ComfyUI's published factors for the 16-channel
+# FLUX VAE latent (comfy/latent_formats.py, class Flux), applied to the scaled latent.
+FLUX_LATENT_RGB = torch.tensor(
+    [
+        [-0.0346, 0.0244, 0.0681],
+        [0.0034, 0.0210, 0.0687],
+        [0.0275, -0.0668, -0.0433],
+        [-0.0174, 0.0160, 0.0617],
+        [0.0859, 0.0721, 0.0329],
+        [0.0004, 0.0383, 0.0115],
+        [0.0405, 0.0861, 0.0915],
+        [-0.0236, -0.0185, -0.0259],
+        [-0.0245, 0.0250, 0.1180],
+        [0.1008, 0.0755, -0.0421],
+        [-0.0515, 0.0201, 0.0011],
+        [0.0428, -0.0012, -0.0036],
+        [0.0817, 0.0765, 0.0749],
+        [-0.1264, -0.0522, -0.1103],
+        [-0.0280, -0.0881, -0.0499],
+        [-0.1262, -0.0982, -0.0778],
+    ]
+)  # (16, 3)
+FLUX_LATENT_RGB_BIAS = torch.tensor([-0.0329, -0.0718, -0.0851])  # (3,)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One denoising step done, for the images of the current chunk."""
+
+    step: int  # 1-based step within this chunk's run
+    total: int  # denoising steps this chunk runs (img2img: about steps * strength)
+    elapsed: float  # seconds since the request started
+    images: tuple[int, ...]  # indices (0-based, within the request) of the images this step advanced
+    preview: Image.Image | None = None  # cheap latent->RGB preview of the chunk's first image (1/8 size)
+
+
+class CancelToken:
+    """Set from any thread; the engine stops at the next step boundary with Cancelled."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class GeneratedImage:
+    """One output image with the seed and recipe that made it."""
+
+    index: int  # position within the request
+    seed: int
+    pixels: np.ndarray  # (H, W, 3) float32 in [0, 1], before 8-bit rounding
+    image: Image.Image  # 8-bit RGB
+    recipe: Recipe
+
+    def encode(self, output: OutputSpec | None = None) -> bytes:
+        output = output or OutputSpec(self.recipe.output_format, self.recipe.output_quality)
+        return encode(
+            self.image,
+            fmt=output.format,
+            quality=output.quality,
+            recipe_json=self.recipe.to_json(),
+            parameters_text=self.recipe.parameters_text(),
+        )
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage]
+    seed: int  # the request's base seed (random if it was not given)
+    model_id: str
+    seconds: float = 0.0
+    chunks: list[int] = field(default_factory=list)  # images per forward pass, in order
+
+
+def latent_preview(latents: torch.Tensor, pipe, height: int, width: int) -> Image.Image:
+    """Preview of the first image from packed FLUX latents (B, L, 64): 1/8 size, no VAE."""
+    x = pipe._unpack_latents(latents[:1].float().cpu(), height, width, pipe.vae_scale_factor)  # (1, 16, h, w)
+    rgb = torch.einsum("bchw,cr->bhwr", x, FLUX_LATENT_RGB) + FLUX_LATENT_RGB_BIAS  # (1, h, w, 3)
+    return Image.fromarray(((rgb[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy(), "RGB")
+
+
+class Engine:
+    """Runs GenerationRequests on resident models. One request at a time per device."""
+
+    def __init__(self, *, models: ModelManager, max_batch: int | None = None):
+        self.models = models
+        # Batching fills a GPU; on the CPU a step is already compute-bound (measured in bench/overhead).
+        self.max_batch = max_batch or (1 if models.device.type == "cpu" else 4)
+
+    def generate(
+        self,
+        req: GenerationRequest,
+        *,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+        cancel: CancelToken | None = None,
+        preview: bool = False,
+        max_batch: int | None = None,
+    ) -> GenerationResult:
+        """Generate every image of a request; raises Cancelled, OutOfMemory or a DaguerreError.
+
+        max_batch overrides the engine's chunk size for this request (reproduce uses it to
+        re-run an image's original chunk).
+        """
+        t0 = time.perf_counter()
+        validate(req)
+        max_batch = max_batch or self.max_batch
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+        with self.models.lease(req.model) as model:
+            try:
+                images, chunks = self._run(model, req, seed, t0, on_progress, cancel, preview, max_batch)
+            except torch.OutOfMemoryError as e:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise OutOfMemory(
+                    f"out of device memory for {req.width}x{req.height} x{req.number_results}; "
+                    "lower numberResults, the size, or max_batch"
+                ) from e
+        return GenerationResult(
+            images=images, seed=seed, model_id=model.spec.id, seconds=time.perf_counter() - t0, chunks=chunks
+        )
+
+    def _run(
+        self,
+        model: LoadedModel,
+        req: GenerationRequest,
+        seed: int,
+        t0: float,
+        on_progress,
+        cancel: CancelToken | None,
+        preview: bool,
+        max_batch: int,
+    ) -> tuple[list[GeneratedImage], list[int]]:
+        # 1. Resolve model-dependent defaults and check what depends on the model's kind.
+        kind = model.kind
+        if kind not in ("dev", "schnell"):
+            raise RequestError(
+                f"model {model.spec.name} is a FLUX.1 {kind} model; this build runs dev- and "
+                "schnell-type models for txt2img/img2img/inpaint",
+                parameter="model",
+            )
+        has_guidance = bool(model.pipe.transformer.config.guidance_embeds)
+        if req.guidance is not None and not has_guidance:
+            raise RequestError(
+                f"CFGScale: {model.spec.name} is a schnell-type model with no guidance input, so CFGScale would "
+                "have no effect; omit it (or use trueCFGScale with a negativePrompt for real CFG)",
+                parameter="CFGScale",
+            )
+        steps = req.steps or DEFAULT_STEPS[kind]
+        guidance = None
+        if has_guidance:
+            guidance = req.guidance if req.guidance is not None else DEFAULT_GUIDANCE
+        max_seq = MAX_SEQUENCE_LENGTH[kind]
+        strength = None
+        if req.seed_image is not None:
+            strength = req.strength if req.strength is not None else DEFAULT_STRENGTH
+        # True CFG follows the reference API: the negative prompt only acts when guidance is on
+        # (trueCFGScale > 1); with no negative prompt, the unconditional branch is the empty prompt.
+        true_cfg = req.true_cfg_scale if (req.true_cfg_scale or 0) > 1 else None
+        negative = (req.negative_prompt or "") if true_cfg else None
+
+        # 2. Encode the prompts once for every chunk.
+        pipe = model.pipeline(req.workflow)
+        device = model.device
+        with torch.inference_mode():
+            pe, ppe, _ = pipe.encode_prompt(
+                prompt=req.positive_prompt,
+                prompt_2=None,
+                device=device,
+                num_images_per_prompt=1,
+                max_sequence_length=max_seq,
+            )
+            if negative is not None:
+                npe, nppe, _ = pipe.encode_prompt(
+                    prompt=negative, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=max_seq
+                )
+
+        # 3. Denoise chunk by chunk; every image keeps its own generator (seed + index).
+        images: list[GeneratedImage] = []
+        chunks = []
+        for start in range(0, req.number_results, max_batch):
+            idx = tuple(range(start, min(start + max_batch, req.number_results)))
+            kwargs = dict(
+                prompt_embeds=pe,
+                pooled_prompt_embeds=ppe,
+                height=req.height,
+                width=req.width,
+                num_inference_steps=steps,
+                num_images_per_prompt=len(idx),
+                max_sequence_length=max_seq,
+                generator=[torch.Generator("cpu").manual_seed(seed + i) for i in idx],
+                output_type="np",
+                callback_on_step_end=self._callback(idx, req, t0, on_progress, cancel, preview),
+            )
+            if guidance is not None:
+                kwargs["guidance_scale"] = guidance
+            if negative is not None:
+                kwargs.update(negative_prompt_embeds=npe, negative_pooled_prompt_embeds=nppe, true_cfg_scale=true_cfg)
+            if req.seed_image is not None:
+                kwargs.update(image=req.seed_image, strength=strength)
+            if req.mask_image is not None:
+                kwargs["mask_image"] = req.mask_image
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("generation cancelled before it started")
+            with torch.inference_mode():
+                out = pipe(**kwargs).images  # (B, H, W, 3) float32
+            chunks.append(len(idx))
+            # 4. Attach each image's recipe.
+            for pos, (i, pixels) in enumerate(zip(idx, out, strict=True)):
+                recipe = self._recipe(model, req, seed + i, steps, guidance, true_cfg, strength)
+                recipe = replace(recipe, batch_size=len(idx), batch_index=pos)
+                images.append(
+                    GeneratedImage(index=i, seed=seed + i, pixels=pixels, image=to_pil(pixels), recipe=recipe)
+                )
+        return images, chunks
+
+    @staticmethod
+    def _callback(idx, req: GenerationRequest, t0: float, on_progress, cancel: CancelToken | None, preview: bool):
+        def callback(pipe, i, t, kw):
+            if on_progress is not None:
+                pv = latent_preview(kw["latents"], pipe, req.height, req.width) if preview else None
+                on_progress(
+                    ProgressEvent(
+                        step=i + 1, total=pipe.num_timesteps, elapsed=time.perf_counter() - t0, images=idx, preview=pv
+                    )
+                )
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled(f"generation cancelled after step {i + 1}")
+            return {}
+
+        return callback
+
+    @staticmethod
+    def _recipe(
+        model: LoadedModel, req: GenerationRequest, seed: int, steps: int, guidance, true_cfg, strength
+    ) -> Recipe:
+        return Recipe(
+            model=model.spec.id,
+            model_hash=model.checkpoint_hash,
+            workflow=req.workflow,
+            positive_prompt=req.positive_prompt,
+            negative_prompt=req.negative_prompt,
+            seed=seed,
+            steps=steps,
+            scheduler=req.scheduler,
+            guidance=guidance,
+            true_cfg_scale=true_cfg,
+            width=req.width,
+            height=req.height,
+            strength=strength,
+            seed_image_sha256=pixels_sha256(req.seed_image) if req.seed_image is not None else None,
+            mask_image_sha256=pixels_sha256(req.mask_image) if req.mask_image is not None else None,
+            output_format=req.output.format,
+            output_quality=req.output.quality,
+            device=model.device.type,
+            dtype=str(model.dtype).removeprefix("torch."),
+        )

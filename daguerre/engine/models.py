@@ -1,0 +1,354 @@
+"""Loading FLUX.1 models onto a device, and keeping them resident under a memory budget.
+
+The model code is diffusers' and transformers'; this module only decides where each part
+comes from (a diffusers folder, or a single-file transformer plus a base folder), in which
+dtype and on which device, and which models stay loaded. Text encoders and VAE that several
+single-file models borrow from one base folder are loaded once and shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from daguerre.engine import checkpoints
+from daguerre.engine.catalog import Catalog, ModelSpec
+from daguerre.engine.schedulers import make_scheduler
+from daguerre.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Default sampling settings of the FLUX.1 families (BFL's reference CLI and diffusers' docs):
+# schnell is timestep-distilled for 4 steps and was trained with 256 T5 tokens; dev with 512.
+DEFAULT_STEPS = {"schnell": 4, "dev": 28}
+DEFAULT_GUIDANCE = 3.5
+MAX_SEQUENCE_LENGTH = {"schnell": 256, "dev": 512}
+
+
+def resolve_device(preference: str | None = None) -> torch.device:
+    """cuda > mps > cpu, unless a device is asked for (and then it must exist)."""
+    if preference is not None:
+        if preference == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError("device 'cuda' was requested but no CUDA device is available", parameter="device")
+        if preference == "mps" and not torch.backends.mps.is_available():
+            raise ModelLoadError("device 'mps' was requested but MPS is not available", parameter="device")
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(device: torch.device, preference: str | None = None) -> torch.dtype:
+    """bf16 on GPUs, fp32 on the CPU (bf16 matmuls are slow there), unless overridden."""
+    if preference is not None:
+        return DTYPES[preference]
+    return torch.float32 if device.type == "cpu" else torch.bfloat16
+
+
+def default_budget_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.9)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 16 * 2**30
+    return int(ram * 0.6)
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+@dataclass
+class LoadedModel:
+    """A model resident on the device: its FluxPipeline (the shared components) and what it costs."""
+
+    spec: ModelSpec
+    pipe: object  # diffusers FluxPipeline holding every component
+    checkpoint_hash: str  # sha256 of the transformer weights (hex)
+    device: torch.device
+    dtype: torch.dtype
+    pipelines: dict[str, object] = field(default_factory=dict)  # workflow -> pipeline sharing `pipe`'s parts
+    users: int = 0  # leases in progress; a model in use is never evicted
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        c = self.pipe.components
+        return [c[k] for k in ("transformer", "text_encoder", "text_encoder_2", "vae")]
+
+    def pipeline(self, workflow: str):
+        """The diffusers pipeline for a workflow, built once from the same loaded components."""
+        if workflow not in self.pipelines:
+            from diffusers import FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline
+
+            cls = {"txt2img": FluxPipeline, "img2img": FluxImg2ImgPipeline, "inpaint": FluxInpaintPipeline}[workflow]
+            pipe = cls(**self.pipe.components)
+            pipe.set_progress_bar_config(disable=True)
+            self.pipelines[workflow] = pipe
+        return self.pipelines[workflow]
+
+
+class HashCache:
+    """sha256 of weight files, remembered by (path, size, mtime) so a 24 GB file is read once."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "hashes.json"
+        self._lock = threading.Lock()
+
+    def sha256(self, files: list[Path]) -> str:
+        digests = [self._file(f) for f in sorted(files)]
+        if len(digests) == 1:
+            return digests[0]
+        return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+    def _file(self, f: Path) -> str:
+        st = f.stat()
+        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        with self._lock:
+            cache = self._read()
+            if key in cache:
+                return cache[key]
+        h = hashlib.sha256()
+        with f.open("rb") as fh:
+            while chunk := fh.read(16 * 2**20):
+                h.update(chunk)
+        digest = h.hexdigest()
+        with self._lock:
+            cache = self._read()
+            cache[key] = digest
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(cache, indent=0))
+                tmp.replace(self.path)
+            except OSError as e:  # a read-only cache folder only costs re-hashing
+                log.warning("cannot write hash cache %s: %s", self.path, e)
+        return digest
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def transformer_files(spec: ModelSpec) -> list[Path]:
+    if spec.format == "single-file":
+        return [spec.path]
+    files = sorted((spec.path / "transformer").glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{spec.path}/transformer has no .safetensors weights", parameter="model")
+    return files
+
+
+class ModelManager:
+    """Keeps loaded models resident, evicting the least recently used under a memory budget.
+
+    `lease(ref)` is called by the engine around each generation: it loads the model if needed
+    (one load per model at a time, however many threads ask) and pins it until released.
+    """
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        device: str | None = None,
+        dtype: str | None = None,
+        memory_budget_gb: float | None = None,
+        cache_dir: Path,
+    ):
+        self.catalog = catalog
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(self.device, dtype)
+        self.budget = int(memory_budget_gb * 2**30) if memory_budget_gb else default_budget_bytes(self.device)
+        self.hashes = HashCache(cache_dir)
+        self._resident: OrderedDict[str, LoadedModel] = OrderedDict()  # LRU order: oldest first
+        self._shared: dict[tuple, torch.nn.Module] = {}  # (folder, part, dtype) -> module borrowed by models
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    @contextmanager
+    def lease(self, ref: str) -> Iterator[LoadedModel]:
+        """The loaded model for `ref`, pinned (not evictable) for the duration of the block."""
+        spec = self.catalog.get(ref)
+        model = self._get(spec)
+        try:
+            yield model
+        finally:
+            with self._lock:
+                model.users -= 1
+
+    def resident(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._resident.values())
+
+    def resident_bytes(self) -> int:
+        seen: dict[int, int] = {}
+        for m in self.resident():
+            for mod in m.modules:
+                seen.setdefault(id(mod), module_bytes(mod))
+        return sum(seen.values())
+
+    def unload(self, ref: str) -> None:
+        spec = self.catalog.get(ref)
+        with self._lock:
+            model = self._resident.get(spec.id)
+            if model is not None and model.users == 0:
+                self._drop(spec.id)
+
+    def _get(self, spec: ModelSpec) -> LoadedModel:
+        with self._lock:
+            if spec.id in self._resident:
+                self._resident.move_to_end(spec.id)
+                model = self._resident[spec.id]
+                model.users += 1
+                return model
+            gate = self._loading.setdefault(spec.id, threading.Lock())
+        with gate:  # a second caller for the same model waits here for the first load
+            with self._lock:
+                if spec.id in self._resident:
+                    model = self._resident[spec.id]
+                    self._resident.move_to_end(spec.id)
+                    model.users += 1
+                    return model
+                self._make_room(spec.size_bytes)
+            model = self._load(spec)
+            with self._lock:
+                self._resident[spec.id] = model
+                model.users += 1
+                self._make_room(0)
+            return model
+
+    def _make_room(self, incoming: int) -> None:
+        """Evict idle models, oldest first, until the resident set plus `incoming` fits (lock held)."""
+
+        def used() -> int:
+            seen = {}
+            for m in self._resident.values():
+                for mod in m.modules:
+                    seen.setdefault(id(mod), module_bytes(mod))
+            return sum(seen.values())
+
+        for model_id in list(self._resident):
+            if used() + incoming <= self.budget:
+                return
+            if self._resident[model_id].users == 0:
+                log.info("evicting %s to stay within the %.1f GiB budget", model_id, self.budget / 2**30)
+                self._drop(model_id)
+
+    def _drop(self, model_id: str) -> None:
+        self._resident.pop(model_id)
+        live = {id(mod) for m in self._resident.values() for mod in m.modules}
+        self._shared = {k: v for k, v in self._shared.items() if id(v) in live}
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _load(self, spec: ModelSpec) -> LoadedModel:
+        """Load every part of a model in the run dtype on the run device."""
+        from diffusers import FluxPipeline
+
+        t0 = time.perf_counter()
+        log.info("loading %s from %s (%s, %s)", spec.name, spec.path, self.dtype, self.device)
+        # 1. Where the non-transformer parts come from: the model's own folder or its base.
+        folder = spec.path if spec.format == "folder" else self.catalog.resolve_base(spec)
+        # 2. The transformer (the only part a fine-tune changes).
+        transformer = self._load_transformer(spec, folder)
+        # 3. The rest, shared with every model that uses the same folder.
+        parts = {
+            name: self._shared_part(folder, name)
+            for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
+        }
+        scheduler = self._scheduler(folder, spec.kind)
+        pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, **parts)
+        pipe.set_progress_bar_config(disable=True)
+        digest = self.hashes.sha256(transformer_files(spec))
+        log.info("loaded %s in %.1f s", spec.name, time.perf_counter() - t0)
+        return LoadedModel(spec=spec, pipe=pipe, checkpoint_hash=digest, device=self.device, dtype=self.dtype)
+
+    def _load_transformer(self, spec: ModelSpec, folder: Path) -> torch.nn.Module:
+        from accelerate import init_empty_weights
+        from diffusers import FluxTransformer2DModel
+
+        try:
+            if spec.format == "folder":
+                model = FluxTransformer2DModel.from_pretrained(
+                    spec.path, subfolder="transformer", torch_dtype=self.dtype
+                )
+            else:
+                sd, implied = checkpoints.load_transformer_state_dict(spec.path, self.dtype, self.device)
+                config = (
+                    dict(FluxTransformer2DModel.load_config(folder, subfolder="transformer"))
+                    if (folder / "transformer" / "config.json").exists()
+                    else {}
+                )
+                config.update(implied)
+                if "axes_dims_rope" not in config and implied["attention_head_dim"] != 128:
+                    raise ModelLoadError(
+                        f"{spec.path}: head dim {implied['attention_head_dim']} differs from FLUX.1's 128 and the "
+                        f"base folder {folder} has no transformer/config.json to give the rope axes"
+                    )
+                with init_empty_weights():
+                    model = FluxTransformer2DModel.from_config(config)
+                missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+                if missing or unexpected:
+                    raise ModelLoadError(
+                        f"{spec.path}: weights do not fit a FLUX.1 transformer "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+                    )
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise ModelLoadError(f"{spec.path}: cannot load the FLUX.1 transformer: {e}", parameter="model") from e
+        return model.to(self.device).eval()  # already in the run dtype
+
+    def _shared_part(self, folder: Path, name: str):
+        key = (str(folder), name, self.dtype)
+        with self._lock:
+            if key in self._shared:
+                return self._shared[key]
+        part = self._load_part(folder, name)
+        with self._lock:
+            return self._shared.setdefault(key, part)
+
+    def _load_part(self, folder: Path, name: str):
+        from diffusers import AutoencoderKL
+        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+        sub = folder / name
+        if not sub.is_dir():
+            raise ModelLoadError(
+                f"{folder} has no {name}/ folder; a FLUX.1 base folder needs text_encoder/, "
+                "text_encoder_2/, tokenizer/, tokenizer_2/ and vae/",
+                parameter="model",
+            )
+        try:
+            if name.startswith("tokenizer"):
+                return AutoTokenizer.from_pretrained(sub)
+            cls = {"text_encoder": CLIPTextModel, "text_encoder_2": T5EncoderModel, "vae": AutoencoderKL}[name]
+            return cls.from_pretrained(sub, torch_dtype=self.dtype).to(self.device).eval()
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"{sub}: cannot load {name}: {e}", parameter="model") from e
+
+    def _scheduler(self, folder: Path, kind: str):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        config = dict(FlowMatchEulerDiscreteScheduler.load_config(folder, subfolder="scheduler"))
+        return make_scheduler("Default", config, kind)

@@ -1,0 +1,257 @@
+"""Safe image input and image output.
+
+Input: a path, base64 text or a data URI. The format must be PNG, JPEG or WEBP, judged by
+the bytes and not the name; width and height are read from the header and checked against
+the pixel caps before anything is decoded; EXIF orientation is applied; every mode (RGBA, P,
+CMYK, 16-bit, 1-bit...) is normalized. Anything corrupt or hostile becomes an ImageInputError
+naming the parameter, never a crash or a hang. URL fetching is not done here: it arrives
+with the task API, through one guarded client.
+
+Output: JPG/PNG/WEBP bytes carrying the recipe (PNG text chunks; EXIF UserComment + XMP for
+JPG and WEBP), deterministic for the same pixels and recipe.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from daguerre.config import ImageLimits
+from daguerre.errors import ImageInputError
+
+ALLOWED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WEBP"}
+_DATA_URI = re.compile(r"^data:(image/[a-z0-9.+-]+)?(;[a-z0-9=.-]+)*;base64,", re.I)
+_B64_CHARS = re.compile(rb"^[A-Za-z0-9+/=_-]*$")
+PIL_FORMAT = {"JPG": "JPEG", "PNG": "PNG", "WEBP": "WEBP"}
+EXIF_USER_COMMENT = 0x9286
+EXIF_IFD = 0x8769
+XMP_NS = "https://daguerre.dev/ns/recipe/1.0/"
+
+
+def read_source(source: str | bytes | Path, *, parameter: str, limits: ImageLimits) -> bytes:
+    """The encoded bytes behind a path, base64 string or data URI, size-capped before decoding."""
+    if isinstance(source, bytes):
+        data = source
+    elif isinstance(source, Path) or (isinstance(source, str) and _looks_like_path(source)):
+        path = Path(source).expanduser()
+        try:
+            size = path.stat().st_size
+            if size > limits.max_bytes:
+                raise ImageInputError(
+                    f"{parameter}: file {path} is {size} bytes, over the {limits.max_bytes}-byte cap",
+                    parameter=parameter,
+                )
+            data = path.read_bytes()
+        except OSError as e:
+            raise ImageInputError(
+                f"{parameter}: cannot read image file {path}: {e.strerror or e}", parameter=parameter
+            ) from e
+    elif isinstance(source, str):
+        text = source.strip()
+        if text.startswith(("http://", "https://")):
+            raise ImageInputError(
+                f"{parameter}: image URLs are not fetched here yet; pass a path, base64 or data URI",
+                parameter=parameter,
+            )
+        m = _DATA_URI.match(text)
+        if m:
+            text = text[m.end() :]
+        elif text.startswith("data:"):
+            raise ImageInputError(f"{parameter}: data URI must be 'data:image/...;base64,<data>'", parameter=parameter)
+        # base64 grows data by 4/3: refuse oversized text before decoding any of it.
+        if len(text) > limits.max_bytes * 4 // 3 + 4:
+            raise ImageInputError(
+                f"{parameter}: base64 image is over the {limits.max_bytes}-byte cap", parameter=parameter
+            )
+        raw = re.sub(r"\s+", "", text).encode("ascii", "replace")
+        if not raw or not _B64_CHARS.match(raw):
+            raise ImageInputError(
+                f"{parameter}: not a path to an existing file, nor valid base64 / data URI image data",
+                parameter=parameter,
+            )
+        try:
+            raw += b"=" * (-len(raw) % 4)
+            data = base64.b64decode(raw, altchars=b"-_" if (b"-" in raw or b"_" in raw) else None, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ImageInputError(f"{parameter}: invalid base64 image data ({e})", parameter=parameter) from e
+    else:
+        raise ImageInputError(
+            f"{parameter}: expected a path, base64 string or data URI, got {type(source).__name__}", parameter=parameter
+        )
+    if len(data) > limits.max_bytes:
+        raise ImageInputError(
+            f"{parameter}: image is {len(data)} bytes, over the {limits.max_bytes}-byte cap", parameter=parameter
+        )
+    return data
+
+
+def _looks_like_path(s: str) -> bool:
+    """An existing file, or a name that can only be a path; anything else is read as base64.
+
+    JPEG base64 begins with '/9j/', so a leading slash alone does not make a path.
+    """
+    if len(s) > 4096 or "\n" in s or s.startswith("data:"):
+        return False
+    try:
+        if Path(s).expanduser().is_file():
+            return True
+    except OSError:
+        return False
+    return s.startswith(("./", "../", "~")) or Path(s).suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def open_image(data: bytes, *, parameter: str, limits: ImageLimits) -> Image.Image:
+    """Decode bytes into an image after checking format and dimensions from the header."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageInputError(
+            f"{parameter}: image is too large ({e}); the limit is {limits.max_side} px a side "
+            f"and {limits.max_pixels / 1e6:.1f} MP",
+            parameter=parameter,
+        ) from e
+    except UnidentifiedImageError as e:
+        raise ImageInputError(f"{parameter}: not a PNG, JPEG or WEBP image", parameter=parameter) from e
+    except Exception as e:  # noqa: BLE001 - any decoder failure on hostile bytes is the caller's input error
+        raise ImageInputError(f"{parameter}: unreadable image header ({e})", parameter=parameter) from e
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImageInputError(f"{parameter}: image has no pixels ({w}x{h})", parameter=parameter)
+    if max(w, h) > limits.max_side or w * h > limits.max_pixels:
+        raise ImageInputError(
+            f"{parameter}: image is {w}x{h}; the limit is {limits.max_side} px a side and "
+            f"{limits.max_pixels / 1e6:.1f} MP",
+            parameter=parameter,
+        )
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)  # animated WEBP/PNG: the first frame
+    try:
+        im.load()
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt pixel data
+        raise ImageInputError(f"{parameter}: image data is corrupt or truncated ({e})", parameter=parameter) from e
+    return im
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return im
+
+
+def normalize_rgb(im: Image.Image) -> Image.Image:
+    """EXIF-upright 8-bit RGB; transparency is composited onto white."""
+    im = ImageOps.exif_transpose(im)
+    im = _to_8bit(im)
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("RGB", "L") and "transparency" in im.info):
+        im = im.convert("RGBA")
+        canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def normalize_mask(im: Image.Image) -> Image.Image:
+    """EXIF-upright 8-bit grayscale mask; an RGBA mask uses its alpha where the colour is uniform."""
+    im = ImageOps.exif_transpose(im)
+    im = _to_8bit(im)
+    if im.mode in ("RGBA", "LA", "PA", "P"):
+        rgba = im.convert("RGBA")
+        gray = rgba.convert("L")
+        lo, hi = gray.getextrema()
+        return rgba.getchannel("A") if lo == hi else gray
+    return im.convert("L")
+
+
+def load_image(source: str | bytes | Path, *, parameter: str, limits: ImageLimits, mask: bool = False) -> Image.Image:
+    """Path, base64 or data URI -> normalized RGB image (or L mask), with every safety check applied."""
+    im = open_image(read_source(source, parameter=parameter, limits=limits), parameter=parameter, limits=limits)
+    try:
+        return normalize_mask(im) if mask else normalize_rgb(im)
+    except ImageInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - exotic modes that cannot be converted
+        raise ImageInputError(f"{parameter}: cannot convert image mode {im.mode} ({e})", parameter=parameter) from e
+
+
+def to_pil(pixels: np.ndarray) -> Image.Image:
+    """(H, W, 3) floats in [0, 1] -> 8-bit RGB, rounding like diffusers' numpy_to_pil."""
+    return Image.fromarray((pixels * 255).round().astype("uint8"), "RGB")
+
+
+def encode(
+    image: Image.Image, *, fmt: str, quality: int, recipe_json: str | None = None, parameters_text: str | None = None
+) -> bytes:
+    """Encode an image with its recipe embedded; same inputs give the same bytes."""
+    from PIL import PngImagePlugin
+
+    buf = io.BytesIO()
+    pil_format = PIL_FORMAT[fmt]
+    if pil_format == "PNG":
+        info = PngImagePlugin.PngInfo()
+        if recipe_json is not None:
+            info.add_itxt("daguerre", recipe_json, zip=True)
+        if parameters_text is not None:
+            info.add_itxt("parameters", parameters_text)
+        image.save(buf, "PNG", pnginfo=info, optimize=False, compress_level=6)
+        return buf.getvalue()
+    kwargs: dict = {"quality": quality}
+    if recipe_json is not None:
+        exif = Image.Exif()
+        # ASCII charset with JSON's \u escapes: every reader decodes it the same way.
+        comment = recipe_json.encode("ascii", "backslashreplace")
+        exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = b"ASCII\0\0\0" + comment
+        kwargs["exif"] = exif.tobytes()
+        kwargs["xmp"] = _xmp_packet(recipe_json).encode("utf-8")
+    if pil_format == "JPEG":
+        kwargs.update(subsampling=0 if quality >= 90 else 2, optimize=False, progressive=False)
+    else:
+        kwargs.update(method=4)
+    image.save(buf, pil_format, **kwargs)
+    return buf.getvalue()
+
+
+def _xmp_packet(recipe_json: str) -> str:
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description rdf:about="" xmlns:daguerre="{XMP_NS}">'
+        f"<daguerre:recipe>{escape(recipe_json)}</daguerre:recipe>"
+        "</rdf:Description></rdf:RDF></x:xmpmeta>"
+        '<?xpacket end="w"?>'
+    )
+
+
+def read_embedded(data: bytes) -> str | None:
+    """The recipe JSON embedded by `encode`, from PNG text, EXIF UserComment or XMP; None if absent."""
+    from xml.sax.saxutils import unescape
+
+    im = Image.open(io.BytesIO(data))
+    if im.format == "PNG":
+        text = getattr(im, "text", {}) or {}
+        if "daguerre" in text:
+            return text["daguerre"]
+    exif = im.getexif().get_ifd(EXIF_IFD)
+    comment = exif.get(EXIF_USER_COMMENT)
+    if isinstance(comment, bytes) and comment.startswith(b"ASCII\0\0\0"):
+        return comment[8:].decode("ascii")
+    xmp = im.info.get("xmp")
+    if xmp:
+        if isinstance(xmp, bytes):
+            xmp = xmp.decode("utf-8", "replace")
+        m = re.search(r"<daguerre:recipe>(.*?)</daguerre:recipe>", xmp, re.S)
+        if m:
+            return unescape(m.group(1))
+    return None

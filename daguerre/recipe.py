@@ -1,0 +1,105 @@
+"""The recipe every image carries: enough to regenerate it on the same device.
+
+    from daguerre import recipe
+    r = recipe.read("out/portrait-123.jpg")   # -> Recipe
+    r.seed, r.model, r.model_hash
+
+Embedded as JSON (PNG iTXt chunk `daguerre`; EXIF UserComment and XMP `daguerre:recipe` in JPG
+and WEBP) plus an A1111-style `parameters` text in PNGs that other tools display.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from PIL import Image
+
+from daguerre import __version__
+from daguerre.errors import RequestError
+from daguerre.imaging import read_embedded
+
+FORMAT = "daguerre.recipe/1"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one image was made. Every field is needed to reproduce it."""
+
+    model: str  # the catalog id of the model
+    model_hash: str  # sha256 of the transformer weights
+    workflow: str  # txt2img | img2img | inpaint
+    positive_prompt: str
+    negative_prompt: str | None
+    seed: int  # this image's own seed (request seed + index)
+    steps: int  # as requested (img2img runs int(steps * strength) of them)
+    scheduler: str
+    guidance: float | None  # distilled guidance (CFGScale); None for models without it
+    true_cfg_scale: float | None  # > 1 when true CFG ran
+    width: int
+    height: int
+    strength: float | None  # img2img / inpaint only
+    seed_image_sha256: str | None  # sha256 of the normalized source pixels
+    mask_image_sha256: str | None
+    output_format: str
+    output_quality: int
+    device: str  # cuda | mps | cpu: bytes are reproducible on the same device type
+    dtype: str
+    # Images sharing a forward pass differ from single runs in the last float bits, so the
+    # exact bytes come back only by re-running the same chunk: its size and this image's place.
+    batch_size: int = 1
+    batch_index: int = 0
+    version: str = __version__  # Daguerre version that made it
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+
+    def parameters_text(self) -> str:
+        """A1111-style one-block summary that image browsers show."""
+        lines = [self.positive_prompt]
+        if self.negative_prompt:
+            lines.append(f"Negative prompt: {self.negative_prompt}")
+        parts = [
+            f"Steps: {self.steps}",
+            f"Sampler: {self.scheduler}",
+            f"Seed: {self.seed}",
+            f"Size: {self.width}x{self.height}",
+            f"Model: {self.model}",
+            f"Model hash: {self.model_hash[:10]}",
+        ]
+        if self.guidance is not None:
+            parts.insert(2, f"Distilled CFG Scale: {self.guidance:g}")
+        if self.true_cfg_scale is not None:
+            parts.insert(2, f"CFG scale: {self.true_cfg_scale:g}")
+        if self.strength is not None:
+            parts.append(f"Denoising strength: {self.strength:g}")
+        parts.append(f"Version: daguerre {self.version}")
+        lines.append(", ".join(parts))
+        return "\n".join(lines)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        if data.get("format") != FORMAT:
+            raise RequestError(f"recipe format {data.get('format')!r} is not {FORMAT!r}", parameter="image")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def read(path: str | Path) -> Recipe:
+    """The recipe embedded in an image Daguerre wrote. Raises RequestError if there is none."""
+    data = Path(path).read_bytes()
+    text = read_embedded(data)
+    if text is None:
+        raise RequestError(f"{path} carries no Daguerre recipe", parameter="image")
+    return Recipe.from_json(text)
+
+
+def pixels_sha256(image: Image.Image) -> str:
+    """Digest of an image's pixels (mode and size included), independent of its file encoding."""
+    h = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()

@@ -1,0 +1,134 @@
+"""The one normalized request type every protocol is translated into, and its validation.
+
+Parameters are named as the task API names them (positivePrompt, CFGScale, numberResults...):
+that is what error messages say, and the CLI maps them back to its flags. Ranges follow the
+reference API (../shared/reference/002). `validate` is the boundary: inside it, the engine
+trusts the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from daguerre.engine.schedulers import check_name
+from daguerre.errors import RequestError
+
+MAX_SEED = 2**63 - 1
+OUTPUT_FORMATS = ("JPG", "PNG", "WEBP")
+# name: (min, max) - inclusive bounds of the numeric parameters.
+RANGES: dict[str, tuple[float, float]] = {
+    "width": (128, 2048),
+    "height": (128, 2048),
+    "steps": (1, 50),
+    "CFGScale": (0, 20),
+    "trueCFGScale": (0, 20),
+    "seed": (0, MAX_SEED),
+    "numberResults": (1, 20),
+    "strength": (0, 1),
+    "outputQuality": (20, 99),
+}
+PROMPT_CHARS = (2, 3000)
+SIZE_STEP = 64
+DEFAULT_STRENGTH = 0.8
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How generated images are encoded."""
+
+    format: str = "JPG"  # JPG | PNG | WEBP
+    quality: int = 95  # 20-99; PNG is lossless and ignores it
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image-generation request, normalized: what every protocol adapter produces."""
+
+    model: str  # catalog id (AIR-style), short name, or path
+    positive_prompt: str  # 2-3000 characters
+    width: int = 1024  # 128-2048, multiple of 64
+    height: int = 1024  # 128-2048, multiple of 64
+    negative_prompt: str | None = None  # used through true CFG only (true_cfg_scale > 1)
+    steps: int | None = None  # 1-50; None = the model's default (28 dev, 4 schnell)
+    guidance: float | None = None  # CFGScale: distilled guidance of dev-type models; None = model default
+    true_cfg_scale: float | None = None  # > 1 turns on true classifier-free guidance (two passes per step)
+    seed: int | None = None  # 0..2^63-1; None = random, always reported back
+    number_results: int = 1  # 1-20; image i uses seed + i
+    scheduler: str = "Default"
+    seed_image: Image.Image | None = field(default=None, compare=False)  # RGB, img2img / inpaint source
+    mask_image: Image.Image | None = field(default=None, compare=False)  # L, white = repaint
+    strength: float | None = None  # 0-1 with seed_image; None = 0.8
+    output: OutputSpec = field(default_factory=OutputSpec)
+
+    @property
+    def workflow(self) -> str:
+        if self.seed_image is None:
+            return "txt2img"
+        return "inpaint" if self.mask_image is not None else "img2img"
+
+
+def _check_range(name: str, value: Any, *, integer: bool) -> None:
+    lo, hi = RANGES[name]
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok_type:
+        raise RequestError(f"{name} must be {kind} in [{lo:g}, {hi:g}], got {value!r}", parameter=name)
+    if value != value or not lo <= value <= hi:  # value != value catches NaN
+        raise RequestError(f"{name} must be in [{lo:g}, {hi:g}], got {value!r}", parameter=name)
+
+
+def _check_prompt(name: str, value: Any) -> None:
+    lo, hi = PROMPT_CHARS
+    if not isinstance(value, str):
+        raise RequestError(
+            f"{name} must be a string of {lo}-{hi} characters, got {type(value).__name__}", parameter=name
+        )
+    if not lo <= len(value) <= hi:
+        raise RequestError(f"{name} must be {lo}-{hi} characters long, got {len(value)}", parameter=name)
+    if not value.strip():
+        raise RequestError(f"{name} must contain text, not only whitespace", parameter=name)
+
+
+def validate(req: GenerationRequest) -> GenerationRequest:
+    """Check every field against its documented range; raise RequestError naming the first bad one."""
+    if not isinstance(req.model, str) or not req.model.strip():
+        raise RequestError("model is required: a catalog id, short name or path", parameter="model")
+    _check_prompt("positivePrompt", req.positive_prompt)
+    if req.negative_prompt is not None:
+        _check_prompt("negativePrompt", req.negative_prompt)
+    for name, value in (("width", req.width), ("height", req.height)):
+        _check_range(name, value, integer=True)
+        if value % SIZE_STEP:
+            raise RequestError(f"{name} must be a multiple of {SIZE_STEP} in [128, 2048], got {value}", parameter=name)
+    for name, value, integer in (
+        ("steps", req.steps, True),
+        ("CFGScale", req.guidance, False),
+        ("trueCFGScale", req.true_cfg_scale, False),
+        ("seed", req.seed, True),
+        ("strength", req.strength, False),
+    ):
+        if value is not None:
+            _check_range(name, value, integer=integer)
+    _check_range("numberResults", req.number_results, integer=True)
+    check_name(req.scheduler)
+    if req.output.format not in OUTPUT_FORMATS:
+        raise RequestError(
+            f"outputFormat must be one of {', '.join(OUTPUT_FORMATS)}, got {req.output.format!r}",
+            parameter="outputFormat",
+        )
+    _check_range("outputQuality", req.output.quality, integer=True)
+    if req.mask_image is not None and req.seed_image is None:
+        raise RequestError("maskImage needs a seedImage to paint into", parameter="maskImage")
+    if req.strength is not None and req.seed_image is None:
+        raise RequestError(
+            "strength applies to image-to-image and inpainting; give a seedImage or omit strength", parameter="strength"
+        )
+    if req.seed_image is not None and req.strength == 0:
+        raise RequestError(
+            "strength must be > 0 with a seedImage (0 would run no denoising step); allowed: (0, 1]",
+            parameter="strength",
+        )
+    return req

@@ -1,0 +1,238 @@
+"""Tiny random FLUX.1-architecture checkpoints, built offline and deterministically from a seed.
+
+    python -m daguerre.testing.tiny OUT_DIR [--layout folder|single-file] [--seed N] [--kind dev|schnell]
+                                            [--fp8]
+
+The parts are the real classes at toy sizes: diffusers' FluxTransformer2DModel (1 double and
+2 single blocks, 2 heads of 16), CLIP and T5 encoders from transformers, an AutoencoderKL
+with four blocks (the real 8x downscale) and 16 latent channels, and byte-level BPE
+tokenizers trained here with the `tokenizers` package. Nothing touches the network.
+
+Layouts:
+  folder       OUT_DIR is a diffusers folder (model_index.json, transformer/, vae/, ...).
+  single-file  OUT_DIR/flux-tiny-<kind>.safetensors in the BFL key layout (as flux1-dev.safetensors
+               ships, float8_e4m3fn with --fp8), and OUT_DIR/base/, a diffusers folder holding the
+               text encoders, tokenizers, VAE, scheduler and transformer config (no transformer weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from daguerre.engine.schedulers import FLUX_SCHEDULE_CONFIGS as SCHEDULER_CONFIGS
+
+# Sizes of the tiny parts. The transformer's rope axes must sum to its head dim.
+HEAD_DIM, HEADS, DOUBLE, SINGLE = 16, 2, 1, 2
+AXES_DIMS_ROPE = (4, 6, 6)
+TEXT_DIM = 32  # CLIP hidden (pooled projection) and T5 d_model (joint attention dim)
+VOCAB = 600
+CLIP_MAX, T5_MAX = 77, 512
+
+# A small photographic corpus so the tokenizers know the words our prompts use.
+_CORPUS = """
+portrait of a woman in her 30s, soft studio lighting, 85mm f/1.4, natural skin texture, pores
+close-up portrait of a man, golden hour backlight with rim light, 35mm f/1.4, shallow depth of field
+Rembrandt lighting from the upper right, single source, dramatic shadow, medium format film scan
+overcast diffused window light, Kodak Portra 400 grain, Fujifilm Velvia, Kodak Ektar, RAW photo
+product shot of a watch on black marble, reflections, macro lens, studio strobe, softbox, hero image
+landscape at dawn, atmospheric perspective, layered depth, volumetric morning light, mountains, lake
+street photography at night, neon ambient light, rain, wet asphalt, bokeh, cinematic still frame
+a cat sitting on a wooden table, a dog running on the beach, a red car, a city skyline, sunset
+digital art, illustration, cartoon, painting, 3D render, CGI, plastic skin, blurry, low quality
+hyper-realistic skin detail, individual eyelashes, catchlights, subsurface scattering, freckles
+""".strip().splitlines()
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Where a built tiny model lives and how to load it."""
+
+    root: Path
+    layout: str  # folder | single-file
+    kind: str  # dev | schnell
+    model_path: Path  # the diffusers folder, or the single .safetensors file
+    base_path: Path | None  # for single-file: the folder with encoders/VAE/tokenizers
+
+
+def train_tokenizer(max_length: int, *, add_bos: bool):
+    """A byte-level BPE tokenizer trained on the spot and wrapped for transformers.
+
+    model_max_length must be set (77 for CLIP, 512 for T5): without it truncation to
+    max_length overflows an int inside transformers.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]  # ids 0..3
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    template = "<s> $A </s>" if add_bos else "$A </s>"
+    tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=[("<s>", 2), ("</s>", 3)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=max_length,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+
+
+def build_components(*, seed: int = 0, kind: str = "dev") -> dict:
+    """All pipeline components at tiny size, with weights drawn from `seed` in a fixed order."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    if kind not in SCHEDULER_CONFIGS:
+        raise ValueError(f"kind must be one of {sorted(SCHEDULER_CONFIGS)}, got {kind!r}")
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=DOUBLE,
+        num_single_layers=SINGLE,
+        attention_head_dim=HEAD_DIM,
+        num_attention_heads=HEADS,
+        joint_attention_dim=TEXT_DIM,
+        pooled_projection_dim=TEXT_DIM,
+        guidance_embeds=(kind == "dev"),
+        axes_dims_rope=AXES_DIMS_ROPE,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=VOCAB,
+            hidden_size=TEXT_DIM,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=CLIP_MAX,
+            projection_dim=TEXT_DIM,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+            hidden_act="quick_gelu",
+        )
+    )
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=VOCAB,
+            d_model=TEXT_DIM,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=0,
+            eos_token_id=3,
+            decoder_start_token_id=0,
+        )
+    )
+    # Four blocks = three downsamples = the real 8x; FLUX.1's latent scale and shift.
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    for module in (transformer, text_encoder, text_encoder_2, vae):
+        module.eval()
+    return {
+        "transformer": transformer,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": train_tokenizer(CLIP_MAX, add_bos=True),
+        "tokenizer_2": train_tokenizer(T5_MAX, add_bos=False),
+        "vae": vae,
+        "scheduler": FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIGS[kind]),
+    }
+
+
+def _model_index() -> dict:
+    return {
+        "_class_name": "FluxPipeline",
+        "_diffusers_version": "0.42.1",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "tokenizer_2": ["transformers", "PreTrainedTokenizerFast"],
+        "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
+def _save_folder(components: dict, folder: Path, *, with_transformer_weights: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in components.items():
+        if name == "transformer" and not with_transformer_weights:
+            (folder / name).mkdir(exist_ok=True)
+            (folder / name / "config.json").write_text(json.dumps(dict(part.config), indent=2, default=list))
+            continue
+        part.save_pretrained(folder / name)
+    (folder / "model_index.json").write_text(json.dumps(_model_index(), indent=2))
+
+
+def build(root: Path, *, layout: str = "folder", seed: int = 0, kind: str = "dev", fp8: bool = False) -> TinySpec:
+    """Write a tiny model under `root` and say where its parts are."""
+    from safetensors.torch import save_file
+
+    from daguerre.engine.checkpoints import diffusers_to_bfl
+
+    root = Path(root)
+    components = build_components(seed=seed, kind=kind)
+    if layout == "folder":
+        if fp8:
+            raise ValueError("--fp8 applies to the single-file layout")
+        _save_folder(components, root, with_transformer_weights=True)
+        return TinySpec(root=root, layout=layout, kind=kind, model_path=root, base_path=None)
+    if layout != "single-file":
+        raise ValueError(f"layout must be 'folder' or 'single-file', got {layout!r}")
+    base = root / "base"
+    _save_folder(components, base, with_transformer_weights=False)
+    sd = diffusers_to_bfl({k: v.contiguous() for k, v in components["transformer"].state_dict().items()})
+    dtype = torch.float8_e4m3fn if fp8 else torch.float32
+    sd = {k: v.to(dtype).contiguous() for k, v in sd.items()}
+    path = root / f"flux-tiny-{kind}{'-fp8' if fp8 else ''}.safetensors"
+    save_file(sd, str(path), metadata={"format": "pt"})
+    return TinySpec(root=root, layout=layout, kind=kind, model_path=path, base_path=base)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m daguerre.testing.tiny", description=__doc__.split("\n")[0])
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--layout", choices=["folder", "single-file"], default="folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kind", choices=sorted(SCHEDULER_CONFIGS), default="dev")
+    p.add_argument("--fp8", action="store_true", help="store the single-file transformer as float8_e4m3fn")
+    a = p.parse_args(argv)
+    spec = build(a.out_dir, layout=a.layout, seed=a.seed, kind=a.kind, fp8=a.fp8)
+    print(f"model: {spec.model_path}")
+    if spec.base_path:
+        print(f"base:  {spec.base_path}")
+
+
+if __name__ == "__main__":
+    main()

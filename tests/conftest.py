@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny random FLUX.1 checkpoints built once per test session, offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# No test may reach the network: make any accidental hub access fail fast.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    from daguerre.testing.tiny import build
+
+    return build(tmp_path_factory.mktemp("tiny-folder"), layout="folder", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_single(tmp_path_factory):
+    from daguerre.testing.tiny import build
+
+    return build(tmp_path_factory.mktemp("tiny-single"), layout="single-file", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_schnell(tmp_path_factory):
+    from daguerre.testing.tiny import build
+
+    return build(tmp_path_factory.mktemp("tiny-schnell"), layout="folder", seed=0, kind="schnell")
+
+
+@pytest.fixture(scope="session")
+def settings_factory(tmp_path_factory):
+    from daguerre.config import Settings
+
+    cache = tmp_path_factory.mktemp("cache")
+
+    def make(**kw):
+        kw.setdefault("discover", False)
+        kw.setdefault("cache_dir", cache)
+        return Settings(**kw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def engine(settings_factory, tiny_single):
+    """One engine for the session; models stay resident across tests, as in a server."""
+    from daguerre.engine.catalog import Catalog
+    from daguerre.engine.generate import Engine
+    from daguerre.engine.models import ModelManager
+
+    s = settings_factory(base_model=str(tiny_single.base_path))
+    manager = ModelManager(catalog=Catalog.from_settings(s), cache_dir=s.cache_dir)
+    return Engine(models=manager, max_batch=4)
+
+
+@pytest.fixture(scope="session")
+def reference_pipes(tiny_folder):
+    """diffusers' own pipelines loaded straight from the tiny folder: the numeric reference."""
+    from diffusers import FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline
+
+    pipes = {}
+    for name, cls in (("txt2img", FluxPipeline), ("img2img", FluxImg2ImgPipeline), ("inpaint", FluxInpaintPipeline)):
+        pipes[name] = cls.from_pretrained(tiny_folder.model_path)
+        pipes[name].set_progress_bar_config(disable=True)
+    return pipes

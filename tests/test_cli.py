@@ -1,0 +1,189 @@
+"""The CLI end to end, in subprocesses, on a tiny model: generate, models, reproduce, errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daguerre import recipe
+
+DAGUERRE = [sys.executable, "-m", "daguerre"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = dict(os.environ)
+    e["DAGUERRE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cli-cache"))
+    e["DAGUERRE_DISCOVER"] = "false"
+    e["HF_HUB_OFFLINE"] = "1"
+    return e
+
+
+def run(args, env, cwd=None, timeout=300):
+    return subprocess.run(DAGUERRE + args, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+def test_generate_writes_images_with_recipes_and_reproduce_matches(tiny_folder, tmp_path, env):
+    out = run(
+        [
+            "generate",
+            "portrait of a woman in her 30s, soft studio lighting, 85mm f/1.4",
+            "--model",
+            str(tiny_folder.model_path),
+            "-W",
+            "128",
+            "-H",
+            "192",
+            "--steps",
+            "3",
+            "-n",
+            "2",
+            "--seed",
+            "42",
+            "--out",
+            str(tmp_path),
+        ],
+        env,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2 and [re.search(r"seed=(\d+)", ln).group(1) for ln in lines] == ["42", "43"]
+    assert "image 2/2" in out.stderr  # one progress bar per image
+    path = Path(lines[1].split("\t")[0])
+    assert path.suffix == ".jpg" and path.exists()
+    r = recipe.read(path)
+    assert (r.seed, r.steps, r.width, r.height, r.workflow) == (43, 3, 128, 192, "txt2img")
+    again = run(["reproduce", str(path), "--out", str(tmp_path / "again")], env)
+    assert again.returncode == 0, again.stderr
+    assert "identical bytes" in again.stdout
+
+
+def test_img2img_and_inpaint_from_the_cli(tiny_folder, tmp_path, env):
+    from PIL import Image
+
+    src = tmp_path / "src.png"
+    Image.new("RGB", (160, 130), (180, 120, 90)).save(src)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (160, 130), 255).save(mask)
+    out = run(
+        [
+            "generate",
+            "a red car",
+            "--model",
+            str(tiny_folder.model_path),
+            "--image",
+            str(src),
+            "--mask",
+            str(mask),
+            "--strength",
+            "0.7",
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+            "--format",
+            "png",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        env,
+    )
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.split("\t")[0])
+    r = recipe.read(path)
+    assert r.workflow == "inpaint" and (r.width, r.height) == (128, 128) and path.suffix == ".png"
+    missing = run(["reproduce", str(path)], env)
+    assert missing.returncode == 2 and "--image" in missing.stderr
+    ok = run(["reproduce", str(path), "--image", str(src), "--mask", str(mask), "--out", str(tmp_path / "r")], env)
+    assert ok.returncode == 0 and "identical bytes" in ok.stdout, ok.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--guidance", "25"], "--guidance (CFGScale): CFGScale must be in [0, 20]"),
+        (["-W", "100"], "--width (width)"),
+        (["-n", "21"], "-n (numberResults)"),
+        (["--steps", "0"], "--steps (steps)"),
+        (["--scheduler", "Eulr"], "closest valid names"),
+        (["--image", "/no/such.png"], "--image (seedImage)"),
+    ],
+)
+def test_bad_flags_give_one_line_errors(tiny_folder, env, args, needle):
+    out = run(["generate", "a cat", "--model", str(tiny_folder.model_path), *args], env)
+    assert out.returncode == 2
+    assert needle in " ".join(out.stderr.split()), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_model_lists_what_is_known(env):
+    out = run(["generate", "a cat", "--model", "runware:999@1"], env)
+    assert out.returncode == 2 and "not in the catalog" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_models_lists_catalog_entries(tiny_folder, tiny_single, tmp_path, env):
+    cfg = tmp_path / "daguerre.toml"
+    cfg.write_text(
+        f'[models.photo-flux]\nid = "rundiffusion:130@100"\npath = "{tiny_single.model_path}"\n'
+        f'base = "{tiny_single.base_path}"\n\n[models.flux-dev]\nid = "runware:101@1"\n'
+        f'path = "{tiny_folder.model_path}"\n'
+    )
+    out = run(["models", "--config", str(cfg), "--json"], env)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert rows["photo-flux"]["id"] == "rundiffusion:130@100" and rows["photo-flux"]["format"] == "single-file"
+    assert rows["flux-dev"]["kind"] == "dev" and rows["flux-dev"]["size_gb"] >= 0
+    table = run(["models", "--config", str(cfg)], env)
+    assert "rundiffusion:130@100" in table.stdout and "photo-flux" in table.stdout
+    gen = run(
+        [
+            "generate",
+            "a cat",
+            "--config",
+            str(cfg),
+            "--model",
+            "rundiffusion:130@100",
+            "-W",
+            "128",
+            "-H",
+            "128",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+        ],
+        env,
+    )
+    assert gen.returncode == 0, gen.stderr
+
+
+def test_readme_examples_run(tmp_path, env):
+    """The README's commands are part of the contract: the no-weights quick start runs verbatim,
+    and the real-weights examples run with a tiny model swapped in."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    quick = next(b for b in blocks if "daguerre.testing.tiny" in b)
+    e = dict(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    for line in [ln for ln in quick.splitlines() if ln.strip() and not ln.startswith("#")]:
+        line = line.replace(".venv/bin/", "")
+        out = subprocess.run(line, shell=True, capture_output=True, text=True, env=e, cwd=tmp_path, timeout=600)
+        assert out.returncode == 0, f"{line}\n{out.stderr}"
+    tiny = tmp_path / "tiny-flux"  # built by the quick start above
+    from PIL import Image
+
+    Image.new("RGB", (200, 150), (120, 90, 60)).save(tmp_path / "photo.jpg")
+    Image.new("L", (200, 150), 255).save(tmp_path / "mask.png")
+    examples = [ln for b in blocks for ln in b.splitlines() if ln.startswith(".venv/bin/daguerre generate")]
+    assert examples, "README has generate examples"
+    for line in examples:
+        line = line.replace(".venv/bin/", "") + f" --model {tiny} -W 128 -H 128 --steps 1 -n 1 -q --out out"
+        out = subprocess.run(line, shell=True, capture_output=True, text=True, env=e, cwd=tmp_path, timeout=600)
+        assert out.returncode == 0, f"{line}\n{out.stderr}"
