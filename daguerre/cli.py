@@ -338,5 +338,128 @@ def reproduce(
         sys.exit(1)
 
 
+def _model_entry(value: str) -> tuple[str, dict]:
+    """--model ID=PATH: an AIR-style id becomes the id (short name from the file), anything else the name."""
+    from daguerre.engine.catalog import AIR_RE, slug
+
+    ref, sep, path = value.partition("=")
+    if not sep or not ref or not path:
+        raise DaguerreError(f"--model takes ID=PATH, got {value!r}", parameter="model", code="invalidParameter")
+    if AIR_RE.match(ref):
+        return slug(Path(path).stem if path.endswith(".safetensors") else Path(path).name), {"id": ref, "path": path}
+    return ref, {"path": path}
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [8000]")] = None,
+    config: ConfigOpt = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="serve ID=PATH without a config file (repeatable)")
+    ] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option("--api-key", help="accept this key (repeatable; also env DAGUERRE_API_KEYS, comma-separated)"),
+    ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="build and serve a small random-weight model (images are noise) to try the API without weights",
+        ),
+    ] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="jobs, keys, images [./daguerre-data]")] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    base: Annotated[str | None, typer.Option(help="folder lending text encoders/VAE to single-file models")] = None,
+):
+    """Serve the Runware-compatible task API (REST POST /v1, WebSocket /v1)."""
+    import os
+
+    import uvicorn
+
+    from daguerre.api.app import create_app
+
+    try:
+        settings = _settings(config, device=device, dtype=dtype, base_model=base)
+        srv = settings.server.model_copy(
+            update={k: v for k, v in (("host", host), ("port", port), ("data_dir", data_dir)) if v is not None}
+        )
+        env_keys = [k.strip() for k in os.environ.get("DAGUERRE_API_KEYS", "").split(",") if k.strip()]
+        srv.api_keys = [*srv.api_keys, *env_keys, *(api_key or [])]
+        models = dict(settings.models)
+        for value in model or []:
+            name, entry = _model_entry(value)
+            models[name] = entry
+        if demo:
+            from daguerre.testing.tiny import build
+
+            folder = srv.data_dir / "demo-model"
+            if not (folder / "model_index.json").exists():
+                err.print("building the demo model (random weights, about 1 MB)...")
+                build(folder, layout="folder", seed=0)
+            models = {"demo": {"id": "daguerre:demo@1", "path": str(folder.resolve())}}
+        settings = settings.model_copy(
+            update={"server": srv, "models": models, "discover": settings.discover and not demo}
+        )
+        engine = _engine(settings)
+        if not len(engine.models.catalog):
+            raise DaguerreError(
+                "no models to serve: pass --model ID=PATH, a --config with [models.*], or --demo",
+                parameter="model",
+                code="modelNotFound",
+            )
+        application = create_app(settings, engine=engine, demo=demo)
+    except DaguerreError as e:
+        _fail(e)
+    err.print(
+        f"serving {len(engine.models.catalog)} model(s) on http://{srv.host}:{srv.port}/v1 "
+        f"(ws://{srv.host}:{srv.port}/v1){' [demo: random weights]' if demo else ''}",
+        highlight=False,
+    )
+    uvicorn.run(
+        application,
+        host=srv.host,
+        port=srv.port,
+        log_level="info",
+        timeout_graceful_shutdown=int(srv.drain_timeout_s) or None,
+        ws_max_size=srv.max_body_bytes,
+    )
+
+
+keys_app = typer.Typer(help="API keys: create and list (only hashes are stored).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    label: Annotated[str, typer.Option(help="a note to recognise the key by")] = "",
+    config: ConfigOpt = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the server's data folder [./daguerre-data]")] = None,
+):
+    """Create an API key and print it once."""
+    from daguerre.api.keys import KeyStore
+
+    settings = _settings(config)
+    store = KeyStore((data_dir or settings.server.data_dir) / "keys.sqlite3")
+    key_id, key = store.create(label)
+    err.print(f"key id {key_id}; the key is shown once, store it now:", highlight=False)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    config: ConfigOpt = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the server's data folder [./daguerre-data]")] = None,
+):
+    """List key ids and labels (the keys themselves are not stored)."""
+    from daguerre.api.keys import KeyStore
+
+    settings = _settings(config)
+    for key_id, label, _created in KeyStore((data_dir or settings.server.data_dir) / "keys.sqlite3").list():
+        typer.echo(f"{key_id}\t{label}")
+
+
 if __name__ == "__main__":
     app()

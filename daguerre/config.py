@@ -28,6 +28,27 @@ class ImageLimits(BaseModel):
     max_bytes: int = Field(40 * 1024 * 1024, ge=1, description="encoded (or base64-decoded) size cap")
 
 
+class ServerSettings(BaseModel):
+    """The task API server (`daguerre serve`)."""
+
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, ge=0, le=65535)
+    public_url: str | None = Field(None, description="base of image URLs; default http://HOST:PORT")
+    data_dir: Path = Field(Path("daguerre-data"), description="jobs database, key store, images, uploads")
+    api_keys: list[str] = Field(default_factory=list, description="keys accepted besides the key store")
+    allow_anonymous: bool | None = Field(
+        None, description="serve without a key; default: only when bound to loopback and no key exists"
+    )
+    default_ttl: int = Field(86400, ge=60, description="seconds an image stays downloadable without ttl")
+    sync_wait_s: float = Field(300, gt=0, description="sync requests wait this long, then go on async")
+    max_queue: int = Field(100, ge=1, description="waiting jobs before 429")
+    max_body_bytes: int = Field(50 * 2**20, ge=1024, description="request body / WebSocket message cap (413)")
+    ws_idle_timeout_s: float = Field(300, gt=0, description="close a WebSocket silent this long")
+    price_per_second: float = Field(0.0, ge=0, description="includeCost: measured compute seconds x this")
+    drain_timeout_s: float = Field(120, ge=0, description="SIGTERM waits this long for the running job")
+    sweep_interval_s: float = Field(30, gt=0, description="how often expired images are deleted")
+
+
 def _default_hf_cache() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
@@ -38,7 +59,9 @@ def _default_hf_cache() -> Path:
 class Settings(BaseSettings):
     """Everything configurable about one Daguerre process."""
 
-    model_config = SettingsConfigDict(env_prefix="DAGUERRE_", extra="forbid", protected_namespaces=())
+    model_config = SettingsConfigDict(
+        env_prefix="DAGUERRE_", env_nested_delimiter="__", extra="forbid", protected_namespaces=()
+    )
 
     # --- models
     models: dict[str, dict[str, Any]] = Field(
@@ -71,6 +94,7 @@ class Settings(BaseSettings):
     # --- inputs and outputs
     image_limits: ImageLimits = Field(default_factory=ImageLimits)
     output_dir: Path = Field(Path("out"), description="where the CLI writes images by default")
+    server: ServerSettings = Field(default_factory=ServerSettings)
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "daguerre")
 
     @field_validator("hf_cache", "output_dir", "cache_dir", "catalog_root", mode="after")

@@ -36,11 +36,15 @@ EXIF_IFD = 0x8769
 XMP_NS = "https://daguerre.dev/ns/recipe/1.0/"
 
 
-def read_source(source: str | bytes | Path, *, parameter: str, limits: ImageLimits) -> bytes:
-    """The encoded bytes behind a path, base64 string or data URI, size-capped before decoding."""
+def read_source(source: str | bytes | Path, *, parameter: str, limits: ImageLimits, allow_paths: bool = True) -> bytes:
+    """The encoded bytes behind a path, base64 string or data URI, size-capped before decoding.
+
+    allow_paths=False (every network input) reads strings only as base64 / data URIs, never as
+    files on the server.
+    """
     if isinstance(source, bytes):
         data = source
-    elif isinstance(source, Path) or (isinstance(source, str) and _looks_like_path(source)):
+    elif allow_paths and (isinstance(source, Path) or (isinstance(source, str) and _looks_like_path(source))):
         path = Path(source).expanduser()
         try:
             size = path.stat().st_size
@@ -54,6 +58,8 @@ def read_source(source: str | bytes | Path, *, parameter: str, limits: ImageLimi
             raise ImageInputError(
                 f"{parameter}: cannot read image file {path}: {e.strerror or e}", parameter=parameter
             ) from e
+    elif isinstance(source, Path):
+        raise ImageInputError(f"{parameter}: file paths are not accepted here", parameter=parameter)
     elif isinstance(source, str):
         text = source.strip()
         if text.startswith(("http://", "https://")):
@@ -175,9 +181,12 @@ def normalize_mask(im: Image.Image) -> Image.Image:
     return im.convert("L")
 
 
-def load_image(source: str | bytes | Path, *, parameter: str, limits: ImageLimits, mask: bool = False) -> Image.Image:
+def load_image(
+    source: str | bytes | Path, *, parameter: str, limits: ImageLimits, mask: bool = False, allow_paths: bool = True
+) -> Image.Image:
     """Path, base64 or data URI -> normalized RGB image (or L mask), with every safety check applied."""
-    im = open_image(read_source(source, parameter=parameter, limits=limits), parameter=parameter, limits=limits)
+    data = read_source(source, parameter=parameter, limits=limits, allow_paths=allow_paths)
+    im = open_image(data, parameter=parameter, limits=limits)
     try:
         return normalize_mask(im) if mask else normalize_rgb(im)
     except ImageInputError:

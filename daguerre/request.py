@@ -43,6 +43,21 @@ class OutputSpec:
     quality: int = 95  # 20-99; PNG is lossless and ignores it
 
 
+OUTPUT_TYPES = ("URL", "base64Data", "dataURI")
+DELIVERY_METHODS = ("sync", "async")
+MIN_TTL = 60
+
+
+@dataclass(frozen=True)
+class DeliverySpec:
+    """How results reach the client (task API only; the CLI writes files)."""
+
+    method: str = "sync"  # sync: reply when done; async: acknowledge, then getResponse
+    output_types: tuple[str, ...] = ("URL",)  # one or more of URL | base64Data | dataURI
+    include_cost: bool = False  # add `cost` (measured compute seconds x price) per result
+    ttl: int | None = None  # seconds an image stays downloadable (>= 60); None = the server default
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One image-generation request, normalized: what every protocol adapter produces."""

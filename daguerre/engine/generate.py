@@ -84,6 +84,7 @@ class GeneratedImage:
     pixels: np.ndarray  # (H, W, 3) float32 in [0, 1], before 8-bit rounding
     image: Image.Image  # 8-bit RGB
     recipe: Recipe
+    seconds: float = 0.0  # compute time of its forward pass, shared equally by the images in it
 
     def encode(self, output: OutputSpec | None = None) -> bytes:
         output = output or OutputSpec(self.recipe.output_format, self.recipe.output_quality)
@@ -128,11 +129,13 @@ class Engine:
         cancel: CancelToken | None = None,
         preview: bool = False,
         max_batch: int | None = None,
+        on_image: Callable[[GeneratedImage], None] | None = None,
     ) -> GenerationResult:
         """Generate every image of a request; raises Cancelled, OutOfMemory or a DaguerreError.
 
         max_batch overrides the engine's chunk size for this request (reproduce uses it to
-        re-run an image's original chunk).
+        re-run an image's original chunk). on_image is called with each image as soon as its
+        chunk is done, so a server can deliver results one by one.
         """
         t0 = time.perf_counter()
         validate(req)
@@ -140,7 +143,7 @@ class Engine:
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         with self.models.lease(req.model) as model:
             try:
-                images, chunks = self._run(model, req, seed, t0, on_progress, cancel, preview, max_batch)
+                images, chunks = self._run(model, req, seed, t0, on_progress, cancel, preview, max_batch, on_image)
             except torch.OutOfMemoryError as e:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -162,6 +165,7 @@ class Engine:
         cancel: CancelToken | None,
         preview: bool,
         max_batch: int,
+        on_image: Callable[[GeneratedImage], None] | None,
     ) -> tuple[list[GeneratedImage], list[int]]:
         # 1. Resolve model-dependent defaults and check what depends on the model's kind.
         kind = model.kind
@@ -234,16 +238,22 @@ class Engine:
                 kwargs["mask_image"] = req.mask_image
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("generation cancelled before it started")
+            t_chunk = time.perf_counter()
             with torch.inference_mode():
                 out = pipe(**kwargs).images  # (B, H, W, 3) float32
+            per_image = (time.perf_counter() - t_chunk) / len(idx)
             chunks.append(len(idx))
             # 4. Attach each image's recipe.
             for pos, (i, pixels) in enumerate(zip(idx, out, strict=True)):
                 recipe = self._recipe(model, req, seed + i, steps, guidance, true_cfg, strength)
                 recipe = replace(recipe, batch_size=len(idx), batch_index=pos)
                 images.append(
-                    GeneratedImage(index=i, seed=seed + i, pixels=pixels, image=to_pil(pixels), recipe=recipe)
+                    GeneratedImage(
+                        index=i, seed=seed + i, pixels=pixels, image=to_pil(pixels), recipe=recipe, seconds=per_image
+                    )
                 )
+                if on_image is not None:
+                    on_image(images[-1])
         return images, chunks
 
     @staticmethod

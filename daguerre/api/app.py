@@ -1,0 +1,411 @@
+"""The HTTP/WebSocket application: `create_app(settings)` wires store, queue, worker and routes.
+
+Routes are thin: they parse, hand the task to `Protocol`, and shape the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import secrets
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from daguerre import __version__
+from daguerre.api.keys import KeyStore
+from daguerre.api.runware import HTTP_STATUS, Protocol, ProtocolError, Reply, delivery_of, error_item
+from daguerre.config import Settings
+from daguerre.engine.generate import Engine
+from daguerre.engine.worker import Worker
+from daguerre.errors import DaguerreError
+from daguerre.jobs.queue import InProcessQueue
+from daguerre.jobs.service import JobService
+from daguerre.jobs.store import Job, SQLiteJobStore
+from daguerre.storage import CONTENT_TYPES, LocalResultStore, UrlSigner
+
+log = logging.getLogger("daguerre.api")
+
+
+@dataclass
+class Session:
+    """A WebSocket session: survives a disconnect so a reconnect gets undelivered results."""
+
+    owner: str
+    pending: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # sync job -> imageUUIDs delivered
+    last_seen: float = field(default_factory=time.time)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_secret(data_dir: Path) -> bytes:
+    path = data_dir / "url-secret"
+    if not path.exists():
+        path.write_bytes(secrets.token_bytes(32))
+        path.chmod(0o600)
+    return path.read_bytes()
+
+
+def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> FastAPI:
+    """Build the app around an engine. Start-up re-queues unfinished jobs and starts the worker."""
+    server = settings.server
+    data = server.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    store = SQLiteJobStore(data / "jobs.sqlite3")
+    jobs = JobService(store=store, queue=InProcessQueue(server.max_queue))
+    results = LocalResultStore(data / "images")
+    keys = KeyStore(data / "keys.sqlite3", extra_keys=server.api_keys)
+    public = server.public_url or f"http://{server.host}:{server.port}"
+    signer = UrlSigner(_url_secret(data), public)
+    anonymous = server.allow_anonymous
+    if anonymous is None:
+        anonymous = is_loopback(server.host) and keys.count() == 0
+    state = {"draining": False, "ready": False}
+    protocol = Protocol(
+        settings=settings,
+        jobs=jobs,
+        results=results,
+        signer=signer,
+        keys=keys,
+        anonymous=anonymous,
+        is_draining=lambda: state["draining"],
+    )
+    worker = Worker(
+        engine=engine, jobs=jobs, results=results, resolver_for=protocol.resolver_for, default_ttl=server.default_ttl
+    )
+    sessions: dict[str, Session] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # 1. Recover jobs from before a restart, then start working.
+        requeued = jobs.recover()
+        if requeued:
+            log.info("re-queued %d unfinished jobs", requeued)
+        worker.start()
+        sweeper = asyncio.create_task(_sweep_forever(results, server.sweep_interval_s))
+        state["ready"] = True
+        yield
+        # 2. Drain: refuse new tasks, let the running job finish (bounded), stop.
+        state["draining"] = True
+        sweeper.cancel()
+        finished = await run_in_threadpool(worker.stop, server.drain_timeout_s)
+        if not finished:
+            log.warning("drain timeout: the running job is left to be re-queued at next start")
+        store.close()
+
+    app = FastAPI(
+        title="Daguerre",
+        version=__version__,
+        lifespan=lifespan,
+        description="Runware-compatible image inference for FLUX.1 models (see docs/api.md).",
+    )
+    app.state.protocol, app.state.worker, app.state.jobs = protocol, worker, jobs
+
+    def models_info() -> list[dict]:
+        return [
+            {
+                "id": s.id,
+                "name": s.name,
+                "kind": s.kind,
+                "aliases": list(s.aliases),
+                **({"demo": True, "note": "random weights: images are noise"} if demo else {}),
+            }
+            for s in engine.models.catalog
+        ]
+
+    @app.get("/health/live")
+    async def live():
+        return {"status": "live"}
+
+    @app.get("/health/ready")
+    async def ready():
+        models = models_info()
+        ok = state["ready"] and not state["draining"] and bool(models)
+        body = {
+            "status": "ready" if ok else ("draining" if state["draining"] else "starting"),
+            "version": __version__,
+            "demo": demo,
+            "models": models,
+            "queued": len(jobs.queue),
+            "device": str(engine.models.device),
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/v1/images/{name}")
+    async def image(name: str, exp: int = 0, sig: str = ""):
+        image_uuid, _, ext = name.partition(".")
+        if not signer.check(image_uuid, exp, sig):
+            return JSONResponse(
+                {"errors": [{"code": "notFound", "message": "no such image or link expired"}]}, status_code=404
+            )
+        found = results.get(image_uuid, None)
+        if found is None or found[0].ext != ext:
+            return JSONResponse(
+                {"errors": [{"code": "notFound", "message": "no such image or link expired"}]}, status_code=404
+            )
+        return Response(found[1], media_type=CONTENT_TYPES[ext], headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.post("/v1", summary="Run tasks (JSON array of Runware tasks)")
+    async def rest(request: Request):
+        # 1. Body: capped, JSON, a list of task objects.
+        try:
+            body = await _read_capped(request, server.max_body_bytes)
+            tasks = _parse_tasks(body)
+        except ProtocolError as e:
+            return _error_response([error_item(e, None)], e.code)
+        # 2. Authentication: Bearer header, or a leading authentication task.
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else None
+        if tasks and tasks[0].get("taskType") == "authentication":
+            key = key or tasks[0].get("apiKey")
+        try:
+            owner = protocol.authenticate(key)
+        except ProtocolError as e:
+            return _error_response([error_item(e, tasks[0] if tasks else None)], e.code)
+        # 3. Each task in order; errors are per task.
+        reply = Reply([], [])
+        for task in tasks:
+            try:
+                await _rest_task(protocol, server.sync_wait_s, owner, task, reply)
+            except DaguerreError as e:
+                reply.errors.append(error_item(e, task))
+        code = reply.errors[0]["code"] if reply.errors and not reply.data else None
+        return _error_response(reply.errors, code, reply) if code else JSONResponse(reply.body())
+
+    @app.websocket("/v1")
+    async def ws(websocket: WebSocket):
+        await websocket.accept()
+        conn = _Connection(websocket, protocol, sessions, server)
+        try:
+            await conn.serve()
+        finally:
+            conn.close()
+
+    return app
+
+
+async def _sweep_forever(results, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            n = await run_in_threadpool(results.sweep)
+            if n:
+                log.info("swept %d expired images", n)
+        except Exception:  # noqa: BLE001 - the sweeper must not die
+            log.exception("sweep failed")
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise ProtocolError(f"request body is over the {cap}-byte cap", code="payloadTooLarge")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise ProtocolError(f"request body is over the {cap}-byte cap", code="payloadTooLarge")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_tasks(body: bytes | str) -> list[dict]:
+    try:
+        tasks = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"body is not valid JSON: {e}", code="invalidJSON") from e
+    if isinstance(tasks, dict):
+        tasks = [tasks]
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) for t in tasks):
+        raise ProtocolError("body must be a non-empty JSON array of task objects", code="invalidJSON")
+    return tasks
+
+
+def _error_response(errors: list[dict], code: str, reply: Reply | None = None) -> JSONResponse:
+    status = HTTP_STATUS.get(code, 400)
+    headers = {"Retry-After": "5"} if code == "queueFull" else None
+    body = reply.body() if reply else {"errors": errors}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _check_task_type(task: dict) -> str:
+    task_type = task.get("taskType")
+    if task_type not in ("authentication", "ping", "imageInference", "getResponse", "imageUpload"):
+        raise ProtocolError(
+            f"taskType {task_type!r} is not supported; supported: authentication, ping, "
+            "imageInference, getResponse, imageUpload",
+            parameter="taskType",
+            code="unsupportedTaskType",
+        )
+    return task_type
+
+
+async def _rest_task(protocol: Protocol, sync_wait: float, owner: str, task: dict, reply: Reply) -> None:
+    task_type = _check_task_type(task)
+    if task_type == "authentication":
+        return
+    if task_type == "ping":
+        reply.data.append({"taskType": "ping", "pong": True})
+    elif task_type == "imageUpload":
+        reply.data.append(await run_in_threadpool(protocol.upload, owner, task))
+    elif task_type == "getResponse":
+        job, delivery = await run_in_threadpool(protocol.lookup, owner, task)
+        _add_job(protocol, job, delivery, reply, with_status=True)
+    else:
+        job, delivery = await run_in_threadpool(protocol.submit, owner, task)
+        if delivery.method == "async":
+            reply.data.append({"taskType": job.task_type, "taskUUID": job.task_uuid, "status": "processing"})
+            return
+        job = await protocol.wait(job, sync_wait)
+        # Past the wait cap the task goes on async: processing items tell the client to poll getResponse.
+        _add_job(protocol, job, delivery, reply, with_status=not job.done)
+
+
+def _add_job(protocol: Protocol, job: Job, delivery, reply: Reply, *, with_status: bool) -> None:
+    if job.status == "error":
+        reply.errors.append(protocol.job_error(job))
+    else:
+        reply.data.extend(protocol.items(job, delivery, with_status=with_status))
+
+
+class _Connection:
+    """One WebSocket connection: authentication state, its session, its streaming tasks."""
+
+    def __init__(self, websocket: WebSocket, protocol: Protocol, sessions: dict[str, Session], server):
+        self.ws = websocket
+        self.protocol = protocol
+        self.sessions = sessions
+        self.server = server
+        self.session_id: str | None = None
+        self.streams: set[asyncio.Task] = set()
+        self.send_lock = asyncio.Lock()
+
+    async def send(self, body: dict) -> None:
+        async with self.send_lock:
+            await self.ws.send_text(json.dumps(body))
+
+    async def serve(self) -> None:
+        while True:
+            try:
+                text = await asyncio.wait_for(self.ws.receive_text(), self.server.ws_idle_timeout_s)
+            except (TimeoutError, WebSocketDisconnect):
+                return
+            except RuntimeError:  # receive after close
+                return
+            if len(text.encode()) > self.server.max_body_bytes:
+                e = ProtocolError(f"message is over the {self.server.max_body_bytes}-byte cap", code="payloadTooLarge")
+                await self.send({"errors": [error_item(e, None)]})
+                continue
+            try:
+                tasks = _parse_tasks(text)
+            except ProtocolError as e:
+                await self.send({"errors": [error_item(e, None)]})
+                continue
+            for task in tasks:
+                try:
+                    await self.handle(task)
+                except DaguerreError as e:
+                    await self.send({"errors": [error_item(e, task)]})
+
+    @property
+    def session(self) -> Session | None:
+        return self.sessions.get(self.session_id) if self.session_id else None
+
+    async def handle(self, task: dict) -> None:
+        task_type = _check_task_type(task)
+        if task_type == "authentication":
+            return await self.authenticate(task)
+        if task_type == "ping":
+            return await self.send({"data": [{"taskType": "ping", "pong": True}]})
+        session = self.session
+        if session is None:
+            raise ProtocolError(
+                "authenticate first: send an authentication task with your apiKey",
+                parameter="apiKey",
+                code="missingApiKey",
+            )
+        session.last_seen = time.time()
+        owner = session.owner
+        if task_type == "imageUpload":
+            item = await run_in_threadpool(self.protocol.upload, owner, task)
+            return await self.send({"data": [item]})
+        if task_type == "getResponse":
+            job, delivery = await run_in_threadpool(self.protocol.lookup, owner, task)
+            if job.status == "error":
+                return await self.send({"errors": [self.protocol.job_error(job)]})
+            return await self.send({"data": self.protocol.items(job, delivery, with_status=True)})
+        job, delivery = await run_in_threadpool(self.protocol.submit, owner, task)
+        if delivery.method == "async":
+            return await self.send(
+                {"data": [{"taskType": job.task_type, "taskUUID": job.task_uuid, "status": "processing"}]}
+            )
+        session.pending.setdefault(job.key, set())
+        self.stream(job, delivery)
+
+    def stream(self, job: Job, delivery) -> None:
+        """Push each image of a sync job as it is stored, then forget the job."""
+
+        async def run():
+            async def on_change(current: Job) -> None:
+                session = self.session
+                delivered = session.pending.get(job.key, set()) if session else set()
+                new = {r["imageUUID"] for r in current.results} - delivered
+                if new:
+                    items = self.protocol.items(current, delivery, with_status=False, only_new=new)
+                    await self.send({"data": items})
+                    delivered |= new
+                if current.status == "error":
+                    await self.send({"errors": [self.protocol.job_error(current)]})
+                if current.done and session:
+                    session.pending.pop(job.key, None)
+
+            await self.protocol.wait(job, float("inf"), on_change)
+
+        t = asyncio.create_task(run())
+        self.streams.add(t)
+        t.add_done_callback(self.streams.discard)
+
+    async def authenticate(self, task: dict) -> None:
+        try:
+            owner = self.protocol.authenticate(task.get("apiKey"))
+        except ProtocolError as e:
+            await self.send(
+                {"errors": [error_item(e, {"taskType": "authentication", "taskUUID": task.get("taskUUID")})]}
+            )
+            return
+        wanted = task.get("connectionSessionUUID")
+        resumed = self.sessions.get(wanted) if isinstance(wanted, str) else None
+        if resumed is not None and resumed.owner == owner:
+            self.session_id = wanted
+        else:
+            self.session_id = str(uuid.uuid4())
+            self.sessions[self.session_id] = Session(owner=owner)
+            resumed = None
+        await self.send({"data": [{"taskType": "authentication", "connectionSessionUUID": self.session_id}]})
+        if resumed is not None:  # deliver what the previous connection missed, and keep streaming
+            for key in list(resumed.pending):
+                job = self.protocol.jobs.get(*key)
+                if job is not None:
+                    self.stream(job, delivery_of(job))
+
+    def close(self) -> None:
+        for t in list(self.streams):
+            t.cancel()
+        # Sessions idle for a day are forgotten.
+        cutoff = time.time() - 86400
+        for sid in [s for s, v in self.sessions.items() if v.last_seen < cutoff]:
+            self.sessions.pop(sid, None)

@@ -1,0 +1,285 @@
+"""The Runware task protocol, shared by REST (POST /v1) and WebSocket (/v1).
+
+Tasks: authentication, ping, imageInference, getResponse, imageUpload. Replies are
+`{"data": [...]}` and `{"errors": [...]}` routed by taskUUID; a success item never carries
+`error`/`code` keys. Error codes are listed in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from daguerre.api.keys import ANONYMOUS, KeyStore
+from daguerre.api.schema import parse_image_inference
+from daguerre.config import ServerSettings, Settings
+from daguerre.errors import DaguerreError, ImageInputError, RequestError
+from daguerre.imaging import load_image, open_image, read_source
+from daguerre.jobs.queue import QueueFull
+from daguerre.jobs.service import JobService, check_task_uuid
+from daguerre.jobs.store import ERROR, SUCCESS, Job
+from daguerre.request import DeliverySpec
+from daguerre.storage import CONTENT_TYPES, ResultStore, StoredObject, UrlSigner
+
+# HTTP status for each error code on REST (everything else: 400).
+HTTP_STATUS = {
+    "missingApiKey": 401,
+    "invalidApiKey": 401,
+    "forbidden": 403,
+    "taskNotFound": 404,
+    "modelNotFound": 400,
+    "payloadTooLarge": 413,
+    "queueFull": 429,
+    "serverShuttingDown": 503,
+    "internalError": 500,
+}
+TASK_TYPES = ("authentication", "ping", "imageInference", "getResponse", "imageUpload")
+
+
+class ProtocolError(DaguerreError):
+    """An error at the protocol level (auth, task type, routing)."""
+
+
+def error_item(e: DaguerreError, task: dict | None) -> dict:
+    task = task if isinstance(task, dict) else {}
+    return {
+        "code": e.code,
+        "message": e.message,
+        "parameter": e.parameter,
+        "taskType": task.get("taskType"),
+        "taskUUID": task.get("taskUUID"),
+    }
+
+
+@dataclass
+class Reply:
+    """What one batch of tasks produced."""
+
+    data: list[dict]
+    errors: list[dict]
+
+    def body(self) -> dict:
+        out = {}
+        if self.data:
+            out["data"] = self.data
+        if self.errors:
+            out["errors"] = self.errors
+        return out or {"data": []}
+
+
+class Protocol:
+    """Turns tasks into jobs and jobs into reply items. Holds no per-connection state."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        jobs: JobService,
+        results: ResultStore,
+        signer: UrlSigner,
+        keys: KeyStore,
+        anonymous: bool,
+        is_draining: Callable[[], bool],
+    ):
+        self.settings = settings
+        self.server: ServerSettings = settings.server
+        self.jobs = jobs
+        self.results = results
+        self.signer = signer
+        self.keys = keys
+        self.anonymous = anonymous
+        self.is_draining = is_draining
+
+    # ---- authentication
+    def authenticate(self, api_key: str | None) -> str:
+        """The owner id for a key; anonymous when allowed and no key is given."""
+        if api_key:
+            owner = self.keys.verify(api_key)
+            if owner is None:
+                raise ProtocolError("invalid API key", parameter="apiKey", code="invalidApiKey")
+            return owner
+        if self.anonymous:
+            return ANONYMOUS
+        raise ProtocolError(
+            "an API key is required: 'Authorization: Bearer KEY' or an authentication task",
+            parameter="apiKey",
+            code="missingApiKey",
+        )
+
+    # ---- images
+    def resolver_for(self, owner: str):
+        """Image resolver for parse_image_inference: an imageUUID of this owner, a data URI or base64."""
+        limits = self.settings.image_limits
+
+        def resolve(value: str, parameter: str, is_mask: bool):
+            if _is_uuid(value):
+                found = self.results.get(value.lower(), owner)
+                if found is None:
+                    raise ImageInputError(
+                        f"{parameter}: no image with UUID {value} (unknown, expired or not yours)", parameter=parameter
+                    )
+                value = found[1]
+            elif value.startswith(("http://", "https://")):
+                raise ImageInputError(
+                    f"{parameter}: image URLs are not fetched yet; upload the image with "
+                    "imageUpload or send it as base64 / data URI",
+                    parameter=parameter,
+                )
+            return load_image(value, parameter=parameter, limits=limits, mask=is_mask, allow_paths=False)
+
+        return resolve
+
+    def upload(self, owner: str, task: dict) -> dict:
+        """imageUpload: store the image for this owner; its imageUUID works wherever an image is accepted."""
+        check_task_uuid(task.get("taskUUID"))
+        unknown = set(task) - {"taskType", "taskUUID", "image"}
+        if unknown:
+            raise RequestError(f"unknown field {sorted(unknown)[0]!r} in imageUpload", parameter=sorted(unknown)[0])
+        value = task.get("image")
+        if not isinstance(value, str) or not value:
+            raise RequestError("image is required: a data URI or base64 string", parameter="image")
+        limits = self.settings.image_limits
+        data = read_source(value, parameter="image", limits=limits, allow_paths=False)
+        im = open_image(data, parameter="image", limits=limits)  # validates format and size
+        ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[im.format]
+        image_uuid = str(uuid.uuid4())
+        expires = time.time() + self.server.default_ttl
+        self.results.put(StoredObject(uuid=image_uuid, owner=owner, ext=ext, kind="upload", expires_at=expires), data)
+        return {
+            "taskType": "imageUpload",
+            "taskUUID": task["taskUUID"],
+            "imageUUID": image_uuid,
+            "imageURL": self.signer.sign(image_uuid, ext, expires),
+        }
+
+    # ---- inference
+    def submit(self, owner: str, task: dict) -> tuple[Job, DeliverySpec]:
+        """Validate and enqueue an imageInference task (or find the identical one already submitted)."""
+        if self.is_draining():
+            raise ProtocolError("the server is shutting down and takes no new tasks", code="serverShuttingDown")
+        check_task_uuid(task.get("taskUUID"))
+        req, delivery = parse_image_inference(task, self.resolver_for(owner))
+        try:
+            job, _ = self.jobs.submit(owner, task, req.number_results)
+        except QueueFull as e:
+            raise ProtocolError(f"{e}; retry later", code="queueFull") from e
+        return job, delivery
+
+    def items(self, job: Job, delivery: DeliverySpec, *, with_status: bool, only_new: set[str] | None = None) -> list:
+        """Reply items for a job: one per finished image (and, with status, one per pending image)."""
+        out = []
+        done = {r["imageUUID"]: r for r in job.results}
+        for image_uuid in job.image_uuids:
+            if only_new is not None and image_uuid not in only_new:
+                continue
+            r = done.get(image_uuid)
+            if r is None:
+                if with_status and job.status != ERROR:
+                    out.append(
+                        {
+                            "taskType": job.task_type,
+                            "taskUUID": job.task_uuid,
+                            "imageUUID": image_uuid,
+                            "status": "processing",
+                        }
+                    )
+                continue
+            item = self._result_item(job, r, delivery)
+            if item is not None:
+                if with_status:
+                    item["status"] = "success"
+                out.append(item)
+        return out
+
+    def _result_item(self, job: Job, r: dict, delivery: DeliverySpec) -> dict | None:
+        found = self.results.get(r["imageUUID"], job.owner)
+        if found is None:  # expired and swept
+            return None
+        obj, data = found
+        item = {
+            "taskType": job.task_type,
+            "taskUUID": job.task_uuid,
+            "imageUUID": r["imageUUID"],
+            "seed": r["seed"],
+            "NSFWContent": False,
+        }
+        for kind in delivery.output_types:
+            if kind == "URL":
+                item["imageURL"] = self.signer.sign(obj.uuid, obj.ext, obj.expires_at)
+            elif kind == "base64Data":
+                item["imageBase64Data"] = base64.b64encode(data).decode()
+            else:
+                item["imageDataURI"] = f"data:{CONTENT_TYPES[obj.ext]};base64,{base64.b64encode(data).decode()}"
+        if delivery.include_cost:
+            item["cost"] = round(r["seconds"] * self.server.price_per_second, 6)
+        return item
+
+    def job_error(self, job: Job) -> dict:
+        e = job.error or {}
+        return {
+            "code": e.get("code", "internalError"),
+            "message": e.get("message", "task failed"),
+            "parameter": e.get("parameter"),
+            "taskType": job.task_type,
+            "taskUUID": job.task_uuid,
+        }
+
+    def lookup(self, owner: str, task: dict) -> tuple[Job, DeliverySpec]:
+        """getResponse: the job (this owner's only) and how its results are shaped."""
+        task_uuid = check_task_uuid(task.get("taskUUID"))
+        job = self.jobs.get(owner, task_uuid)
+        if job is None:
+            raise ProtocolError(f"no task {task_uuid} for this API key", parameter="taskUUID", code="taskNotFound")
+        return job, delivery_of(job)
+
+    async def wait(self, job: Job, timeout: float, on_change: Callable[[Job], Awaitable[None]] | None = None) -> Job:
+        """Wait until the job is done (or `timeout`), calling `on_change` on the event loop for each change."""
+        loop = asyncio.get_running_loop()
+        changes: asyncio.Queue[Job] = asyncio.Queue()
+        unsubscribe = self.jobs.subscribe(job.key, lambda j: loop.call_soon_threadsafe(changes.put_nowait, j))
+        try:
+            current = self.jobs.get(*job.key) or job  # it may have changed before we subscribed
+            if on_change is not None:
+                await on_change(current)
+            deadline = loop.time() + timeout
+            while not current.done:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(changes.get(), remaining)
+                except TimeoutError:
+                    break
+                current = self.jobs.get(*job.key) or current
+                if on_change is not None:
+                    await on_change(current)
+            return current
+        finally:
+            unsubscribe()
+
+
+def delivery_of(job: Job) -> DeliverySpec:
+    """Delivery options re-read from the stored task (already validated at submission)."""
+    t = job.payload
+    types = t.get("outputType", "URL")
+    return DeliverySpec(
+        method=t.get("deliveryMethod", "sync"),
+        output_types=tuple(types) if isinstance(types, list) else (types,),
+        include_cost=bool(t.get("includeCost", False)),
+        ttl=t.get("ttl"),
+    )
+
+
+def done_status(job: Job) -> bool:
+    return job.status in (SUCCESS, ERROR)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except (ValueError, AttributeError):
+        return False

@@ -1,0 +1,186 @@
+"""The Runware `imageInference` task -> GenerationRequest + DeliverySpec (the wire boundary).
+
+Every field of the reference parameter list (../shared/reference/002) is recognised here.
+Fields whose feature is not built yet are refused with `unsupportedParameter` naming them,
+never accepted and ignored; fields the reference does not list are refused as unknown.
+Ranges are checked by `request.validate`, so the CLI and the API share one set of rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from daguerre.errors import RequestError, UnsupportedError
+from daguerre.request import (
+    DELIVERY_METHODS,
+    MIN_TTL,
+    OUTPUT_FORMATS,
+    OUTPUT_TYPES,
+    DeliverySpec,
+    GenerationRequest,
+    OutputSpec,
+    validate,
+)
+
+# Reference fields whose feature is not built yet: refused while present and not empty.
+NOT_YET = (
+    "lora",
+    "controlNet",
+    "ipAdapters",
+    "ultralytics",
+    "hiresFix",
+    "layerDiffuse",
+    "puLID",
+    "acceleratorOptions",
+    "outpaint",
+    "promptWeighting",
+    "maskMargin",
+    "webhookURL",
+    "uploadEndpoint",
+)
+# Spellings the SDKs send for the same field.
+ALIASES = {"pulid": "puLID", "PuLID": "puLID", "sdembeds": "sdEmbeds", "checkNSFW": "checkNsfw"}
+KNOWN = {
+    "taskType",
+    "taskUUID",
+    "model",
+    "positivePrompt",
+    "negativePrompt",
+    "width",
+    "height",
+    "steps",
+    "scheduler",
+    "CFGScale",
+    "trueCFGScale",
+    "seed",
+    "numberResults",
+    "strength",
+    "inputs",
+    "seedImage",
+    "maskImage",
+    "outputType",
+    "outputFormat",
+    "outputQuality",
+    "deliveryMethod",
+    "includeCost",
+    "ttl",
+    "safety",
+    "advancedFeatures",
+    "checkNsfw",
+    *NOT_YET,
+}
+IMAGE_FIELDS = ("seedImage", "maskImage")
+
+ImageResolver = Callable[[Any, str, bool], Image.Image]  # (value, parameter, is_mask) -> decoded image
+
+
+def _present(value: Any) -> bool:
+    return value not in (None, [], {}, False)
+
+
+def _int(task: dict, name: str) -> Any:
+    """Integers may arrive as floats from JS clients (1024.0); anything else is passed on for validation."""
+    v = task.get(name)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[GenerationRequest, DeliverySpec]:
+    """Translate one imageInference task; raises RequestError/UnsupportedError naming the field."""
+    task = {ALIASES.get(k, k): v for k, v in task.items()}
+    # 1. Unknown and not-yet-supported fields.
+    unknown = sorted(set(task) - KNOWN)
+    if unknown:
+        raise RequestError(f"unknown field {unknown[0]!r} in imageInference", parameter=unknown[0])
+    advanced = task.get("advancedFeatures") or {}
+    if not isinstance(advanced, dict):
+        raise RequestError("advancedFeatures must be an object", parameter="advancedFeatures")
+    for name in NOT_YET:
+        value = advanced.get(name) if name == "layerDiffuse" and name in advanced else task.get(name)
+        if _present(value):
+            raise UnsupportedError(f"{name} is not supported yet by this server", parameter=name)
+    extra_adv = sorted(set(advanced) - {"layerDiffuse"})
+    if extra_adv:
+        raise RequestError(f"unknown field advancedFeatures.{extra_adv[0]}", parameter="advancedFeatures")
+    safety = task.get("safety")
+    if safety is not None and (not isinstance(safety, dict) or set(safety) - {"checkContent", "mode"}):
+        raise RequestError('safety must be an object like {"checkContent": false}', parameter="safety")
+    if (safety and safety.get("checkContent")) or task.get("checkNsfw"):
+        raise UnsupportedError("safety.checkContent is not supported yet by this server", parameter="safety")
+
+    # 2. Inputs: `inputs.seedImage` (reference) or top-level `seedImage` (older SDKs).
+    inputs = task.get("inputs") or {}
+    if not isinstance(inputs, dict):
+        raise RequestError("inputs must be an object with seedImage / maskImage", parameter="inputs")
+    extra_inputs = sorted(set(inputs) - set(IMAGE_FIELDS))
+    if extra_inputs:
+        raise RequestError(f"unknown field inputs.{extra_inputs[0]}", parameter=f"inputs.{extra_inputs[0]}")
+    images = {}
+    for name in IMAGE_FIELDS:
+        if name in inputs and name in task:
+            raise RequestError(f"give {name} once: in inputs or at the top level", parameter=name)
+        value = inputs.get(name, task.get(name))
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise RequestError(f"{name} must be an imageUUID, URL, data URI or base64 string", parameter=name)
+            images[name] = resolve_image(value, name, name == "maskImage")
+
+    # 3. Delivery.
+    method = task.get("deliveryMethod", "sync")
+    if method not in DELIVERY_METHODS:
+        raise RequestError(f"deliveryMethod must be 'sync' or 'async', got {method!r}", parameter="deliveryMethod")
+    out_types = task.get("outputType", "URL")
+    out_types = tuple(out_types) if isinstance(out_types, list) else (out_types,)
+    if not out_types or any(t not in OUTPUT_TYPES for t in out_types):
+        raise RequestError(
+            f"outputType must be one of {', '.join(OUTPUT_TYPES)}, got {task.get('outputType')!r}",
+            parameter="outputType",
+        )
+    ttl = _int(task, "ttl")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < MIN_TTL):
+        raise RequestError(f"ttl must be an integer >= {MIN_TTL} seconds, got {ttl!r}", parameter="ttl")
+    include_cost = task.get("includeCost", False)
+    if not isinstance(include_cost, bool):
+        raise RequestError(f"includeCost must be true or false, got {include_cost!r}", parameter="includeCost")
+    fmt = task.get("outputFormat", "JPG")
+    fmt = fmt.upper() if isinstance(fmt, str) else fmt
+    fmt = "JPG" if fmt == "JPEG" else fmt
+    if fmt not in OUTPUT_FORMATS:
+        raise RequestError(
+            f"outputFormat must be one of {', '.join(OUTPUT_FORMATS)}, got {task.get('outputFormat')!r}",
+            parameter="outputFormat",
+        )
+
+    # 4. Required core fields, then the shared range checks.
+    for name in ("model", "positivePrompt", "width", "height"):
+        if task.get(name) is None:
+            raise RequestError(f"{name} is required for imageInference", parameter=name)
+    model = task["model"]
+    if not isinstance(model, str):
+        raise RequestError(f"model must be a string (AIR id or name), got {model!r}", parameter="model")
+    scheduler = task.get("scheduler", "Default")
+    if not isinstance(scheduler, str):
+        raise RequestError(f"scheduler must be a string, got {scheduler!r}", parameter="scheduler")
+    req = GenerationRequest(
+        model=model,
+        positive_prompt=task["positivePrompt"],
+        negative_prompt=task.get("negativePrompt"),
+        width=_int(task, "width"),
+        height=_int(task, "height"),
+        steps=_int(task, "steps"),
+        guidance=task.get("CFGScale"),
+        true_cfg_scale=task.get("trueCFGScale"),
+        seed=_int(task, "seed"),
+        number_results=_int(task, "numberResults") if task.get("numberResults") is not None else 1,
+        scheduler=scheduler,
+        seed_image=images.get("seedImage"),
+        mask_image=images.get("maskImage"),
+        strength=task.get("strength"),
+        output=OutputSpec(format=fmt, quality=95 if task.get("outputQuality") is None else _int(task, "outputQuality")),
+    )
+    validate(req)
+    return req, DeliverySpec(method=method, output_types=out_types, include_cost=include_cost, ttl=ttl)

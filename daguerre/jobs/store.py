@@ -1,0 +1,160 @@
+"""Jobs: the record of one task, the JobStore protocol, and its SQLite implementation.
+
+A job is keyed by (owner, taskUUID): taskUUIDs are unique per API key. Its state survives a
+restart: queued jobs are run again after restart and running ones are re-queued (the worker
+is idempotent per job: results already stored are not produced twice).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+QUEUED, RUNNING, SUCCESS, ERROR = "queued", "running", "success", "error"
+
+
+@dataclass
+class Job:
+    """One submitted task and everything known about its outcome. Crosses the queue as its key."""
+
+    owner: str  # API key id ("anonymous" when keys are off)
+    task_uuid: str  # client-chosen UUID v4, unique per owner
+    task_type: str  # "imageInference"
+    payload: dict  # the task as received (images inline or by imageUUID); re-parsed by the worker
+    fingerprint: str  # sha256 of the canonical payload: same UUID + same payload = same task
+    image_uuids: list[str]  # pre-allocated, one per expected result, reported while processing
+    status: str = QUEUED  # queued | running | success | error
+    results: list[dict] = field(default_factory=list)  # per finished image: imageUUID, seed, ext, seconds
+    error: dict | None = None  # {code, message, parameter} when status == error
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.owner, self.task_uuid
+
+    @property
+    def done(self) -> bool:
+        return self.status in (SUCCESS, ERROR)
+
+
+class JobStore(Protocol):
+    """Durable job records. Called by the service (create/get), the worker (update), start-up (recover)."""
+
+    def create(self, job: Job) -> Job | None:
+        """Insert a new job; returns the existing job instead if (owner, taskUUID) is taken."""
+
+    def get(self, owner: str, task_uuid: str) -> Job | None:
+        """The job, or None (also when it belongs to another owner)."""
+
+    def update(self, job: Job) -> None:
+        """Persist a job's status, results and error; called by the worker after each change."""
+
+    def unfinished(self) -> list[Job]:
+        """Queued and running jobs, oldest first; called once at start-up to re-queue them."""
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per status, for health output."""
+
+
+class SQLiteJobStore:
+    """The embedded default: one SQLite file, one connection guarded by a lock (WAL mode)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            """CREATE TABLE IF NOT EXISTS jobs (
+                owner TEXT NOT NULL, task_uuid TEXT NOT NULL, task_type TEXT NOT NULL,
+                payload TEXT NOT NULL, fingerprint TEXT NOT NULL, image_uuids TEXT NOT NULL,
+                status TEXT NOT NULL, results TEXT NOT NULL, error TEXT,
+                created_at REAL NOT NULL, updated_at REAL NOT NULL,
+                PRIMARY KEY (owner, task_uuid))"""
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at)")
+        self._lock = threading.Lock()
+
+    def create(self, job: Job) -> Job | None:
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        job.owner,
+                        job.task_uuid,
+                        job.task_type,
+                        json.dumps(job.payload),
+                        job.fingerprint,
+                        json.dumps(job.image_uuids),
+                        job.status,
+                        json.dumps(job.results),
+                        json.dumps(job.error) if job.error else None,
+                        job.created_at,
+                        job.updated_at,
+                    ),
+                )
+                return None
+            except sqlite3.IntegrityError:
+                pass
+        return self.get(job.owner, job.task_uuid)
+
+    def get(self, owner: str, task_uuid: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE owner=? AND task_uuid=?", (owner, task_uuid)).fetchone()
+        return _job(row) if row else None
+
+    def update(self, job: Job) -> None:
+        job.updated_at = time.time()
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET status=?, results=?, error=?, updated_at=? WHERE owner=? AND task_uuid=?",
+                (
+                    job.status,
+                    json.dumps(job.results),
+                    json.dumps(job.error) if job.error else None,
+                    job.updated_at,
+                    job.owner,
+                    job.task_uuid,
+                ),
+            )
+
+    def unfinished(self) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at", (QUEUED, RUNNING)
+            ).fetchall()
+        return [_job(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        return dict(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _job(row) -> Job:
+    (owner, task_uuid, task_type, payload, fingerprint, image_uuids, status, results, error, created, updated) = row
+    return Job(
+        owner=owner,
+        task_uuid=task_uuid,
+        task_type=task_type,
+        payload=json.loads(payload),
+        fingerprint=fingerprint,
+        image_uuids=json.loads(image_uuids),
+        status=status,
+        results=json.loads(results),
+        error=json.loads(error) if error else None,
+        created_at=created,
+        updated_at=updated,
+    )
