@@ -70,3 +70,71 @@ def reference_pipes(tiny_folder):
         pipes[name] = cls.from_pretrained(tiny_folder.model_path)
         pipes[name].set_progress_bar_config(disable=True)
     return pipes
+
+
+class LiveServer:
+    """A real uvicorn server on 127.0.0.1 (random port) in a background thread; stops with the fixture."""
+
+    def __init__(self, app, port: int):
+        import threading
+
+        import uvicorn
+
+        self.app = app
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/v1"
+        self.ws_url = f"ws://127.0.0.1:{port}/v1"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_max_size=64 * 2**20)
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        import time
+
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("live server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def make_server(tiny_folder, tmp_path_factory):
+    """Build a live server on the tiny model: make_server(**server_settings) -> context manager."""
+    from daguerre.api.app import create_app
+    from daguerre.config import ServerSettings, Settings
+    from daguerre.engine.catalog import Catalog
+    from daguerre.engine.generate import Engine
+    from daguerre.engine.models import ModelManager
+
+    cache = tmp_path_factory.mktemp("server-cache")
+
+    def make(data_dir=None, **server):
+        port = free_port()
+        server.setdefault("data_dir", data_dir or tmp_path_factory.mktemp("server-data"))
+        settings = Settings(
+            discover=False,
+            cache_dir=cache,
+            models={"tiny": {"id": "daguerre:tiny@1", "path": str(tiny_folder.model_path)}},
+            server=ServerSettings(port=port, **server),
+        )
+        manager = ModelManager(catalog=Catalog.from_settings(settings), cache_dir=cache)
+        app = create_app(settings, engine=Engine(models=manager, max_batch=1))
+        return LiveServer(app, port)
+
+    return make

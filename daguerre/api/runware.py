@@ -136,9 +136,14 @@ class Protocol:
     def upload(self, owner: str, task: dict) -> dict:
         """imageUpload: store the image for this owner; its imageUUID works wherever an image is accepted."""
         check_task_uuid(task.get("taskUUID"))
-        unknown = set(task) - {"taskType", "taskUUID", "image"}
+        unknown = set(task) - {"taskType", "taskUUID", "image", "deliveryMethod"}
         if unknown:
             raise RequestError(f"unknown field {sorted(unknown)[0]!r} in imageUpload", parameter=sorted(unknown)[0])
+        # SDKs stamp deliveryMethod on every task; an upload completes at once either way.
+        if task.get("deliveryMethod", "sync") not in ("sync", "async"):
+            raise RequestError(
+                f"deliveryMethod must be 'sync' or 'async', got {task['deliveryMethod']!r}", parameter="deliveryMethod"
+            )
         value = task.get("image")
         if not isinstance(value, str) or not value:
             raise RequestError("image is required: a data URI or base64 string", parameter="image")

@@ -1,0 +1,324 @@
+"""The task API over raw HTTP and WebSocket: every error code, delivery modes, idempotency, isolation."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from PIL import Image
+from websockets.sync.client import connect
+
+from daguerre.api.keys import digest, key_id
+
+KEY, OTHER = "dg_test_key_one", "dg_test_key_two"
+
+
+def task(**kw):
+    t = {
+        "taskType": "imageInference",
+        "taskUUID": str(uuid.uuid4()),
+        "model": "daguerre:tiny@1",
+        "positivePrompt": "portrait of a woman, soft light",
+        "width": 128,
+        "height": 128,
+        "steps": 2,
+    }
+    t.update(kw)
+    return t
+
+
+def post(srv, tasks, key=KEY, **kw):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(srv.url, json=tasks, headers=headers, timeout=120, **kw)
+
+
+@pytest.fixture(scope="module")
+def srv(make_server):
+    with make_server(api_keys=[KEY, OTHER], max_queue=50, max_body_bytes=2 * 2**20) as s:
+        yield s
+
+
+def test_sync_rest_returns_every_result_with_url_seed_and_cost(srv):
+    t = task(numberResults=2, seed=40, includeCost=True)
+    r = post(srv, [t])
+    assert r.status_code == 200, r.text
+    items = r.json()["data"]
+    assert [i["seed"] for i in items] == [40, 41]
+    for i in items:
+        assert i["taskUUID"] == t["taskUUID"] and i["taskType"] == "imageInference"
+        assert "error" not in i and "code" not in i and i["NSFWContent"] is False and i["cost"] >= 0
+        img = httpx.get(i["imageURL"], timeout=30)
+        assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(img.content)).size == (128, 128)
+
+
+@pytest.mark.parametrize(
+    ("output_type", "field", "prefix"),
+    [("base64Data", "imageBase64Data", "/9j/"), ("dataURI", "imageDataURI", "data:image/png;base64,")],
+)
+def test_output_types(srv, output_type, field, prefix):
+    fmt = "PNG" if output_type == "dataURI" else "JPG"
+    [item] = post(srv, [task(outputType=output_type, outputFormat=fmt)]).json()["data"]
+    assert item[field].startswith(prefix) and "imageURL" not in item
+
+
+def test_async_then_get_response(srv):
+    t = task(deliveryMethod="async", numberResults=2, seed=3)
+    ack = post(srv, [t]).json()["data"]
+    assert ack == [{"taskType": "imageInference", "taskUUID": t["taskUUID"], "status": "processing"}]
+    deadline = time.time() + 60
+    while True:
+        items = post(srv, [{"taskType": "getResponse", "taskUUID": t["taskUUID"]}]).json()["data"]
+        assert len(items) == 2 and all(i["imageUUID"] for i in items)
+        if all(i["status"] == "success" for i in items) or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert [i["status"] for i in items] == ["success", "success"] and [i["seed"] for i in items] == [3, 4]
+
+
+def test_same_task_uuid_same_payload_runs_once_different_payload_is_an_error(srv):
+    t = task(seed=9)
+    first = post(srv, [t]).json()["data"]
+    again = post(srv, [t]).json()["data"]
+    assert [i["imageUUID"] for i in first] == [i["imageUUID"] for i in again]
+    r = post(srv, [dict(t, seed=10)])
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "duplicateTaskUUID"
+
+
+def test_twenty_concurrent_duplicates_run_once(srv):
+    t = task(seed=77, deliveryMethod="async")
+    jobs = srv.app.state.jobs
+    replies = []
+
+    def submit():
+        replies.append(post(srv, [t]).json())
+
+    threads = [threading.Thread(target=submit) for _ in range(20)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(r == replies[0] for r in replies)
+    job = jobs.get(key_id(digest(KEY)), t["taskUUID"])
+    deadline = time.time() + 60
+    while not job.done and time.time() < deadline:
+        time.sleep(0.1)
+        job = jobs.get(job.owner, job.task_uuid)
+    assert job.status == "success" and len(job.results) == 1
+
+
+def test_tenant_isolation(srv):
+    t = task(deliveryMethod="async")
+    post(srv, [t])
+    r = post(srv, [{"taskType": "getResponse", "taskUUID": t["taskUUID"]}], key=OTHER)
+    assert r.status_code == 404 and r.json()["errors"][0]["code"] == "taskNotFound"
+    up = post(srv, [{"taskType": "imageUpload", "taskUUID": str(uuid.uuid4()), "image": _png_b64()}]).json()["data"][0]
+    r = post(srv, [task(seedImage=up["imageUUID"], strength=0.5)], key=OTHER)
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "invalidImage"
+    ok = post(srv, [task(seedImage=up["imageUUID"], strength=0.5)])
+    assert ok.status_code == 200
+
+
+def _png_b64(size=(96, 80)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (30, 140, 200)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize(
+    ("tasks", "key", "status", "code"),
+    [
+        ([task()], None, 401, "missingApiKey"),
+        ([task()], "wrong-key", 401, "invalidApiKey"),
+        ([task(width=100)], KEY, 400, "invalidParameter"),
+        ([task(steps=51)], KEY, 400, "invalidParameter"),
+        ([task(model="runware:999@1")], KEY, 400, "modelNotFound"),
+        ([task(lora=[{"model": "x", "weight": 1}])], KEY, 400, "unsupportedParameter"),
+        ([task(colour="red")], KEY, 400, "invalidParameter"),
+        ([task(taskUUID="not-a-uuid")], KEY, 400, "invalidParameter"),
+        ([task(seedImage="data:image/png;base64,AAAA")], KEY, 400, "invalidImage"),
+        ([task(scheduler="DPM++ 2M Karras")], KEY, 400, "unsupportedParameter"),
+        ([{"taskType": "videoInference", "taskUUID": str(uuid.uuid4())}], KEY, 400, "unsupportedTaskType"),
+        ([{"taskType": "getResponse", "taskUUID": str(uuid.uuid4())}], KEY, 404, "taskNotFound"),
+    ],
+)
+def test_error_codes(srv, tasks, key, status, code):
+    r = post(srv, tasks, key=key)
+    assert r.status_code == status, r.text
+    [err] = r.json()["errors"]
+    assert err["code"] == code and err["message"]
+    assert "Traceback" not in r.text
+
+
+def test_errors_name_parameter_and_task(srv):
+    t = task(CFGScale=25)
+    [err] = post(srv, [t]).json()["errors"]
+    assert err["parameter"] == "CFGScale" and err["taskUUID"] == t["taskUUID"] and "[0, 20]" in err["message"]
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "lora",
+        "controlNet",
+        "ipAdapters",
+        "ultralytics",
+        "hiresFix",
+        "puLID",
+        "pulid",
+        "acceleratorOptions",
+        "outpaint",
+        "promptWeighting",
+        "maskMargin",
+        "webhookURL",
+        "uploadEndpoint",
+    ],
+)
+def test_unbuilt_features_are_refused_by_name(srv, field):
+    value = {
+        "lora": [{"model": "a", "weight": 1}],
+        "controlNet": [{"model": "a"}],
+        "ipAdapters": [{"model": "a"}],
+        "maskMargin": 64,
+        "webhookURL": "https://example.com/h",
+        "uploadEndpoint": "https://example.com/u",
+        "promptWeighting": "compel",
+        "hiresFix": True,
+    }.get(field, {"x": 1})
+    [err] = post(srv, [task(**{field: value})]).json()["errors"]
+    assert err["code"] == "unsupportedParameter" and err["parameter"] == {"pulid": "puLID"}.get(field, field)
+    for extra in ({"safety": {"checkContent": True}}, {"advancedFeatures": {"layerDiffuse": True}}):
+        [err] = post(srv, [task(**extra)]).json()["errors"]
+        assert err["code"] == "unsupportedParameter"
+
+
+def test_bad_bodies(srv):
+    for body in (b"{not json", b"[]", b"[1, 2]", b'"text"'):
+        r = httpx.post(srv.url, content=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+        assert r.status_code == 400 and r.json()["errors"][0]["code"] == "invalidJSON"
+    big = b"[" + b" " * (3 * 2**20) + b"]"
+    r = httpx.post(srv.url, content=big, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    assert r.status_code == 413 and r.json()["errors"][0]["code"] == "payloadTooLarge"
+
+
+def test_authentication_task_instead_of_header(srv):
+    r = post(srv, [{"taskType": "authentication", "apiKey": KEY}, {"taskType": "ping", "ping": True}], key=None)
+    assert r.status_code == 200 and r.json()["data"] == [{"taskType": "ping", "pong": True}]
+
+
+def test_server_paths_are_never_read_from_the_wire(srv, tmp_path):
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64)).save(secret)
+    for value in (str(secret), "./secret.png", "~/secret.png"):
+        [err] = post(srv, [task(seedImage=value, strength=0.5)]).json()["errors"]
+        assert err["code"] == "invalidImage"
+        [err] = post(srv, [{"taskType": "imageUpload", "taskUUID": str(uuid.uuid4()), "image": value}]).json()["errors"]
+        assert err["code"] == "invalidImage"
+
+
+def test_image_links_are_signed_and_expire(srv):
+    [item] = post(srv, [task()]).json()["data"]
+    url = item["imageURL"]
+    assert httpx.get(url).status_code == 200
+    assert httpx.get(url.replace("sig=", "sig=0")).status_code == 404
+    past = url.split("exp=")[0] + "exp=1&sig=" + url.split("sig=")[1]
+    assert httpx.get(past).status_code == 404
+
+
+def test_websocket_protocol(srv):
+    with connect(srv.ws_url) as ws:
+        ws.send(json.dumps([{"taskType": "ping", "ping": True}]))
+        assert json.loads(ws.recv()) == {"data": [{"taskType": "ping", "pong": True}]}
+        ws.send(json.dumps([task()]))
+        assert json.loads(ws.recv())["errors"][0]["code"] == "missingApiKey"
+        ws.send(json.dumps([{"taskType": "authentication", "apiKey": "nope"}]))
+        err = json.loads(ws.recv())["errors"][0]
+        assert err["code"] == "invalidApiKey" and err["taskType"] == "authentication"
+        ws.send(json.dumps([{"taskType": "authentication", "apiKey": KEY}]))
+        auth = json.loads(ws.recv())["data"][0]
+        assert auth["taskType"] == "authentication" and uuid.UUID(auth["connectionSessionUUID"])
+        t = task(numberResults=2, seed=1)
+        ws.send(json.dumps([t]))
+        got = []
+        while len(got) < 2:
+            got += json.loads(ws.recv())["data"]
+        assert [g["seed"] for g in got] == [1, 2] and all(g["taskUUID"] == t["taskUUID"] for g in got)
+        ws.send("not json")
+        assert json.loads(ws.recv())["errors"][0]["code"] == "invalidJSON"
+
+
+def test_websocket_reconnect_gets_undelivered_results(srv):
+    t = task(steps=6, seed=5)
+    with connect(srv.ws_url) as ws:
+        ws.send(json.dumps([{"taskType": "authentication", "apiKey": KEY}]))
+        session = json.loads(ws.recv())["data"][0]["connectionSessionUUID"]
+        ws.send(json.dumps([t]))
+    time.sleep(0.2)  # disconnected before the result
+    with connect(srv.ws_url) as ws:
+        ws.send(json.dumps([{"taskType": "authentication", "apiKey": KEY, "connectionSessionUUID": session}]))
+        assert json.loads(ws.recv())["data"][0]["connectionSessionUUID"] == session
+        [item] = json.loads(ws.recv(timeout=60))["data"]
+        assert item["taskUUID"] == t["taskUUID"] and item["seed"] == 5
+
+
+def test_health(srv):
+    assert httpx.get(srv.url.replace("/v1", "/health/live")).json() == {"status": "live"}
+    r = httpx.get(srv.url.replace("/v1", "/health/ready"))
+    assert r.status_code == 200 and r.json()["models"][0]["id"] == "daguerre:tiny@1"
+    spec = httpx.get(srv.url.replace("/v1", "/openapi.json")).json()
+    assert "/v1" in spec["paths"] and "/health/ready" in spec["paths"]
+
+
+def test_ttl_expiry_deletes_images(make_server):
+    with make_server(api_keys=[KEY], sweep_interval_s=0.2) as s:
+        [item] = post(s, [task(ttl=60)]).json()["data"]
+        store = s.app.state.worker.results
+        assert httpx.get(item["imageURL"]).status_code == 200
+        assert store.sweep(now=time.time() + 61) == 1
+        r = post(s, [{"taskType": "getResponse", "taskUUID": item["taskUUID"]}]).json()
+        assert r == {"data": []}
+        assert httpx.get(item["imageURL"]).status_code == 404
+        [err] = post(s, [task(ttl=59)]).json()["errors"]
+        assert err["parameter"] == "ttl"
+
+
+def test_queue_full_is_429_with_retry_after(make_server):
+    with make_server(api_keys=[KEY], max_queue=1) as s:
+        worker = s.app.state.worker
+        worker._stop.set()  # nothing is claimed: the queue fills
+        time.sleep(0.5)
+        assert post(s, [task(deliveryMethod="async")]).status_code == 200
+        r = post(s, [task(deliveryMethod="async")])
+        assert r.status_code == 429 and r.headers["retry-after"] and r.json()["errors"][0]["code"] == "queueFull"
+
+
+def test_restart_with_queued_jobs_loses_none(make_server, tmp_path):
+    data = tmp_path / "data"
+    tasks = [task(deliveryMethod="async", seed=i) for i in range(3)]
+    with make_server(data_dir=data, api_keys=[KEY]) as s:
+        s.app.state.worker._stop.set()  # the worker stops claiming: jobs stay queued
+        time.sleep(0.5)
+        for t in tasks:
+            assert post(s, [t]).status_code == 200
+    with make_server(data_dir=data, api_keys=[KEY]) as s:
+        deadline = time.time() + 60
+        for t in tasks:
+            while True:
+                items = post(s, [{"taskType": "getResponse", "taskUUID": t["taskUUID"]}]).json()["data"]
+                if items and items[0]["status"] == "success" or time.time() > deadline:
+                    break
+                time.sleep(0.2)
+            assert items[0]["status"] == "success" and items[0]["seed"] == t["seed"]
+
+
+def test_anonymous_only_on_loopback_without_keys(make_server):
+    with make_server() as s:
+        assert post(s, [{"taskType": "ping", "ping": True}], key=None).status_code == 200
+    with make_server(api_keys=[KEY]) as s:
+        assert post(s, [{"taskType": "ping", "ping": True}], key=None).status_code == 401

@@ -1,0 +1,122 @@
+"""The official SDKs, unmodified, against a live server on the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+KEY = "dg_sdk_test_key"
+ROOT = Path(__file__).parents[1]
+SDK1 = ROOT / ".venv-sdk1" / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def srv(make_server):
+    with make_server(api_keys=[KEY]) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sdk") / "photo.png"
+    Image.new("RGB", (150, 100), (200, 100, 50)).save(path)
+    return path
+
+
+def test_runware_05_websocket_sdk(srv, png):
+    from runware import IImageInference, Runware
+
+    async def run():
+        rw = Runware(api_key=KEY, url=srv.ws_url)
+        await rw.connect()
+        seen = {}
+        for output in ("URL", "base64Data", "dataURI"):
+            imgs = await rw.imageInference(
+                requestImage=IImageInference(
+                    positivePrompt="portrait, soft light",
+                    model="daguerre:tiny@1",
+                    width=128,
+                    height=128,
+                    steps=2,
+                    numberResults=2,
+                    seed=21,
+                    outputType=output,
+                )
+            )
+            seen[f"sync-{output}"] = [(i.seed, bool(i.imageURL or i.imageBase64Data or i.imageDataURI)) for i in imgs]
+            ack = await rw.imageInference(
+                requestImage=IImageInference(
+                    positivePrompt="portrait, soft light",
+                    model="daguerre:tiny@1",
+                    width=128,
+                    height=128,
+                    steps=2,
+                    numberResults=2,
+                    seed=31,
+                    outputType=output,
+                    deliveryMethod="async",
+                )
+            )
+            res = await rw.getResponse(taskUUID=ack.taskUUID, numberResults=2)
+            seen[f"async-{output}"] = sorted((i.seed, i.status) for i in res)
+        up = await rw.uploadImage(str(png))
+        [img] = await rw.imageInference(
+            requestImage=IImageInference(
+                positivePrompt="img2img",
+                model="daguerre:tiny@1",
+                width=128,
+                height=128,
+                steps=2,
+                seedImage=up.imageUUID,
+                strength=0.5,
+            )
+        )
+        seen["img2img"] = bool(img.imageURL)
+        await rw.disconnect()
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(run(), 300))
+    for output in ("URL", "base64Data", "dataURI"):
+        assert seen[f"sync-{output}"] == [(21, True), (22, True)]
+        assert seen[f"async-{output}"] == [(31, "success"), (32, "success")]
+    assert seen["img2img"]
+
+
+def test_runware_05_sees_an_auth_failure(srv):
+    from runware import Runware
+
+    async def run():
+        rw = Runware(api_key="wrong-key", url=srv.ws_url, timeout=10000)
+        try:
+            await rw.connect()
+            await rw.ensureConnection()
+        except Exception as e:  # noqa: BLE001
+            return str(e)
+        return getattr(rw, "_invalidAPIkey", None)
+
+    message = asyncio.run(asyncio.wait_for(run(), 60))
+    assert message and "invalid API key" in message
+
+
+@pytest.mark.skipif(not SDK1.exists(), reason="scripts/setup creates .venv-sdk1 with runware-sdk 1.x")
+@pytest.mark.parametrize("transport", ["rest", "websocket"])
+def test_runware_sdk_1x(srv, png, transport):
+    base = srv.url.removeprefix("http://").removesuffix("/v1")
+    out = subprocess.run(
+        [str(SDK1), str(ROOT / "tests" / "sdk1_client.py"), base, KEY, transport, str(png)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    for method in ("sync", "async"):
+        for output in ("URL", "base64Data", "dataURI"):
+            assert seen[f"{method}-{output}"] == [[11, True], [12, True]], (method, output, seen)
+    assert seen["img2img"] is True
+    assert seen["auth"] == "auth", seen  # the SDK files invalidApiKey under its "auth" category
