@@ -439,13 +439,36 @@ def keys_create(
     data_dir: Annotated[Path | None, typer.Option(help="the server's data folder [./daguerre-data]")] = None,
 ):
     """Create an API key and print it once."""
+    from daguerre.api.app import server_secret
     from daguerre.api.keys import KeyStore
+    from daguerre.jobs.delivery import derived_webhook_secret
 
     settings = _settings(config)
-    store = KeyStore((data_dir or settings.server.data_dir) / "keys.sqlite3")
-    key_id, key = store.create(label)
-    err.print(f"key id {key_id}; the key is shown once, store it now:", highlight=False)
+    folder = data_dir or settings.server.data_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    key_id, key = KeyStore(folder / "keys.sqlite3").create(label)
+    err.print(f"key id {key_id}; the key is shown once, store it now.", highlight=False)
+    err.print(
+        f"webhook signing secret (Standard Webhooks): {derived_webhook_secret(server_secret(folder), key_id)}",
+        highlight=False,
+    )
     typer.echo(key)
+
+
+@keys_app.command("webhook-secret")
+def keys_webhook_secret(
+    key: Annotated[str, typer.Argument(help="the API key (or its key id k_...)")],
+    config: ConfigOpt = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the server's data folder [./daguerre-data]")] = None,
+):
+    """Print the Standard Webhooks secret that signs this key's webhooks."""
+    from daguerre.api.app import server_secret
+    from daguerre.api.keys import digest, key_id
+    from daguerre.jobs.delivery import derived_webhook_secret
+
+    settings = _settings(config)
+    owner = key if key.startswith("k_") else key_id(digest(key))
+    typer.echo(derived_webhook_secret(server_secret(data_dir or settings.server.data_dir), owner))
 
 
 @keys_app.command("list")

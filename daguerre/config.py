@@ -47,6 +47,12 @@ class ServerSettings(BaseModel):
     price_per_second: float = Field(0.0, ge=0, description="includeCost: measured compute seconds x this")
     drain_timeout_s: float = Field(120, ge=0, description="SIGTERM waits this long for the running job")
     sweep_interval_s: float = Field(30, gt=0, description="how often expired images are deleted")
+    webhook_retry_schedule: list[float] = Field(
+        [2, 8, 30, 120, 600], description="seconds before each retry of a failed webhook or upload"
+    )
+    outbound_allow_loopback: bool = Field(
+        False, description="let webhooks/uploads/image URLs reach 127.0.0.0/8 and ::1 (tests only)"
+    )
 
 
 def _default_hf_cache() -> Path:

@@ -56,6 +56,8 @@ class DeliverySpec:
     output_types: tuple[str, ...] = ("URL",)  # one or more of URL | base64Data | dataURI
     include_cost: bool = False  # add `cost` (measured compute seconds x price) per result
     ttl: int | None = None  # seconds an image stays downloadable (>= 60); None = the server default
+    webhook_url: str | None = None  # each result POSTed here as it completes (Standard Webhooks signed)
+    upload_endpoint: str | None = None  # each image PUT here (raw bytes), e.g. a presigned S3 URL
 
 
 @dataclass(frozen=True)

@@ -176,8 +176,6 @@ def test_errors_name_parameter_and_task(srv):
         "outpaint",
         "promptWeighting",
         "maskMargin",
-        "webhookURL",
-        "uploadEndpoint",
     ],
 )
 def test_unbuilt_features_are_refused_by_name(srv, field):

@@ -27,6 +27,8 @@ from daguerre.config import Settings
 from daguerre.engine.generate import Engine
 from daguerre.engine.worker import Worker
 from daguerre.errors import DaguerreError
+from daguerre.jobs.delivery import DeliveryService, derived_webhook_secret
+from daguerre.jobs.outbound import OutboundClient, OutboundPolicy
 from daguerre.jobs.queue import InProcessQueue
 from daguerre.jobs.service import JobService
 from daguerre.jobs.store import Job, SQLiteJobStore
@@ -53,6 +55,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def server_secret(data_dir: Path) -> bytes:
+    """The server's own secret (image-link signatures, webhook secrets), made once per data folder."""
+    return _url_secret(data_dir)
+
+
 def _url_secret(data_dir: Path) -> bytes:
     path = data_dir / "url-secret"
     if not path.exists():
@@ -71,7 +78,10 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
     results = LocalResultStore(data / "images")
     keys = KeyStore(data / "keys.sqlite3", extra_keys=server.api_keys)
     public = server.public_url or f"http://{server.host}:{server.port}"
-    signer = UrlSigner(_url_secret(data), public)
+    secret_key = _url_secret(data)
+    signer = UrlSigner(secret_key, public)
+    outbound = OutboundClient(OutboundPolicy(allow_loopback=server.outbound_allow_loopback))
+    deliveries = DeliveryService(outbound=outbound, retry_schedule=server.webhook_retry_schedule)
     anonymous = server.allow_anonymous
     if anonymous is None:
         anonymous = is_loopback(server.host) and keys.count() == 0
@@ -84,9 +94,33 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
         keys=keys,
         anonymous=anonymous,
         is_draining=lambda: state["draining"],
+        outbound=outbound,
     )
+
+    def deliver(job: Job, result: dict | None) -> None:
+        """Webhook each result (or the job's error) and PUT each image to uploadEndpoint."""
+        d = delivery_of(job)
+        if d.webhook_url:
+            payload = None
+            if result is not None:
+                payload = {"data": protocol.items(job, d, with_status=False, only_new={result["imageUUID"]})}
+            elif job.status == "error":
+                payload = {"errors": [protocol.job_error(job)]}
+            if payload:
+                secret = derived_webhook_secret(secret_key, job.owner)
+                deliveries.webhook(d.webhook_url, payload, secret=secret, task_uuid=job.task_uuid)
+        if d.upload_endpoint and result is not None:
+            found = results.get(result["imageUUID"], job.owner)
+            if found is not None:
+                deliveries.upload(d.upload_endpoint, found[1], CONTENT_TYPES[found[0].ext], task_uuid=job.task_uuid)
+
     worker = Worker(
-        engine=engine, jobs=jobs, results=results, resolver_for=protocol.resolver_for, default_ttl=server.default_ttl
+        engine=engine,
+        jobs=jobs,
+        results=results,
+        resolver_for=protocol.resolver_for,
+        default_ttl=server.default_ttl,
+        on_result=deliver,
     )
     sessions: dict[str, Session] = {}
 
@@ -106,6 +140,7 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
         finished = await run_in_threadpool(worker.stop, server.drain_timeout_s)
         if not finished:
             log.warning("drain timeout: the running job is left to be re-queued at next start")
+        deliveries.stop()
         store.close()
 
     app = FastAPI(
@@ -115,6 +150,7 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
         description="Runware-compatible image inference for FLUX.1 models (see docs/api.md).",
     )
     app.state.protocol, app.state.worker, app.state.jobs = protocol, worker, jobs
+    app.state.deliveries, app.state.secret_key = deliveries, secret_key
 
     def models_info() -> list[dict]:
         return [

@@ -35,8 +35,7 @@ class KeyStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS api_keys (digest TEXT PRIMARY KEY, label TEXT, created_at REAL NOT NULL, "
-            "webhook_secret TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS api_keys (digest TEXT PRIMARY KEY, label TEXT, created_at REAL NOT NULL)"
         )
         self._lock = threading.Lock()
         self._extra = {digest(k) for k in extra_keys if k}

@@ -19,9 +19,10 @@ from daguerre.api.schema import parse_image_inference
 from daguerre.config import ServerSettings, Settings
 from daguerre.errors import DaguerreError, ImageInputError, RequestError
 from daguerre.imaging import load_image, open_image, read_source
+from daguerre.jobs.outbound import OutboundClient
 from daguerre.jobs.queue import QueueFull
 from daguerre.jobs.service import JobService, check_task_uuid
-from daguerre.jobs.store import ERROR, SUCCESS, Job
+from daguerre.jobs.store import ERROR, Job
 from daguerre.request import DeliverySpec
 from daguerre.storage import CONTENT_TYPES, ResultStore, StoredObject, UrlSigner
 
@@ -84,6 +85,7 @@ class Protocol:
         keys: KeyStore,
         anonymous: bool,
         is_draining: Callable[[], bool],
+        outbound: OutboundClient,
     ):
         self.settings = settings
         self.server: ServerSettings = settings.server
@@ -93,6 +95,7 @@ class Protocol:
         self.keys = keys
         self.anonymous = anonymous
         self.is_draining = is_draining
+        self.outbound = outbound
 
     # ---- authentication
     def authenticate(self, api_key: str | None) -> str:
@@ -111,8 +114,24 @@ class Protocol:
         )
 
     # ---- images
-    def resolver_for(self, owner: str):
-        """Image resolver for parse_image_inference: an imageUUID of this owner, a data URI or base64."""
+    def fetch_bytes(self, value: str, parameter: str) -> bytes:
+        """The encoded bytes behind an image value from the wire: URL (guarded fetch), data URI or base64."""
+        limits = self.settings.image_limits
+        if value.startswith(("http://", "https://")):
+            resp = self.outbound.request("GET", value, parameter=parameter, max_redirects=3, max_bytes=limits.max_bytes)
+            if resp.status != 200:
+                raise ImageInputError(
+                    f"{parameter}: fetching the image URL answered HTTP {resp.status}", parameter=parameter
+                )
+            return resp.body
+        return read_source(value, parameter=parameter, limits=limits, allow_paths=False)
+
+    def resolver_for(self, owner: str, captured: dict[str, bytes] | None = None):
+        """Image resolver for parse_image_inference: an imageUUID of this owner, a URL, data URI or base64.
+
+        With `captured`, the encoded bytes of every non-UUID image are recorded by parameter,
+        so the submission can store them once and the job refers to them by UUID.
+        """
         limits = self.settings.image_limits
 
         def resolve(value: str, parameter: str, is_mask: bool):
@@ -122,14 +141,12 @@ class Protocol:
                     raise ImageInputError(
                         f"{parameter}: no image with UUID {value} (unknown, expired or not yours)", parameter=parameter
                     )
-                value = found[1]
-            elif value.startswith(("http://", "https://")):
-                raise ImageInputError(
-                    f"{parameter}: image URLs are not fetched yet; upload the image with "
-                    "imageUpload or send it as base64 / data URI",
-                    parameter=parameter,
-                )
-            return load_image(value, parameter=parameter, limits=limits, mask=is_mask, allow_paths=False)
+                data = found[1]
+            else:
+                data = self.fetch_bytes(value, parameter)
+                if captured is not None:
+                    captured[parameter] = data
+            return load_image(data, parameter=parameter, limits=limits, mask=is_mask)
 
         return resolve
 
@@ -147,13 +164,7 @@ class Protocol:
         value = task.get("image")
         if not isinstance(value, str) or not value:
             raise RequestError("image is required: a data URI or base64 string", parameter="image")
-        limits = self.settings.image_limits
-        data = read_source(value, parameter="image", limits=limits, allow_paths=False)
-        im = open_image(data, parameter="image", limits=limits)  # validates format and size
-        ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[im.format]
-        image_uuid = str(uuid.uuid4())
-        expires = time.time() + self.server.default_ttl
-        self.results.put(StoredObject(uuid=image_uuid, owner=owner, ext=ext, kind="upload", expires_at=expires), data)
+        image_uuid, ext, expires = self.store_upload(owner, self.fetch_bytes(value, "image"), "image")
         return {
             "taskType": "imageUpload",
             "taskUUID": task["taskUUID"],
@@ -161,15 +172,30 @@ class Protocol:
             "imageURL": self.signer.sign(image_uuid, ext, expires),
         }
 
+    def store_upload(self, owner: str, data: bytes, parameter: str) -> tuple[str, str, float]:
+        """Keep an input image for this owner: (imageUUID, ext, expiry). Validates format and size first."""
+        im = open_image(data, parameter=parameter, limits=self.settings.image_limits)
+        ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[im.format]
+        image_uuid = str(uuid.uuid4())
+        expires = time.time() + self.server.default_ttl
+        self.results.put(StoredObject(uuid=image_uuid, owner=owner, ext=ext, kind="upload", expires_at=expires), data)
+        return image_uuid, ext, expires
+
     # ---- inference
     def submit(self, owner: str, task: dict) -> tuple[Job, DeliverySpec]:
         """Validate and enqueue an imageInference task (or find the identical one already submitted)."""
         if self.is_draining():
             raise ProtocolError("the server is shutting down and takes no new tasks", code="serverShuttingDown")
         check_task_uuid(task.get("taskUUID"))
-        req, delivery = parse_image_inference(task, self.resolver_for(owner))
+        captured: dict[str, bytes] = {}
+        req, delivery = parse_image_inference(task, self.resolver_for(owner, captured))
+        for name, url in (("webhookURL", delivery.webhook_url), ("uploadEndpoint", delivery.upload_endpoint)):
+            if url is not None:
+                self.outbound.check_url(url, parameter=name)  # refused now, and re-checked when sent
+        # Inline and URL images are stored once; the job refers to them by UUID (small rows, one fetch).
+        payload = _with_images(task, {name: self.store_upload(owner, data, name)[0] for name, data in captured.items()})
         try:
-            job, _ = self.jobs.submit(owner, task, req.number_results)
+            job, _ = self.jobs.submit(owner, task, req.number_results, payload=payload)
         except QueueFull as e:
             raise ProtocolError(f"{e}; retry later", code="queueFull") from e
         return job, delivery
@@ -276,11 +302,23 @@ def delivery_of(job: Job) -> DeliverySpec:
         output_types=tuple(types) if isinstance(types, list) else (types,),
         include_cost=bool(t.get("includeCost", False)),
         ttl=t.get("ttl"),
+        webhook_url=t.get("webhookURL"),
+        upload_endpoint=t.get("uploadEndpoint"),
     )
 
 
-def done_status(job: Job) -> bool:
-    return job.status in (SUCCESS, ERROR)
+def _with_images(task: dict, uuids: dict[str, str]) -> dict:
+    """The task with the given image fields replaced by stored imageUUIDs, wherever they were given."""
+    out = dict(task)
+    inputs = dict(out["inputs"]) if isinstance(out.get("inputs"), dict) else None
+    for name, image_uuid in uuids.items():
+        if inputs is not None and name in inputs:
+            inputs[name] = image_uuid
+        else:
+            out[name] = image_uuid
+    if inputs is not None:
+        out["inputs"] = inputs
+    return out
 
 
 def _is_uuid(value: str) -> bool:

@@ -26,52 +26,16 @@ from daguerre.request import (
 )
 
 # Reference fields whose feature is not built yet: refused while present and not empty.
-NOT_YET = (
-    "lora",
-    "controlNet",
-    "ipAdapters",
-    "ultralytics",
-    "hiresFix",
-    "layerDiffuse",
-    "puLID",
-    "acceleratorOptions",
-    "outpaint",
-    "promptWeighting",
-    "maskMargin",
-    "webhookURL",
-    "uploadEndpoint",
-)
+NOT_YET = ("lora", "controlNet", "ipAdapters", "ultralytics", "hiresFix", "layerDiffuse", "puLID",
+           "acceleratorOptions", "outpaint", "promptWeighting", "maskMargin")  # fmt: skip
 # Spellings the SDKs send for the same field.
 ALIASES = {"pulid": "puLID", "PuLID": "puLID", "sdembeds": "sdEmbeds", "checkNSFW": "checkNsfw"}
 KNOWN = {
-    "taskType",
-    "taskUUID",
-    "model",
-    "positivePrompt",
-    "negativePrompt",
-    "width",
-    "height",
-    "steps",
-    "scheduler",
-    "CFGScale",
-    "trueCFGScale",
-    "seed",
-    "numberResults",
-    "strength",
-    "inputs",
-    "seedImage",
-    "maskImage",
-    "outputType",
-    "outputFormat",
-    "outputQuality",
-    "deliveryMethod",
-    "includeCost",
-    "ttl",
-    "safety",
-    "advancedFeatures",
-    "checkNsfw",
-    *NOT_YET,
-}
+    "taskType", "taskUUID", "model", "positivePrompt", "negativePrompt", "width", "height", "steps", "scheduler",
+    "CFGScale", "trueCFGScale", "seed", "numberResults", "strength", "inputs", "seedImage", "maskImage",
+    "outputType", "outputFormat", "outputQuality", "deliveryMethod", "includeCost", "ttl", "safety",
+    "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", *NOT_YET,
+}  # fmt: skip
 IMAGE_FIELDS = ("seedImage", "maskImage")
 
 ImageResolver = Callable[[Any, str, bool], Image.Image]  # (value, parameter, is_mask) -> decoded image
@@ -143,6 +107,12 @@ def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[Gen
     ttl = _int(task, "ttl")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < MIN_TTL):
         raise RequestError(f"ttl must be an integer >= {MIN_TTL} seconds, got {ttl!r}", parameter="ttl")
+    urls = {}
+    for name in ("webhookURL", "uploadEndpoint"):
+        value = task.get(name)
+        if value is not None and (not isinstance(value, str) or not value.startswith(("http://", "https://"))):
+            raise RequestError(f"{name} must be an http(s) URL, got {value!r}", parameter=name)
+        urls[name] = value
     include_cost = task.get("includeCost", False)
     if not isinstance(include_cost, bool):
         raise RequestError(f"includeCost must be true or false, got {include_cost!r}", parameter="includeCost")
@@ -183,4 +153,11 @@ def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[Gen
         output=OutputSpec(format=fmt, quality=95 if task.get("outputQuality") is None else _int(task, "outputQuality")),
     )
     validate(req)
-    return req, DeliverySpec(method=method, output_types=out_types, include_cost=include_cost, ttl=ttl)
+    return req, DeliverySpec(
+        method=method,
+        output_types=out_types,
+        include_cost=include_cost,
+        ttl=ttl,
+        webhook_url=urls["webhookURL"],
+        upload_endpoint=urls["uploadEndpoint"],
+    )

@@ -34,12 +34,14 @@ class Worker:
         results: ResultStore,
         resolver_for: Callable[[str], ImageResolver],
         default_ttl: int,
+        on_result: Callable[[Job, dict | None], None] | None = None,
     ):
         self.engine = engine
         self.jobs = jobs
         self.results = results
         self.resolver_for = resolver_for  # owner -> image resolver (uploads are per key)
         self.default_ttl = default_ttl
+        self.on_result = on_result  # (job, result) after each stored image; (job, None) when the job ends
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.busy = threading.Event()  # set while a job runs (drain waits on it)
@@ -86,10 +88,10 @@ class Worker:
                     StoredObject(uuid=uuid, owner=job.owner, ext=ext, kind="result", expires_at=time.time() + ttl),
                     im.encode(req.output),
                 )
-                job.results.append(
-                    {"imageUUID": uuid, "seed": im.seed, "ext": ext, "seconds": im.seconds, "index": im.index}
-                )
+                result = {"imageUUID": uuid, "seed": im.seed, "ext": ext, "seconds": im.seconds, "index": im.index}
+                job.results.append(result)
                 self.jobs.changed(job)
+                self._announce(job, result)
 
             self.engine.generate(req, on_image=on_image)
             job.status = SUCCESS
@@ -113,3 +115,12 @@ class Worker:
             extra={"taskUUID": job.task_uuid},
         )
         self.jobs.changed(job)
+        self._announce(job, None)
+
+    def _announce(self, job: Job, result: dict | None) -> None:
+        if self.on_result is None:
+            return
+        try:
+            self.on_result(job, result)
+        except Exception:  # noqa: BLE001 - a delivery problem must not fail the job
+            log.exception("delivery hook failed for task %s", job.task_uuid)

@@ -50,12 +50,16 @@ class JobService:
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()
 
-    def submit(self, owner: str, task: dict, number_results: int) -> tuple[Job, bool]:
+    def submit(self, owner: str, task: dict, number_results: int, *, payload: dict | None = None) -> tuple[Job, bool]:
         """Store and enqueue a validated task; returns (job, created). A repeat with the same payload
-        returns the existing job (created False) and never runs twice; a different payload raises."""
+        returns the existing job (created False) and never runs twice; a different payload raises.
+
+        `payload` is what the worker will run (the task with inline images swapped for stored
+        imageUUIDs); the idempotency fingerprint is always taken from the task as the client sent it.
+        """
         task_uuid = check_task_uuid(task.get("taskUUID"))
         fp = fingerprint(task)
-        payload = dict(task)
+        payload = dict(payload if payload is not None else task)
         if payload.get("seed") is None:
             # Fix the random seed now, so a job re-run after a restart makes the same images.
             payload["seed"] = secrets.randbelow(2**32)

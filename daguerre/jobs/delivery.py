@@ -1,0 +1,167 @@
+"""Pushing results out: webhooks (Standard Webhooks signatures) and uploadEndpoint PUTs, with retries.
+
+Every request goes through the guarded OutboundClient with redirects off. A webhook is retried
+on any non-2xx answer or a network failure, an upload on 5xx or a network failure (a 4xx is
+final), following the configured schedule; a webhook keeps its webhook-id across retries so
+the receiver can de-duplicate. Pending retries live in memory: a restart drops them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import hmac
+import itertools
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from daguerre.jobs.outbound import OutboundClient, OutboundError
+
+log = logging.getLogger(__name__)
+
+
+def derived_webhook_secret(server_secret: bytes, owner: str) -> str:
+    """The Standard Webhooks secret (whsec_ + base64) of an owner, derived from the server's secret."""
+    raw = hmac.new(server_secret, f"webhook:{owner}".encode(), hashlib.sha256).digest()[:24]
+    return "whsec_" + base64.b64encode(raw).decode()
+
+
+@dataclass(order=True)
+class _Attempt:
+    due: float
+    seq: int
+    kind: str = field(compare=False)  # "webhook" | "upload"
+    url: str = field(compare=False)
+    body: bytes = field(compare=False)
+    headers: dict = field(compare=False)
+    task_uuid: str = field(compare=False)
+    attempt: int = field(compare=False, default=0)  # 0 = first try
+    msg_id: str = field(compare=False, default="")
+    secret: str = field(compare=False, default="")
+
+
+class DeliveryService:
+    """Runs deliveries on a small thread pool; a scheduler thread re-runs failures on the schedule."""
+
+    def __init__(self, *, outbound: OutboundClient, retry_schedule: list[float], workers: int = 4):
+        self.outbound = outbound
+        self.schedule = list(retry_schedule)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="daguerre-delivery")
+        self._heap: list[_Attempt] = []
+        self._cv = threading.Condition()
+        self._seq = itertools.count()
+        self._stop = False
+        self._thread = threading.Thread(target=self._scheduler, name="daguerre-delivery-scheduler", daemon=True)
+        self._thread.start()
+        self.log: list[tuple[str, str, int | str]] = []  # (kind, task_uuid, status or error): the last 1000
+
+    def webhook(self, url: str, payload: dict, *, secret: str, task_uuid: str) -> None:
+        """POST `payload` as JSON to `url`, signed; called once per finished result (or job error)."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        self._push(
+            _Attempt(
+                due=0,
+                seq=next(self._seq),
+                kind="webhook",
+                url=url,
+                body=body,
+                headers={"Content-Type": "application/json"},
+                task_uuid=task_uuid,
+                msg_id=f"msg_{uuid.uuid4().hex}",
+                secret=secret,
+            )
+        )
+
+    def upload(self, url: str, data: bytes, content_type: str, *, task_uuid: str) -> None:
+        """PUT the raw image bytes to a (usually presigned) URL."""
+        self._push(
+            _Attempt(
+                due=0,
+                seq=next(self._seq),
+                kind="upload",
+                url=url,
+                body=data,
+                headers={"Content-Type": content_type},
+                task_uuid=task_uuid,
+            )
+        )
+
+    def _push(self, a: _Attempt) -> None:
+        with self._cv:
+            heapq.heappush(self._heap, a)
+            self._cv.notify()
+
+    def _scheduler(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and (not self._heap or self._heap[0].due > time.time()):
+                    wait = None if not self._heap else max(0.0, self._heap[0].due - time.time())
+                    self._cv.wait(wait)
+                if self._stop:
+                    return
+                a = heapq.heappop(self._heap)
+            self._pool.submit(self._run, a)
+
+    def _run(self, a: _Attempt) -> None:
+        headers = dict(a.headers)
+        if a.kind == "webhook":
+            from standardwebhooks.webhooks import Webhook
+
+            now = datetime.now(tz=UTC)
+            headers.update(
+                {
+                    "webhook-id": a.msg_id,
+                    "webhook-timestamp": str(int(now.timestamp())),
+                    "webhook-signature": Webhook(a.secret).sign(a.msg_id, now, a.body.decode()),
+                }
+            )
+        method = "POST" if a.kind == "webhook" else "PUT"
+        try:
+            resp = self.outbound.request(
+                method,
+                a.url,
+                parameter="webhookURL" if a.kind == "webhook" else "uploadEndpoint",
+                content=a.body,
+                headers=headers,
+                max_redirects=0,
+                max_bytes=1 << 20,
+            )
+            outcome: int | str = resp.status
+            ok = 200 <= resp.status < 300
+            final = ok or (a.kind == "upload" and resp.status < 500)  # an upload's 3xx/4xx is final
+        except OutboundError as e:
+            outcome, ok, final = e.message, False, False
+        self._record(a.kind, a.task_uuid, outcome)
+        if ok or final or a.attempt >= len(self.schedule):
+            if not ok:
+                log.warning(
+                    "%s for task %s failed for good after %d attempts: %s",
+                    a.kind,
+                    a.task_uuid,
+                    a.attempt + 1,
+                    outcome,
+                    extra={"taskUUID": a.task_uuid},
+                )
+            return
+        a.attempt += 1
+        a.due = time.time() + self.schedule[a.attempt - 1]
+        a.seq = next(self._seq)
+        self._push(a)
+
+    def _record(self, kind: str, task_uuid: str, outcome) -> None:
+        with self._cv:
+            self.log.append((kind, task_uuid, outcome))
+            del self.log[:-1000]
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._pool.shutdown(wait=False, cancel_futures=True)
