@@ -418,8 +418,12 @@ def serve(
         f"(ws://{srv.host}:{srv.port}/v1){' [demo: random weights]' if demo else ''}",
         highlight=False,
     )
+    from daguerre.logs import configure
+
+    configure()
     uvicorn.run(
         application,
+        log_config=None,
         host=srv.host,
         port=srv.port,
         log_level="info",
