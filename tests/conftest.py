@@ -124,13 +124,13 @@ def make_server(tiny_folder, tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("server-cache")
 
-    def make(data_dir=None, **server):
+    def make(data_dir=None, extra_models=None, **server):
         port = free_port()
         server.setdefault("data_dir", data_dir or tmp_path_factory.mktemp("server-data"))
         settings = Settings(
             discover=False,
             cache_dir=cache,
-            models={"tiny": {"id": "daguerre:tiny@1", "path": str(tiny_folder.model_path)}},
+            models={"tiny": {"id": "daguerre:tiny@1", "path": str(tiny_folder.model_path)}, **(extra_models or {})},
             server=ServerSettings(port=port, **server),
         )
         manager = ModelManager(catalog=Catalog.from_settings(settings), cache_dir=cache)
@@ -138,3 +138,20 @@ def make_server(tiny_folder, tmp_path_factory):
         return LiveServer(app, port)
 
     return make
+
+
+def inference_task(**fields) -> dict:
+    """An imageInference task for the tiny server model, with a fresh taskUUID; fields override."""
+    import uuid
+
+    task = {
+        "taskType": "imageInference",
+        "taskUUID": str(uuid.uuid4()),
+        "model": "daguerre:tiny@1",
+        "positivePrompt": "portrait of a woman, soft light",
+        "width": 128,
+        "height": 128,
+        "steps": 2,
+    }
+    task.update(fields)
+    return task

@@ -15,22 +15,13 @@ from PIL import Image
 from websockets.sync.client import connect
 
 from daguerre.api.keys import digest, key_id
+from tests.conftest import inference_task
 
 KEY, OTHER = "dg_test_key_one", "dg_test_key_two"
 
 
 def task(**kw):
-    t = {
-        "taskType": "imageInference",
-        "taskUUID": str(uuid.uuid4()),
-        "model": "daguerre:tiny@1",
-        "positivePrompt": "portrait of a woman, soft light",
-        "width": 128,
-        "height": 128,
-        "steps": 2,
-    }
-    t.update(kw)
-    return t
+    return inference_task(**kw)
 
 
 def post(srv, tasks, key=KEY, **kw):
@@ -120,7 +111,7 @@ def test_tenant_isolation(srv):
     assert r.status_code == 404 and r.json()["errors"][0]["code"] == "taskNotFound"
     up = post(srv, [{"taskType": "imageUpload", "taskUUID": str(uuid.uuid4()), "image": _png_b64()}]).json()["data"][0]
     r = post(srv, [task(seedImage=up["imageUUID"], strength=0.5)], key=OTHER)
-    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "invalidImage"
+    assert r.status_code == 404 and r.json()["errors"][0]["code"] == "imageNotFound"
     ok = post(srv, [task(seedImage=up["imageUUID"], strength=0.5)])
     assert ok.status_code == 200
 
@@ -270,7 +261,59 @@ def test_health(srv):
     r = httpx.get(srv.url.replace("/v1", "/health/ready"))
     assert r.status_code == 200 and r.json()["models"][0]["id"] == "daguerre:tiny@1"
     spec = httpx.get(srv.url.replace("/v1", "/openapi.json")).json()
-    assert "/v1" in spec["paths"] and "/health/ready" in spec["paths"]
+    assert "/v1" in spec["paths"] and "/health/ready" in spec["paths"] and "/v1/images/{name}" in spec["paths"]
+    body = spec["paths"]["/v1"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    inference = body["items"]["oneOf"][0]["properties"]
+    assert inference["width"] == {"type": "integer", "minimum": 128, "maximum": 2048, "multipleOf": 64}
+    assert "lora" in inference and {"429", "413", "401"} <= set(spec["paths"]["/v1"]["post"]["responses"])
+
+
+def test_draining_refuses_new_tasks_and_is_not_ready(srv):
+    srv.app.state.lifecycle["draining"] = True
+    try:
+        r = post(srv, [task()])
+        assert r.status_code == 503 and r.json()["errors"][0]["code"] == "serverShuttingDown"
+        assert httpx.get(srv.url.replace("/v1", "/health/ready")).status_code == 503
+    finally:
+        srv.app.state.lifecycle["draining"] = False
+    assert post(srv, [task()]).status_code == 200
+
+
+def test_a_crashing_job_is_an_internal_error_and_the_worker_survives(srv, monkeypatch):
+    engine = srv.app.state.worker.engine
+    real = engine.generate
+
+    def boom(*a, **kw):
+        raise RuntimeError("simulated crash inside the pipeline")
+
+    monkeypatch.setattr(engine, "generate", boom)
+    r = post(srv, [task()])
+    assert r.status_code == 500
+    [err] = r.json()["errors"]
+    assert err["code"] == "internalError" and "simulated" not in err["message"] and "Traceback" not in r.text
+    monkeypatch.setattr(engine, "generate", real)
+    assert post(srv, [task()]).status_code == 200
+
+
+def test_websocket_idle_timeout(make_server):
+    with make_server(api_keys=[KEY], ws_idle_timeout_s=0.5) as s, connect(s.ws_url) as ws:
+        time.sleep(1.0)
+        with pytest.raises(Exception):  # noqa: B017 - closed by the server: any close error will do
+            ws.send(json.dumps([{"taskType": "ping", "ping": True}]))
+            ws.recv(timeout=2)
+
+
+def test_model_that_fails_to_load(make_server, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    (broken / "transformer").mkdir()
+    (broken / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with make_server(api_keys=[KEY], extra_models={"broken": {"id": "test:broken@1", "path": str(broken)}}) as s:
+        r = post(s, [task(model="test:broken@1")])
+        [err] = r.json()["errors"]
+        assert r.status_code == 400 and err["code"] == "modelLoadFailed" and str(broken) in err["message"]
+        assert post(s, [task()]).status_code == 200
 
 
 def test_ttl_expiry_deletes_images(make_server):

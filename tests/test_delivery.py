@@ -6,7 +6,6 @@ import json
 import socket
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -15,22 +14,13 @@ from standardwebhooks.webhooks import Webhook
 
 from daguerre.api.keys import digest, key_id
 from daguerre.jobs.delivery import derived_webhook_secret
+from tests.conftest import inference_task
 
 KEY = "dg_delivery_key"
 
 
 def task(**kw):
-    t = {
-        "taskType": "imageInference",
-        "taskUUID": str(uuid.uuid4()),
-        "model": "daguerre:tiny@1",
-        "positivePrompt": "portrait, soft light",
-        "width": 128,
-        "height": 128,
-        "steps": 1,
-    }
-    t.update(kw)
-    return t
+    return inference_task(**{"steps": 1, **kw})
 
 
 class Receiver:

@@ -28,40 +28,13 @@ PROMPT = "portrait of a woman in her 30s, soft studio lighting, 85mm f/1.4"
 
 
 def build_midsize(folder: Path, seed: int = 0) -> None:
-    """Tiny builder's tokenizers and encoders, with a mid-size transformer and a wider VAE."""
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
-
+    """The tiny builder's tokenizers and encoders with a mid-size transformer and a wider VAE."""
     from daguerre.testing import tiny
 
-    parts = tiny.build_components(seed=seed)
-    torch.manual_seed(seed)
-    parts["transformer"] = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=64,
-        num_layers=4,
-        num_single_layers=8,
-        attention_head_dim=64,
-        num_attention_heads=4,
-        joint_attention_dim=tiny.TEXT_DIM,
-        pooled_projection_dim=tiny.TEXT_DIM,
-        guidance_embeds=True,
-        axes_dims_rope=(16, 24, 24),
-    ).eval()
-    parts["vae"] = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=(16, 32, 32, 32),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=8,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    ).eval()
-    tiny._save_folder(parts, folder, with_transformer_weights=True)
+    parts = tiny.build_components(
+        seed=seed, double=4, single=8, heads=4, head_dim=64, axes_dims_rope=(16, 24, 24), vae_channels=(16, 32, 32, 32)
+    )
+    tiny.save_folder(parts, folder, with_transformer_weights=True)
 
 
 def interleaved(fns: dict, runs: int) -> dict[str, list[float]]:

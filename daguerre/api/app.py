@@ -22,7 +22,16 @@ from starlette.concurrency import run_in_threadpool
 
 from daguerre import __version__
 from daguerre.api.keys import KeyStore
-from daguerre.api.runware import HTTP_STATUS, Protocol, ProtocolError, Reply, delivery_of, error_item
+from daguerre.api.runware import (
+    HTTP_STATUS,
+    TASK_TYPES,
+    Protocol,
+    ProtocolError,
+    Reply,
+    delivery_of,
+    error_item,
+)
+from daguerre.api.schema import openapi_tasks_schema
 from daguerre.config import Settings
 from daguerre.engine.generate import Engine
 from daguerre.engine.worker import Worker
@@ -150,7 +159,7 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
         description="Runware-compatible image inference for FLUX.1 models (see docs/api.md).",
     )
     app.state.protocol, app.state.worker, app.state.jobs = protocol, worker, jobs
-    app.state.deliveries, app.state.secret_key = deliveries, secret_key
+    app.state.deliveries, app.state.secret_key, app.state.lifecycle = deliveries, secret_key, state
 
     def models_info() -> list[dict]:
         return [
@@ -196,7 +205,22 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
             )
         return Response(found[1], media_type=CONTENT_TYPES[ext], headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.post("/v1", summary="Run tasks (JSON array of Runware tasks)")
+    @app.post(
+        "/v1",
+        summary="Run tasks (JSON array of Runware tasks)",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_tasks_schema()}}},
+            "responses": {
+                "200": {"description": '{"data": [result items]} and, for failed tasks, "errors"'},
+                "400": {"description": '{"errors": [{"code", "message", "parameter", "taskType", "taskUUID"}]}'},
+                "401": {"description": "missingApiKey / invalidApiKey"},
+                "404": {"description": "taskNotFound / imageNotFound"},
+                "413": {"description": "payloadTooLarge"},
+                "429": {"description": "queueFull (Retry-After)"},
+                "503": {"description": "serverShuttingDown"},
+            },
+        },
+    )
     async def rest(request: Request):
         # 1. Body: capped, JSON, a list of task objects.
         try:
@@ -280,10 +304,9 @@ def _error_response(errors: list[dict], code: str, reply: Reply | None = None) -
 
 def _check_task_type(task: dict) -> str:
     task_type = task.get("taskType")
-    if task_type not in ("authentication", "ping", "imageInference", "getResponse", "imageUpload"):
+    if task_type not in TASK_TYPES:
         raise ProtocolError(
-            f"taskType {task_type!r} is not supported; supported: authentication, ping, "
-            "imageInference, getResponse, imageUpload",
+            f"taskType {task_type!r} is not supported; supported: {', '.join(TASK_TYPES)}",
             parameter="taskType",
             code="unsupportedTaskType",
         )

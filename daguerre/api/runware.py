@@ -28,9 +28,9 @@ from daguerre.storage import CONTENT_TYPES, ResultStore, StoredObject, UrlSigner
 
 # HTTP status for each error code on REST (everything else: 400).
 HTTP_STATUS = {
+    "imageNotFound": 404,
     "missingApiKey": 401,
     "invalidApiKey": 401,
-    "forbidden": 403,
     "taskNotFound": 404,
     "modelNotFound": 400,
     "payloadTooLarge": 413,
@@ -139,7 +139,9 @@ class Protocol:
                 found = self.results.get(value.lower(), owner)
                 if found is None:
                     raise ImageInputError(
-                        f"{parameter}: no image with UUID {value} (unknown, expired or not yours)", parameter=parameter
+                        f"{parameter}: no image with UUID {value} (unknown, expired or not yours)",
+                        parameter=parameter,
+                        code="imageNotFound",
                     )
                 data = found[1]
             else:

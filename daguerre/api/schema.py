@@ -29,7 +29,7 @@ from daguerre.request import (
 NOT_YET = ("lora", "controlNet", "ipAdapters", "ultralytics", "hiresFix", "layerDiffuse", "puLID",
            "acceleratorOptions", "outpaint", "promptWeighting", "maskMargin")  # fmt: skip
 # Spellings the SDKs send for the same field.
-ALIASES = {"pulid": "puLID", "PuLID": "puLID", "sdembeds": "sdEmbeds", "checkNSFW": "checkNsfw"}
+ALIASES = {"pulid": "puLID", "PuLID": "puLID", "checkNSFW": "checkNsfw"}
 KNOWN = {
     "taskType", "taskUUID", "model", "positivePrompt", "negativePrompt", "width", "height", "steps", "scheduler",
     "CFGScale", "trueCFGScale", "seed", "numberResults", "strength", "inputs", "seedImage", "maskImage",
@@ -161,3 +161,62 @@ def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[Gen
         webhook_url=urls["webhookURL"],
         upload_endpoint=urls["uploadEndpoint"],
     )
+
+
+def openapi_tasks_schema() -> dict:
+    """JSON Schema of the POST /v1 body for /openapi.json, built from the same ranges `validate` uses."""
+    from daguerre.engine.schedulers import REFERENCE_NAMES
+    from daguerre.request import PROMPT_CHARS, RANGES
+
+    def num(name: str, integer: bool) -> dict:
+        lo, hi = RANGES[name]
+        return {"type": "integer" if integer else "number", "minimum": lo, "maximum": hi}
+
+    image = {"type": "string", "description": "imageUUID, http(s) URL, data URI or base64"}
+    prompt = {"type": "string", "minLength": PROMPT_CHARS[0], "maxLength": PROMPT_CHARS[1]}
+    inference = {
+        "type": "object",
+        "required": ["taskType", "taskUUID", "model", "positivePrompt", "width", "height"],
+        "properties": {
+            "taskType": {"const": "imageInference"},
+            "taskUUID": {"type": "string", "format": "uuid"},
+            "model": {"type": "string", "description": "AIR id or short name from the catalog"},
+            "positivePrompt": prompt,
+            "negativePrompt": prompt,
+            "width": {**num("width", True), "multipleOf": 64},
+            "height": {**num("height", True), "multipleOf": 64},
+            "steps": num("steps", True),
+            "CFGScale": num("CFGScale", False),
+            "trueCFGScale": num("trueCFGScale", False),
+            "seed": num("seed", True),
+            "numberResults": num("numberResults", True),
+            "strength": num("strength", False),
+            "scheduler": {"type": "string", "enum": list(REFERENCE_NAMES)},
+            "inputs": {"type": "object", "properties": {"seedImage": image, "maskImage": image}},
+            "seedImage": image,
+            "maskImage": image,
+            "outputType": {
+                "oneOf": [{"enum": list(OUTPUT_TYPES)}, {"type": "array", "items": {"enum": list(OUTPUT_TYPES)}}]
+            },
+            "outputFormat": {"enum": list(OUTPUT_FORMATS)},
+            "outputQuality": num("outputQuality", True),
+            "deliveryMethod": {"enum": list(DELIVERY_METHODS)},
+            "ttl": {"type": "integer", "minimum": MIN_TTL},
+            "includeCost": {"type": "boolean"},
+            "webhookURL": {"type": "string", "format": "uri"},
+            "uploadEndpoint": {"type": "string", "format": "uri"},
+            "safety": {"type": "object", "properties": {"checkContent": {"const": False}}},
+            **{name: {"description": "not supported yet: refused with unsupportedParameter"} for name in NOT_YET},
+        },
+    }
+    simple = {
+        "authentication": {"apiKey": {"type": "string"}, "connectionSessionUUID": {"type": "string"}},
+        "ping": {"ping": {"type": "boolean"}},
+        "getResponse": {"taskUUID": {"type": "string", "format": "uuid"}},
+        "imageUpload": {"taskUUID": {"type": "string", "format": "uuid"}, "image": image},
+    }
+    others = [
+        {"type": "object", "required": ["taskType"], "properties": {"taskType": {"const": t}, **props}}
+        for t, props in simple.items()
+    ]
+    return {"type": "array", "minItems": 1, "items": {"oneOf": [inference, *others]}}

@@ -91,8 +91,21 @@ def train_tokenizer(max_length: int, *, add_bos: bool):
     )
 
 
-def build_components(*, seed: int = 0, kind: str = "dev") -> dict:
-    """All pipeline components at tiny size, with weights drawn from `seed` in a fixed order."""
+def build_components(
+    *,
+    seed: int = 0,
+    kind: str = "dev",
+    double: int = DOUBLE,
+    single: int = SINGLE,
+    heads: int = HEADS,
+    head_dim: int = HEAD_DIM,
+    axes_dims_rope: tuple[int, int, int] = AXES_DIMS_ROPE,
+    vae_channels: tuple[int, int, int, int] = (8, 16, 16, 16),
+) -> dict:
+    """All pipeline components, tiny by default, with weights drawn from `seed` in a fixed order.
+
+    The size arguments let benchmarks build a mid-size model with the same tokenizers and encoders.
+    """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -102,14 +115,14 @@ def build_components(*, seed: int = 0, kind: str = "dev") -> dict:
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=64,
-        num_layers=DOUBLE,
-        num_single_layers=SINGLE,
-        attention_head_dim=HEAD_DIM,
-        num_attention_heads=HEADS,
+        num_layers=double,
+        num_single_layers=single,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
         joint_attention_dim=TEXT_DIM,
         pooled_projection_dim=TEXT_DIM,
         guidance_embeds=(kind == "dev"),
-        axes_dims_rope=AXES_DIMS_ROPE,
+        axes_dims_rope=axes_dims_rope,
     )
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -147,7 +160,7 @@ def build_components(*, seed: int = 0, kind: str = "dev") -> dict:
         out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=(8, 16, 16, 16),
+        block_out_channels=vae_channels,
         layers_per_block=1,
         latent_channels=16,
         norm_num_groups=8,
@@ -184,7 +197,7 @@ def _model_index() -> dict:
     }
 
 
-def _save_folder(components: dict, folder: Path, *, with_transformer_weights: bool) -> None:
+def save_folder(components: dict, folder: Path, *, with_transformer_weights: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, part in components.items():
         if name == "transformer" and not with_transformer_weights:
@@ -206,12 +219,12 @@ def build(root: Path, *, layout: str = "folder", seed: int = 0, kind: str = "dev
     if layout == "folder":
         if fp8:
             raise ValueError("--fp8 applies to the single-file layout")
-        _save_folder(components, root, with_transformer_weights=True)
+        save_folder(components, root, with_transformer_weights=True)
         return TinySpec(root=root, layout=layout, kind=kind, model_path=root, base_path=None)
     if layout != "single-file":
         raise ValueError(f"layout must be 'folder' or 'single-file', got {layout!r}")
     base = root / "base"
-    _save_folder(components, base, with_transformer_weights=False)
+    save_folder(components, base, with_transformer_weights=False)
     sd = diffusers_to_bfl({k: v.contiguous() for k, v in components["transformer"].state_dict().items()})
     dtype = torch.float8_e4m3fn if fp8 else torch.float32
     sd = {k: v.to(dtype).contiguous() for k, v in sd.items()}
