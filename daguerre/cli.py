@@ -36,6 +36,9 @@ FLAGS = {
     "outputFormat": "--format",
     "outputQuality": "--quality",
     "model": "--model",
+    "lora": "--lora",
+    "lora.model": "--lora",
+    "lora.weight": "--lora",
 }
 EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -91,6 +94,21 @@ def _default_model(engine) -> str:
         parameter="model",
         code="invalidParameter",
     )
+
+
+def _lora_ref(value: str):
+    """--lora REF[=WEIGHT]."""
+    from daguerre.request import LoraRef
+
+    ref, sep, weight = value.rpartition("=") if "=" in value else (value, "", "")
+    if not sep:
+        return LoraRef(model=value)
+    try:
+        return LoraRef(model=ref, weight=float(weight))
+    except ValueError:
+        raise DaguerreError(
+            f"--lora weight must be a number, got {weight!r}", parameter="lora.weight", code="invalidParameter"
+        ) from None
 
 
 def _stem(prompt: str) -> str:
@@ -154,6 +172,10 @@ def generate(
     ] = None,
     mask: Annotated[str | None, typer.Option(help="mask for inpainting; white = repaint")] = None,
     strength: Annotated[float | None, typer.Option(help="0-1 with --image [0.8]")] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option("--lora", help="LoRA id, name or path, optionally =WEIGHT (-4..4, default 1); repeatable"),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="JPG | PNG | WEBP")] = "JPG",
     quality: Annotated[int, typer.Option(help="20-99 (JPG/WEBP)")] = 95,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output folder [./out]")] = None,
@@ -198,6 +220,7 @@ def generate(
             mask_image=mask_image,
             strength=strength,
             output=OutputSpec(format=fmt.upper(), quality=quality),
+            loras=tuple(_lora_ref(v) for v in lora or ()),
         )
         for path, im in _run(engine, req, out_dir or settings.output_dir, quiet=quiet):
             typer.echo(f"{path}\tseed={im.seed}")  # plain: scripts parse these lines
@@ -282,7 +305,7 @@ def reproduce(
     from daguerre import recipe as recipes
     from daguerre.imaging import load_image
     from daguerre.recipe import pixels_sha256
-    from daguerre.request import GenerationRequest, OutputSpec
+    from daguerre.request import GenerationRequest, LoraRef, OutputSpec
 
     try:
         r = recipes.read(image_path)
@@ -322,6 +345,7 @@ def reproduce(
             mask_image=mask_image,
             strength=r.strength,
             output=OutputSpec(format=r.output_format, quality=r.output_quality),
+            loras=tuple(LoraRef(model=x["model"], weight=x["weight"]) for x in r.loras),
         )
         # The image's whole chunk runs again: batched results match single runs only to ~1e-5.
         [(path, im)] = _run(engine, req, out_dir or settings.output_dir, max_batch=r.batch_size, keep=r.batch_index)

@@ -51,6 +51,7 @@ class Recipe:
     # exact bytes come back only by re-running the same chunk: its size and this image's place.
     batch_size: int = 1
     batch_index: int = 0
+    loras: tuple = ()  # ({"model": id, "sha256": file hash, "weight": w}, ...) applied to the transformer
     version: str = __version__  # Daguerre version that made it
     format: str = FORMAT
 
@@ -76,6 +77,8 @@ class Recipe:
             parts.insert(2, f"CFG scale: {self.true_cfg_scale:g}")
         if self.strength is not None:
             parts.append(f"Denoising strength: {self.strength:g}")
+        for lora in self.loras:
+            parts.append(f"Lora: {lora['model']}:{lora['weight']:g} ({lora['sha256'][:10]})")
         parts.append(f"Version: daguerre {self.version}")
         lines.append(", ".join(parts))
         return "\n".join(lines)
@@ -86,6 +89,7 @@ class Recipe:
         known = {f.name for f in fields(cls)}
         if data.get("format") != FORMAT:
             raise RequestError(f"recipe format {data.get('format')!r} is not {FORMAT!r}", parameter="image")
+        data["loras"] = tuple(data.get("loras", ()))
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

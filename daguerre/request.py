@@ -29,6 +29,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "numberResults": (1, 20),
     "strength": (0, 1),
     "outputQuality": (20, 99),
+    "lora.weight": (-4, 4),
 }
 PROMPT_CHARS = (2, 3000)
 SIZE_STEP = 64
@@ -60,6 +61,17 @@ class DeliverySpec:
     upload_endpoint: str | None = None  # each image PUT here (raw bytes), e.g. a presigned S3 URL
 
 
+MAX_LORAS = 8
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """One LoRA to apply for a request."""
+
+    model: str  # catalog id, short name or path of a FLUX.1 LoRA file
+    weight: float = 1.0  # -4..4; 0 has no effect, negative steers away
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One image-generation request, normalized: what every protocol adapter produces."""
@@ -79,6 +91,7 @@ class GenerationRequest:
     mask_image: Image.Image | None = field(default=None, compare=False)  # L, white = repaint
     strength: float | None = None  # 0-1 with seed_image; None = 0.8
     output: OutputSpec = field(default_factory=OutputSpec)
+    loras: tuple[LoraRef, ...] = ()  # applied together, each with its own weight
 
     @property
     def workflow(self) -> str:
@@ -137,6 +150,18 @@ def validate(req: GenerationRequest) -> GenerationRequest:
             parameter="outputFormat",
         )
     _check_range("outputQuality", req.output.quality, integer=True)
+    if len(req.loras) > MAX_LORAS:
+        raise RequestError(f"lora takes at most {MAX_LORAS} entries, got {len(req.loras)}", parameter="lora")
+    seen = set()
+    for lora in req.loras:
+        if not isinstance(lora.model, str) or not lora.model.strip():
+            raise RequestError("lora.model must be a LoRA id, name or path", parameter="lora.model")
+        if lora.model in seen:
+            raise RequestError(
+                f"lora {lora.model!r} is listed twice; give it once with the combined weight", parameter="lora.model"
+            )
+        seen.add(lora.model)
+        _check_range("lora.weight", lora.weight, integer=False)
     if req.mask_image is not None and req.seed_image is None:
         raise RequestError("maskImage needs a seedImage to paint into", parameter="maskImage")
     if req.strength is not None and req.seed_image is None:

@@ -152,3 +152,17 @@ def test_bad_settings_name_the_key_and_file(tmp_path, body, needle):
     with pytest.raises(RequestError) as e:
         Settings.load(cfg)
     assert needle in e.value.message and str(cfg) in e.value.message
+
+
+def test_lora_discovery_and_toml_entries(tmp_path, tiny_folder):
+    from daguerre.testing.loras import build_lora
+
+    root = tmp_path / "ComfyUI"
+    build_lora(root / "models" / "loras" / "Film Grain.safetensors", tiny_folder.model_path, "kohya")
+    toml_lora = build_lora(tmp_path / "skin.safetensors", tiny_folder.model_path, "peft")
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f'model_dirs = ["{root}"]\n[models.skin]\nid = "civitai:42@7"\npath = "{toml_lora}"\n')
+    cat = Catalog.from_settings(Settings.load(cfg, hf_cache=str(tmp_path / "nohub")))
+    grain = cat.get("film-grain")
+    assert grain.kind == "lora" and grain.id == "lora:Film Grain@1" and grain.source == "comfyui"
+    assert cat.get("civitai:42@7").kind == "lora"

@@ -181,9 +181,28 @@ def test_readme_examples_run(tmp_path, env):
 
     Image.new("RGB", (200, 150), (120, 90, 60)).save(tmp_path / "photo.jpg")
     Image.new("L", (200, 150), 255).save(tmp_path / "mask.png")
+    from daguerre.testing.loras import build_lora
+
+    build_lora(tmp_path / "style.safetensors", tiny, "kohya")
     examples = [ln for b in blocks for ln in b.splitlines() if ln.startswith(".venv/bin/daguerre generate")]
     assert examples, "README has generate examples"
     for line in examples:
         line = line.replace(".venv/bin/", "") + f" --model {tiny} -W 128 -H 128 --steps 1 -n 1 -q --out out"
         out = subprocess.run(line, shell=True, capture_output=True, text=True, env=e, cwd=tmp_path, timeout=600)
         assert out.returncode == 0, f"{line}\n{out.stderr}"
+
+
+def test_generate_with_lora_flag_and_reproduce(tiny_folder, tmp_path, env):
+    from daguerre.testing.loras import build_lora
+
+    lora = build_lora(tmp_path / "style.safetensors", tiny_folder.model_path, "xlabs")
+    out = run(["generate", "a red car", "--model", str(tiny_folder.model_path), "--lora", f"{lora}=0.6", "-W", "128",
+               "-H", "128", "--steps", "2", "--seed", "3", "--out", str(tmp_path / "o"), "-q"], env)
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.split("\t")[0])
+    r = recipe.read(path)
+    assert len(r.loras) == 1 and r.loras[0]["weight"] == 0.6
+    again = run(["reproduce", str(path), "--out", str(tmp_path / "r")], env)
+    assert again.returncode == 0 and "identical bytes" in again.stdout, again.stderr
+    bad = run(["generate", "a red car", "--model", str(tiny_folder.model_path), "--lora", f"{lora}=heavy"], env)
+    assert bad.returncode == 2 and "--lora" in bad.stderr

@@ -120,3 +120,63 @@ def test_runware_sdk_1x(srv, png, transport):
             assert seen[f"{method}-{output}"] == [[11, True], [12, True]], (method, output, seen)
     assert seen["img2img"] is True
     assert seen["auth"] == "auth", seen  # the SDK files invalidApiKey under its "auth" category
+
+
+def test_lora_through_the_runware_05_sdk_and_raw_api(make_server, tiny_folder, tmp_path):
+    import httpx
+    from runware import IImageInference, ILora, Runware
+
+    from daguerre.testing.loras import build_lora
+
+    path = build_lora(tmp_path / "style.safetensors", tiny_folder.model_path, "kohya", seed=3)
+    with make_server(api_keys=[KEY], extra_models={"style": {"id": "test:style@1", "path": str(path)}}) as s:
+
+        async def run(loras):
+            rw = Runware(api_key=KEY, url=s.ws_url)
+            await rw.connect()
+            [img] = await rw.imageInference(
+                requestImage=IImageInference(
+                    positivePrompt="portrait",
+                    model="daguerre:tiny@1",
+                    width=128,
+                    height=128,
+                    steps=2,
+                    seed=8,
+                    outputType="base64Data",
+                    lora=loras,
+                )
+            )
+            await rw.disconnect()
+            return img.imageBase64Data
+
+        def pixels(b64: str):
+            import base64
+            import io
+
+            import numpy as np
+
+            return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+        with_lora = pixels(asyncio.run(asyncio.wait_for(run([ILora(model="test:style@1", weight=1.0)]), 120)))
+        zero = pixels(asyncio.run(asyncio.wait_for(run([ILora(model="test:style@1", weight=0.0)]), 120)))
+        base = pixels(asyncio.run(asyncio.wait_for(run([]), 120)))
+        # (the files differ anyway: the recipe records the zero-weight LoRA)
+        assert not (with_lora == base).all() and (zero == base).all()
+        bad = httpx.post(
+            s.url,
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=60,
+            json=[
+                {
+                    "taskType": "imageInference",
+                    "taskUUID": "6f1c0b5e-3a57-4a4e-9c0e-6d8f1a2b3c4d",
+                    "model": "daguerre:tiny@1",
+                    "positivePrompt": "portrait",
+                    "width": 128,
+                    "height": 128,
+                    "lora": [{"model": "test:style@1", "weight": 9}],
+                }
+            ],
+        )
+        [err] = bad.json()["errors"]
+        assert bad.status_code == 400 and err["parameter"] == "lora.weight" and "[-4, 4]" in err["message"]

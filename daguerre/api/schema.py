@@ -21,12 +21,13 @@ from daguerre.request import (
     OUTPUT_TYPES,
     DeliverySpec,
     GenerationRequest,
+    LoraRef,
     OutputSpec,
     validate,
 )
 
 # Reference fields whose feature is not built yet: refused while present and not empty.
-NOT_YET = ("lora", "controlNet", "ipAdapters", "ultralytics", "hiresFix", "layerDiffuse", "puLID",
+NOT_YET = ("controlNet", "ipAdapters", "ultralytics", "hiresFix", "layerDiffuse", "puLID",
            "acceleratorOptions", "outpaint", "promptWeighting", "maskMargin")  # fmt: skip
 # Spellings the SDKs send for the same field.
 ALIASES = {"pulid": "puLID", "PuLID": "puLID", "checkNSFW": "checkNsfw"}
@@ -34,7 +35,7 @@ KNOWN = {
     "taskType", "taskUUID", "model", "positivePrompt", "negativePrompt", "width", "height", "steps", "scheduler",
     "CFGScale", "trueCFGScale", "seed", "numberResults", "strength", "inputs", "seedImage", "maskImage",
     "outputType", "outputFormat", "outputQuality", "deliveryMethod", "includeCost", "ttl", "safety",
-    "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", *NOT_YET,
+    "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", *NOT_YET,
 }  # fmt: skip
 IMAGE_FIELDS = ("seedImage", "maskImage")
 
@@ -135,7 +136,9 @@ def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[Gen
     scheduler = task.get("scheduler", "Default")
     if not isinstance(scheduler, str):
         raise RequestError(f"scheduler must be a string, got {scheduler!r}", parameter="scheduler")
+    loras = _parse_loras(task.get("lora"))
     req = GenerationRequest(
+        loras=loras,
         model=model,
         positive_prompt=task["positivePrompt"],
         negative_prompt=task.get("negativePrompt"),
@@ -161,6 +164,31 @@ def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[Gen
         webhook_url=urls["webhookURL"],
         upload_endpoint=urls["uploadEndpoint"],
     )
+
+
+def _parse_loras(value: Any) -> tuple[LoraRef, ...]:
+    """`lora`: a list of {model, weight (default 1), transformer ("both" only: FLUX has one stage)}."""
+    if value is None or value == []:
+        return ()
+    if not isinstance(value, list):
+        raise RequestError("lora must be a list of {model, weight} objects", parameter="lora")
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict) or "model" not in entry:
+            raise RequestError(f"lora[{i}] must be an object with a model", parameter="lora")
+        extra = sorted(set(entry) - {"model", "weight", "transformer"})
+        if extra:
+            raise RequestError(f"unknown field lora[{i}].{extra[0]}", parameter=f"lora.{extra[0]}")
+        if entry.get("transformer", "both") != "both":
+            raise UnsupportedError(
+                f"lora[{i}].transformer {entry['transformer']!r}: FLUX.1 has one transformer "
+                "stage, so only 'both' applies",
+                parameter="lora.transformer",
+            )
+        if not isinstance(entry["model"], str):
+            raise RequestError(f"lora[{i}].model must be a string, got {entry['model']!r}", parameter="lora.model")
+        out.append(LoraRef(model=entry["model"], weight=entry.get("weight", 1.0)))
+    return tuple(out)
 
 
 def openapi_tasks_schema() -> dict:
@@ -206,6 +234,19 @@ def openapi_tasks_schema() -> dict:
             "webhookURL": {"type": "string", "format": "uri"},
             "uploadEndpoint": {"type": "string", "format": "uri"},
             "safety": {"type": "object", "properties": {"checkContent": {"const": False}}},
+            "lora": {
+                "type": "array",
+                "maxItems": 8,
+                "items": {
+                    "type": "object",
+                    "required": ["model"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "weight": num("lora.weight", False),
+                        "transformer": {"const": "both"},
+                    },
+                },
+            },
             **{name: {"description": "not supported yet: refused with unsupportedParameter"} for name in NOT_YET},
         },
     }

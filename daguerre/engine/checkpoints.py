@@ -81,6 +81,14 @@ def inspect(path: Path) -> CheckpointInfo:
     path = Path(path)
     header = read_header(path)
     names = {_strip(k) for k in header}
+    if any(k.endswith(("lora_A.weight", ".lora_down.weight", ".down.weight")) for k in names):
+        if not any(t in k for k in names for t in ("double_blocks", "single_blocks", "transformer_blocks")):
+            raise ModelLoadError(
+                f"{path}: a LoRA, but not for FLUX.1 (no FLUX block names in its layers)", parameter="lora"
+            )
+        return CheckpointInfo(
+            path=path, layout="lora", kind="lora", dtype=_dominant_dtype(header), size_bytes=path.stat().st_size
+        )
     if any(k.startswith("double_blocks.") for k in names):
         layout = "bfl"
         if "img_in.weight" not in names:
@@ -104,16 +112,16 @@ def inspect(path: Path) -> CheckpointInfo:
     if in_channels not in KIND_BY_IN_CHANNELS:
         raise ModelLoadError(f"{path}: transformer input width {in_channels} is not a FLUX.1 variant (64/128/384)")
     kind = KIND_BY_IN_CHANNELS[in_channels] or ("dev" if guidance else "schnell")
+    return CheckpointInfo(
+        path=path, layout=layout, kind=kind, dtype=_dominant_dtype(header), size_bytes=path.stat().st_size
+    )
+
+
+def _dominant_dtype(header: dict) -> str:
     dtypes: dict[str, int] = {}
     for entry in header.values():
         dtypes[entry["dtype"]] = dtypes.get(entry["dtype"], 0) + 1
-    return CheckpointInfo(
-        path=path,
-        layout=layout,
-        kind=kind,
-        dtype=max(dtypes, key=dtypes.get),
-        size_bytes=path.stat().st_size,
-    )
+    return max(dtypes, key=dtypes.get) if dtypes else "none"
 
 
 def _strip(key: str) -> str:

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from daguerre.engine.models import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEQUENCE_LENGTH, LoadedModel, ModelManager
+from daguerre.engine.models import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    MAX_SEQUENCE_LENGTH,
+    LoadedModel,
+    ModelManager,
+    set_loras,
+)
 from daguerre.errors import Cancelled, OutOfMemory, RequestError
 from daguerre.imaging import encode, to_pil
 from daguerre.recipe import Recipe, pixels_sha256
@@ -195,7 +202,12 @@ class Engine:
         true_cfg = req.true_cfg_scale if (req.true_cfg_scale or 0) > 1 else None
         negative = (req.negative_prompt or "") if true_cfg else None
 
-        # 2. Encode the prompts once for every chunk.
+        # 2. Activate the request's LoRAs (hot-swapped; none = the base model, bit for bit).
+        loras = self._resolve_loras(req)
+        set_loras(model, [(f"lora_{digest[:16]}", spec.path, w) for spec, digest, w in loras])
+        lora_recipe = tuple({"model": spec.id, "sha256": digest, "weight": w} for spec, digest, w in loras)
+
+        # 3. Encode the prompts once for every chunk.
         pipe = model.pipeline(req.workflow)
         device = model.device
         with torch.inference_mode():
@@ -211,7 +223,7 @@ class Engine:
                     prompt=negative, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=max_seq
                 )
 
-        # 3. Denoise chunk by chunk; every image keeps its own generator (seed + index).
+        # 4. Denoise chunk by chunk; every image keeps its own generator (seed + index).
         images: list[GeneratedImage] = []
         chunks = []
         for start in range(0, req.number_results, max_batch):
@@ -243,10 +255,10 @@ class Engine:
                 out = pipe(**kwargs).images  # (B, H, W, 3) float32
             per_image = (time.perf_counter() - t_chunk) / len(idx)
             chunks.append(len(idx))
-            # 4. Attach each image's recipe.
+            # 5. Attach each image's recipe.
             for pos, (i, pixels) in enumerate(zip(idx, out, strict=True)):
                 recipe = self._recipe(model, req, seed + i, steps, guidance, true_cfg, strength)
-                recipe = replace(recipe, batch_size=len(idx), batch_index=pos)
+                recipe = replace(recipe, batch_size=len(idx), batch_index=pos, loras=lora_recipe)
                 images.append(
                     GeneratedImage(
                         index=i, seed=seed + i, pixels=pixels, image=to_pil(pixels), recipe=recipe, seconds=per_image
@@ -255,6 +267,18 @@ class Engine:
                 if on_image is not None:
                     on_image(images[-1])
         return images, chunks
+
+    def _resolve_loras(self, req: GenerationRequest) -> list[tuple]:
+        """(spec, file sha256, weight) for each requested LoRA; the catalog must know it as a LoRA."""
+        out = []
+        for ref in req.loras:
+            spec = self.models.catalog.get(ref.model)
+            if spec.kind != "lora":
+                raise RequestError(
+                    f"lora.model {ref.model!r} is a {spec.kind} model, not a LoRA", parameter="lora.model"
+                )
+            out.append((spec, self.models.hashes.sha256([spec.path]), ref.weight))
+        return out
 
     @staticmethod
     def _callback(idx, req: GenerationRequest, t0: float, on_progress, cancel: CancelToken | None, preview: bool):

@@ -25,7 +25,7 @@ import torch
 from daguerre.engine import checkpoints
 from daguerre.engine.catalog import Catalog, ModelSpec
 from daguerre.engine.schedulers import make_scheduler
-from daguerre.errors import ModelLoadError
+from daguerre.errors import ModelLoadError, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class LoadedModel:
     dtype: torch.dtype
     pipelines: dict[str, object] = field(default_factory=dict)  # workflow -> pipeline sharing `pipe`'s parts
     users: int = 0  # leases in progress; a model in use is never evicted
+    adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter name -> LoRA path, LRU order
+    max_adapters: int = 8  # loaded LoRAs kept for hot-swap; the least recently used beyond this are deleted
 
     @property
     def kind(self) -> str:
@@ -104,6 +106,43 @@ class LoadedModel:
             pipe.set_progress_bar_config(disable=True)
             self.pipelines[workflow] = pipe
         return self.pipelines[workflow]
+
+
+def set_loras(model: LoadedModel, loras: list[tuple[str, Path, float]]) -> None:
+    """Make exactly these (adapter name, file, weight) LoRAs active on the model's transformer.
+
+    The base weights are never touched: PEFT layers add the low-rank update, and with no LoRA
+    requested they are disabled, which gives the base output bit for bit. Loaded adapters stay
+    cached (LRU) so switching sets between requests costs no reload of the base or the LoRA.
+    """
+    from daguerre.engine import loras as lora_files
+
+    pipe = model.pipe
+    for name, path, _ in loras:
+        if name in model.adapters:
+            model.adapters.move_to_end(name)
+            continue
+        sd = lora_files.read(path)
+        converted = lora_files.to_peft(sd, lora_files.detect(sd, path), pipe.transformer.config, path)
+        try:
+            pipe.load_lora_weights(
+                {k: v.to(model.device, model.dtype) for k, v in converted.items()}, adapter_name=name
+            )
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise ModelLoadError(f"{path}: LoRA does not fit {model.spec.name}: {e}", parameter="lora") from e
+        model.adapters[name] = path
+    wanted = {name for name, _, _ in loras}
+    while len(model.adapters) > model.max_adapters:
+        old = next(n for n in model.adapters if n not in wanted)
+        pipe.delete_adapters(old)
+        del model.adapters[old]
+    if not model.adapters:
+        return
+    if loras:
+        pipe.enable_lora()
+        pipe.set_adapters([n for n, _, _ in loras], [w for _, _, w in loras])
+    else:
+        pipe.disable_lora()
 
 
 class HashCache:
@@ -189,6 +228,10 @@ class ModelManager:
     def lease(self, ref: str) -> Iterator[LoadedModel]:
         """The loaded model for `ref`, pinned (not evictable) for the duration of the block."""
         spec = self.catalog.get(ref)
+        if spec.kind == "lora":
+            raise RequestError(
+                f"{ref!r} is a LoRA, not a base model: pass it in lora with a FLUX.1 model", parameter="model"
+            )
         model = self._get(spec)
         try:
             yield model

@@ -1,0 +1,145 @@
+"""FLUX.1 LoRA files: format detection and conversion to diffusers/PEFT names, for any model width.
+
+Formats:
+  peft    diffusers/PEFT (`transformer.<module>.lora_A.weight` / `lora_B.weight`, optional `.alpha`)
+  kohya   sd-scripts / ComfyUI (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, `lora_up`, `alpha`)
+  xlabs   XLabs-AI (`double_blocks.0.processor.qkv_lora1.down.weight`, `.up.weight`)
+diffusers' own converters for kohya and XLabs files assume the full 3072 width, so the fused
+BFL layers (qkv, linear1) are split here with widths read from the model. A fused layer's
+LoRA becomes one LoRA per split target: the same down matrix, the matching rows of the up
+matrix; kohya's alpha/rank scale is folded into the down matrix. BFL control LoRAs (they
+widen the input layer) need the control pipeline and are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import torch
+
+from daguerre.engine.checkpoints import _DOUBLE, _SINGLE, _TOP
+from daguerre.errors import ModelLoadError, UnsupportedError
+
+FORMATS = ("peft", "kohya", "xlabs")
+
+
+def read(path: Path) -> dict[str, torch.Tensor]:
+    """A LoRA file's tensors (safetensors only: pickle files can run code)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"{path}: LoRA files must be .safetensors", parameter="lora")
+    try:
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+        if n > path.stat().st_size:
+            raise ValueError("bad header")
+        return load_file(str(path))
+    except (OSError, ValueError, struct.error, RuntimeError) as e:
+        raise ModelLoadError(f"{path}: not a readable .safetensors LoRA ({e})", parameter="lora") from e
+
+
+def detect(sd: dict[str, torch.Tensor], path: Path | str = "LoRA") -> str:
+    keys = list(sd)
+    if any(k.endswith(("lora_A.weight", "lora_B.weight")) for k in keys):
+        return "peft"
+    if any(".lora_down.weight" in k for k in keys):
+        if any(k.startswith(("lora_te", "lora_te1", "lora_te2")) for k in keys):
+            raise UnsupportedError(
+                f"{path}: text-encoder LoRA layers are not supported yet (transformer only)", parameter="lora"
+            )
+        return "kohya"
+    if any(".processor." in k and (k.endswith(".down.weight") or k.endswith(".up.weight")) for k in keys):
+        return "xlabs"
+    if any("query_norm.scale" in k for k in keys) or "img_in.lora_A.weight" in keys:
+        raise UnsupportedError(f"{path}: BFL control LoRAs (Canny/Depth) are not supported yet", parameter="lora")
+    sample = ", ".join(keys[:3]) or "no tensors"
+    raise ModelLoadError(
+        f"{path}: not a FLUX.1 LoRA in a known format (diffusers/PEFT, kohya, XLabs); found {sample}", parameter="lora"
+    )
+
+
+def _targets(config) -> dict[str, list[tuple[str, slice | None, bool]]]:
+    """BFL module name -> [(diffusers module, rows of the fused output, swap halves)] for this model."""
+    inner = config.num_attention_heads * config.attention_head_dim
+    out: dict[str, list] = {a: [(b, None, False)] for a, b in _TOP}
+    out["final_layer.adaLN_modulation.1"] = [("norm_out.linear", None, True)]
+    thirds = [slice(0, inner), slice(inner, 2 * inner), slice(2 * inner, 3 * inner)]
+    for i in range(config.num_layers):
+        p, q = f"double_blocks.{i}.", f"transformer_blocks.{i}."
+        out.update({p + a: [(q + b, None, False)] for a, b in _DOUBLE})
+        out[p + "img_attn.qkv"] = [(q + f"attn.to_{x}", s, False) for x, s in zip("qkv", thirds, strict=True)]
+        out[p + "txt_attn.qkv"] = [(q + f"attn.add_{x}_proj", s, False) for x, s in zip("qkv", thirds, strict=True)]
+    for i in range(config.num_single_layers):
+        p, q = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
+        out.update({p + a: [(q + b, None, False)] for a, b in _SINGLE})
+        out[p + "linear1"] = [(q + f"attn.to_{x}", s, False) for x, s in zip("qkv", thirds, strict=True)]
+        out[p + "linear1"].append((q + "proj_mlp", slice(3 * inner, None), False))
+    return out
+
+
+def _split(name: str, down: torch.Tensor, up: torch.Tensor, targets, out: dict) -> None:
+    for module, rows, swap in targets[name]:
+        b = up[rows] if rows is not None else up
+        if swap:
+            first, second = b.chunk(2, dim=0)
+            b = torch.cat([second, first], dim=0)
+        out[f"transformer.{module}.lora_A.weight"] = down.contiguous()
+        out[f"transformer.{module}.lora_B.weight"] = b.contiguous()
+
+
+def to_peft(sd: dict[str, torch.Tensor], fmt: str, config, path: Path | str = "LoRA") -> dict[str, torch.Tensor]:
+    """Any supported format -> `transformer.<module>.lora_A/B.weight` (scales folded in), for this model."""
+    if fmt == "peft":
+        out = {}
+        for k, v in sd.items():
+            if k.endswith(".alpha"):
+                continue
+            key = k if k.startswith("transformer.") else "transformer." + k.removeprefix("base_model.model.")
+            if key.endswith("lora_A.weight"):
+                alpha_key = k[: -len("lora_A.weight")] + "alpha"
+                if alpha_key in sd:  # PEFT scales by alpha/rank; fold it in so the file's intent holds
+                    v = v * (float(sd[alpha_key]) / v.shape[0])
+            out[key] = v
+        if any(not k.startswith("transformer.") for k in out) or not out:
+            raise ModelLoadError(f"{path}: PEFT LoRA without transformer layers", parameter="lora")
+        return out
+    targets = _targets(config)
+    out: dict[str, torch.Tensor] = {}
+    if fmt == "kohya":
+        bfl_by_kohya = {"lora_unet_" + name.replace(".", "_"): name for name in targets}
+        for key in sd:
+            if not key.endswith(".lora_down.weight"):
+                continue
+            stem = key[: -len(".lora_down.weight")]
+            name = bfl_by_kohya.get(stem)
+            if name is None:
+                raise ModelLoadError(
+                    f"{path}: kohya LoRA layer {stem} has no counterpart in this model", parameter="lora"
+                )
+            down, up = sd[key], sd[stem + ".lora_up.weight"]
+            alpha = float(sd[stem + ".alpha"]) if stem + ".alpha" in sd else float(down.shape[0])
+            _split(name, down * (alpha / down.shape[0]), up, targets, out)
+        return out
+    names = {
+        "qkv_lora1": "img_attn.qkv",
+        "qkv_lora2": "txt_attn.qkv",
+        "proj_lora1": "img_attn.proj",
+        "proj_lora2": "txt_attn.proj",
+    }
+    for key in sd:
+        if not key.endswith(".down.weight"):
+            continue
+        stem = key[: -len(".down.weight")]  # double_blocks.N.processor.qkv_lora1
+        block, _, layer = stem.partition(".processor.")
+        if not block.startswith("double_blocks.") or layer not in names:
+            raise ModelLoadError(
+                f"{path}: XLabs LoRA layer {stem} is not supported (double-block attention only)", parameter="lora"
+            )
+        name = f"{block}.{names[layer]}"
+        if name not in targets:
+            raise ModelLoadError(f"{path}: XLabs LoRA layer {stem} has no counterpart in this model", parameter="lora")
+        _split(name, sd[key], sd[stem + ".up.weight"], targets, out)
+    return out
