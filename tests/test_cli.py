@@ -196,8 +196,28 @@ def test_generate_with_lora_flag_and_reproduce(tiny_folder, tmp_path, env):
     from daguerre.testing.loras import build_lora
 
     lora = build_lora(tmp_path / "style.safetensors", tiny_folder.model_path, "xlabs")
-    out = run(["generate", "a red car", "--model", str(tiny_folder.model_path), "--lora", f"{lora}=0.6", "-W", "128",
-               "-H", "128", "--steps", "2", "--seed", "3", "--out", str(tmp_path / "o"), "-q"], env)
+    out = run(
+        [
+            "generate",
+            "a red car",
+            "--model",
+            str(tiny_folder.model_path),
+            "--lora",
+            f"{lora}=0.6",
+            "-W",
+            "128",
+            "-H",
+            "128",
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+        ],
+        env,
+    )
     assert out.returncode == 0, out.stderr
     path = Path(out.stdout.split("\t")[0])
     r = recipe.read(path)
