@@ -39,6 +39,8 @@ FLAGS = {
     "lora": "--lora",
     "lora.model": "--lora",
     "lora.weight": "--lora",
+    "outpaint": "--outpaint",
+    "maskMargin": "--mask-margin",
 }
 EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -94,6 +96,23 @@ def _default_model(engine) -> str:
         parameter="model",
         code="invalidParameter",
     )
+
+
+def _outpaint(value: str):
+    """--outpaint 'top=64,left=32' -> Outpaint."""
+    from daguerre.request import Outpaint
+
+    sides = {}
+    for part in value.split(","):
+        key, sep, number = part.strip().partition("=")
+        if not sep or key not in ("top", "bottom", "left", "right", "blur") or not number.strip().isdigit():
+            raise DaguerreError(
+                f"--outpaint takes 'top=N,bottom=N,left=N,right=N[,blur=N]', got {value!r}",
+                parameter="outpaint",
+                code="invalidParameter",
+            )
+        sides[key] = int(number)
+    return Outpaint(**sides)
 
 
 def _lora_ref(value: str):
@@ -176,6 +195,14 @@ def generate(
         list[str] | None,
         typer.Option("--lora", help="LoRA id, name or path, optionally =WEIGHT (-4..4, default 1); repeatable"),
     ] = None,
+    outpaint: Annotated[
+        str | None,
+        typer.Option(help="extend --image: 'top=64,left=32,...' pixels (top/bottom/left/right, optional blur=N)"),
+    ] = None,
+    mask_margin: Annotated[
+        int | None,
+        typer.Option("--mask-margin", help="32-128: inpaint a crop around --mask at full resolution, paste back"),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="JPG | PNG | WEBP")] = "JPG",
     quality: Annotated[int, typer.Option(help="20-99 (JPG/WEBP)")] = 95,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output folder [./out]")] = None,
@@ -193,6 +220,10 @@ def generate(
         settings = _settings(config, device=device, dtype=dtype, base_model=base)
         seed_image = load_image(image, parameter="seedImage", limits=settings.image_limits) if image else None
         mask_image = load_image(mask, parameter="maskImage", limits=settings.image_limits, mask=True) if mask else None
+        extend = _outpaint(outpaint) if outpaint else None
+        if extend is not None and seed_image is not None and width is None and height is None:
+            width = seed_image.width + extend.left + extend.right
+            height = seed_image.height + extend.top + extend.bottom
         if seed_image is not None and (width is None or height is None):
             # Default to the source's size, rounded down to the 64-pixel grid.
             width = width or max(128, min(2048, seed_image.width // 64 * 64))
@@ -221,6 +252,8 @@ def generate(
             strength=strength,
             output=OutputSpec(format=fmt.upper(), quality=quality),
             loras=tuple(_lora_ref(v) for v in lora or ()),
+            outpaint=extend,
+            mask_margin=mask_margin,
         )
         for path, im in _run(engine, req, out_dir or settings.output_dir, quiet=quiet):
             typer.echo(f"{path}\tseed={im.seed}")  # plain: scripts parse these lines
@@ -305,7 +338,7 @@ def reproduce(
     from daguerre import recipe as recipes
     from daguerre.imaging import load_image
     from daguerre.recipe import pixels_sha256
-    from daguerre.request import GenerationRequest, LoraRef, OutputSpec
+    from daguerre.request import GenerationRequest, LoraRef, Outpaint, OutputSpec
 
     try:
         r = recipes.read(image_path)
@@ -346,6 +379,8 @@ def reproduce(
             strength=r.strength,
             output=OutputSpec(format=r.output_format, quality=r.output_quality),
             loras=tuple(LoraRef(model=x["model"], weight=x["weight"]) for x in r.loras),
+            outpaint=Outpaint(**r.outpaint) if r.outpaint else None,
+            mask_margin=r.mask_margin,
         )
         # The image's whole chunk runs again: batched results match single runs only to ~1e-5.
         [(path, im)] = _run(engine, req, out_dir or settings.output_dir, max_batch=r.batch_size, keep=r.batch_index)

@@ -30,7 +30,7 @@ class Recipe:
 
     model: str  # the catalog id of the model
     model_hash: str  # sha256 of the transformer weights
-    workflow: str  # txt2img | img2img | inpaint
+    workflow: str  # txt2img | img2img | inpaint | outpaint
     positive_prompt: str
     negative_prompt: str | None
     seed: int  # this image's own seed (request seed + index)
@@ -52,6 +52,8 @@ class Recipe:
     batch_size: int = 1
     batch_index: int = 0
     loras: tuple = ()  # ({"model": id, "sha256": file hash, "weight": w}, ...) applied to the transformer
+    outpaint: dict | None = None  # {top, bottom, left, right, blur} for outpaint recipes
+    mask_margin: int | None = None  # inpainting crop margin, when one was used
     version: str = __version__  # Daguerre version that made it
     format: str = FORMAT
 

@@ -62,6 +62,19 @@ class DeliverySpec:
 
 
 MAX_LORAS = 8
+MASK_MARGIN = (32, 128)
+OUTPAINT_DEFAULT_BLUR = 8
+
+
+@dataclass(frozen=True)
+class Outpaint:
+    """Pixels to add on each side of the seed image; the new border is generated."""
+
+    top: int = 0
+    bottom: int = 0
+    left: int = 0
+    right: int = 0
+    blur: int = OUTPAINT_DEFAULT_BLUR  # feather radius (px) of the seam, 0-64
 
 
 @dataclass(frozen=True)
@@ -92,12 +105,21 @@ class GenerationRequest:
     strength: float | None = None  # 0-1 with seed_image; None = 0.8
     output: OutputSpec = field(default_factory=OutputSpec)
     loras: tuple[LoraRef, ...] = ()  # applied together, each with its own weight
+    outpaint: Outpaint | None = None  # extend the seed image; width/height must be its final size
+    mask_margin: int | None = None  # 32-128: inpaint a crop around the mask at full working resolution
 
     @property
     def workflow(self) -> str:
         if self.seed_image is None:
             return "txt2img"
+        if self.outpaint is not None:
+            return "outpaint"
         return "inpaint" if self.mask_image is not None else "img2img"
+
+    def outpaint_size(self) -> tuple[int, int]:
+        """(width, height) of the outpainted canvas: the seed image plus the extensions."""
+        o = self.outpaint
+        return self.seed_image.width + o.left + o.right, self.seed_image.height + o.top + o.bottom
 
 
 def _check_range(name: str, value: Any, *, integer: bool) -> None:
@@ -120,6 +142,38 @@ def _check_prompt(name: str, value: Any) -> None:
         raise RequestError(f"{name} must be {lo}-{hi} characters long, got {len(value)}", parameter=name)
     if not value.strip():
         raise RequestError(f"{name} must contain text, not only whitespace", parameter=name)
+
+
+def _check_outpaint(req: GenerationRequest) -> None:
+    o = req.outpaint
+    for side in ("top", "bottom", "left", "right"):
+        v = getattr(o, side)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 2048:
+            raise RequestError(
+                f"outpaint.{side} must be an integer in [0, 2048], got {v!r}", parameter=f"outpaint.{side}"
+            )
+    if isinstance(o.blur, bool) or not isinstance(o.blur, int) or not 0 <= o.blur <= 64:
+        raise RequestError(f"outpaint.blur must be an integer in [0, 64], got {o.blur!r}", parameter="outpaint.blur")
+    if not (o.top or o.bottom or o.left or o.right):
+        raise RequestError("outpaint needs at least one of top, bottom, left, right > 0", parameter="outpaint")
+    if req.seed_image is None:
+        raise RequestError("outpaint extends a seedImage: give one", parameter="outpaint")
+    if req.mask_image is not None:
+        raise RequestError("outpaint makes its own mask (the new border); omit maskImage", parameter="maskImage")
+    w, h = req.outpaint_size()
+    for name, value in (("width", w), ("height", h)):
+        if not 128 <= value <= 2048 or value % SIZE_STEP:
+            raise RequestError(
+                f"outpaint gives a {name} of {value} (seed image + extensions); it must be a multiple "
+                f"of {SIZE_STEP} in [128, 2048]: adjust the extensions",
+                parameter="outpaint",
+            )
+    if (req.width, req.height) != (w, h):
+        raise RequestError(
+            f"with outpaint, width x height must be the final size {w}x{h} (seed image "
+            f"{req.seed_image.width}x{req.seed_image.height} + extensions), got {req.width}x{req.height}",
+            parameter="width",
+        )
 
 
 def validate(req: GenerationRequest) -> GenerationRequest:
@@ -162,6 +216,16 @@ def validate(req: GenerationRequest) -> GenerationRequest:
             )
         seen.add(lora.model)
         _check_range("lora.weight", lora.weight, integer=False)
+    if req.mask_margin is not None:
+        lo, hi = MASK_MARGIN
+        if isinstance(req.mask_margin, bool) or not isinstance(req.mask_margin, int) or not lo <= req.mask_margin <= hi:
+            raise RequestError(
+                f"maskMargin must be an integer in [{lo}, {hi}], got {req.mask_margin!r}", parameter="maskMargin"
+            )
+        if req.mask_image is None:
+            raise RequestError("maskMargin applies to inpainting: give a maskImage", parameter="maskMargin")
+    if req.outpaint is not None:
+        _check_outpaint(req)
     if req.mask_image is not None and req.seed_image is None:
         raise RequestError("maskImage needs a seedImage to paint into", parameter="maskImage")
     if req.strength is not None and req.seed_image is None:

@@ -155,3 +155,10 @@ def inference_task(**fields) -> dict:
     }
     task.update(fields)
     return task
+
+
+@pytest.fixture(scope="session")
+def tiny_fill(tmp_path_factory):
+    from daguerre.testing.tiny import build
+
+    return build(tmp_path_factory.mktemp("tiny-fill"), layout="folder", seed=0, kind="fill")

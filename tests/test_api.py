@@ -164,9 +164,7 @@ def test_errors_name_parameter_and_task(srv):
         "puLID",
         "pulid",
         "acceleratorOptions",
-        "outpaint",
         "promptWeighting",
-        "maskMargin",
     ],
 )
 def test_unbuilt_features_are_refused_by_name(srv, field):

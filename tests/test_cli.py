@@ -179,15 +179,16 @@ def test_readme_examples_run(tmp_path, env):
     tiny = tmp_path / "tiny-flux"  # built by the quick start above
     from PIL import Image
 
-    Image.new("RGB", (200, 150), (120, 90, 60)).save(tmp_path / "photo.jpg")
-    Image.new("L", (200, 150), 255).save(tmp_path / "mask.png")
+    Image.new("RGB", (192, 128), (120, 90, 60)).save(tmp_path / "photo.jpg")  # + 64 + 64 outpainted: 320 wide
+    Image.new("L", (192, 128), 255).save(tmp_path / "mask.png")
     from daguerre.testing.loras import build_lora
 
     build_lora(tmp_path / "style.safetensors", tiny, "kohya")
     examples = [ln for b in blocks for ln in b.splitlines() if ln.startswith(".venv/bin/daguerre generate")]
     assert examples, "README has generate examples"
     for line in examples:
-        line = line.replace(".venv/bin/", "") + f" --model {tiny} -W 128 -H 128 --steps 1 -n 1 -q --out out"
+        size = "" if "--outpaint" in line else " -W 128 -H 128"  # outpaint's size follows from the image
+        line = line.replace(".venv/bin/", "") + f" --model {tiny}{size} --steps 1 -n 1 -q --out out"
         out = subprocess.run(line, shell=True, capture_output=True, text=True, env=e, cwd=tmp_path, timeout=600)
         assert out.returncode == 0, f"{line}\n{out.stderr}"
 

@@ -180,3 +180,51 @@ def test_lora_through_the_runware_05_sdk_and_raw_api(make_server, tiny_folder, t
         )
         [err] = bad.json()["errors"]
         assert bad.status_code == 400 and err["parameter"] == "lora.weight" and "[-4, 4]" in err["message"]
+
+
+def test_outpaint_and_mask_margin_through_the_runware_05_sdk(srv, png):
+    from runware import IImageInference, IOutpaint, Runware
+
+    src = png.parent / "src128x96.png"
+    Image.open(png).resize((128, 96)).save(src)
+    mask = png.parent / "mask.png"
+    m = Image.new("L", (150, 100), 0)
+    m.paste(255, (50, 30, 100, 70))
+    m.save(mask)
+
+    async def run():
+        rw = Runware(api_key=KEY, url=srv.ws_url)
+        await rw.connect()
+        up = await rw.uploadImage(str(src))
+        [out] = await rw.imageInference(
+            requestImage=IImageInference(
+                positivePrompt="a wide landscape",
+                model="daguerre:tiny@1",
+                width=192,
+                height=128,
+                steps=2,
+                seed=3,
+                seedImage=up.imageUUID,
+                outpaint=IOutpaint(top=16, bottom=16, left=32, right=32),
+            )
+        )
+        photo = await rw.uploadImage(str(png))
+        mask_up = await rw.uploadImage(str(mask))
+        [inp] = await rw.imageInference(
+            requestImage=IImageInference(
+                positivePrompt="a red car",
+                model="daguerre:tiny@1",
+                width=128,
+                height=128,
+                steps=2,
+                seed=3,
+                seedImage=photo.imageUUID,
+                maskImage=mask_up.imageUUID,
+                maskMargin=48,
+            )
+        )
+        await rw.disconnect()
+        return out, inp
+
+    out, inp = asyncio.run(asyncio.wait_for(run(), 180))
+    assert out.imageURL and inp.imageURL and out.seed == inp.seed == 3

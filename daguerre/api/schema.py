@@ -22,20 +22,21 @@ from daguerre.request import (
     DeliverySpec,
     GenerationRequest,
     LoraRef,
+    Outpaint,
     OutputSpec,
     validate,
 )
 
 # Reference fields whose feature is not built yet: refused while present and not empty.
 NOT_YET = ("controlNet", "ipAdapters", "ultralytics", "hiresFix", "layerDiffuse", "puLID",
-           "acceleratorOptions", "outpaint", "promptWeighting", "maskMargin")  # fmt: skip
+           "acceleratorOptions", "promptWeighting")  # fmt: skip
 # Spellings the SDKs send for the same field.
 ALIASES = {"pulid": "puLID", "PuLID": "puLID", "checkNSFW": "checkNsfw"}
 KNOWN = {
     "taskType", "taskUUID", "model", "positivePrompt", "negativePrompt", "width", "height", "steps", "scheduler",
     "CFGScale", "trueCFGScale", "seed", "numberResults", "strength", "inputs", "seedImage", "maskImage",
     "outputType", "outputFormat", "outputQuality", "deliveryMethod", "includeCost", "ttl", "safety",
-    "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", *NOT_YET,
+    "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", "outpaint", "maskMargin", *NOT_YET,
 }  # fmt: skip
 IMAGE_FIELDS = ("seedImage", "maskImage")
 
@@ -136,9 +137,10 @@ def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[Gen
     scheduler = task.get("scheduler", "Default")
     if not isinstance(scheduler, str):
         raise RequestError(f"scheduler must be a string, got {scheduler!r}", parameter="scheduler")
-    loras = _parse_loras(task.get("lora"))
     req = GenerationRequest(
-        loras=loras,
+        loras=_parse_loras(task.get("lora")),
+        outpaint=_parse_outpaint(task.get("outpaint")),
+        mask_margin=_int(task, "maskMargin"),
         model=model,
         positive_prompt=task["positivePrompt"],
         negative_prompt=task.get("negativePrompt"),
@@ -191,6 +193,19 @@ def _parse_loras(value: Any) -> tuple[LoraRef, ...]:
     return tuple(out)
 
 
+def _parse_outpaint(value: Any) -> Outpaint | None:
+    """`outpaint`: {top, bottom, left, right} pixels (missing sides are 0), optional blur (seam feather px)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise RequestError("outpaint must be an object {top, bottom, left, right}", parameter="outpaint")
+    extra = sorted(set(value) - {"top", "bottom", "left", "right", "blur"})
+    if extra:
+        raise RequestError(f"unknown field outpaint.{extra[0]}", parameter=f"outpaint.{extra[0]}")
+    sides = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in value.items() if v is not None}
+    return Outpaint(**sides)
+
+
 def openapi_tasks_schema() -> dict:
     """JSON Schema of the POST /v1 body for /openapi.json, built from the same ranges `validate` uses."""
     from daguerre.engine.schedulers import REFERENCE_NAMES
@@ -234,6 +249,13 @@ def openapi_tasks_schema() -> dict:
             "webhookURL": {"type": "string", "format": "uri"},
             "uploadEndpoint": {"type": "string", "format": "uri"},
             "safety": {"type": "object", "properties": {"checkContent": {"const": False}}},
+            "maskMargin": {"type": "integer", "minimum": 32, "maximum": 128},
+            "outpaint": {
+                "type": "object",
+                "properties": {
+                    k: {"type": "integer", "minimum": 0} for k in ("top", "bottom", "left", "right", "blur")
+                },
+            },
             "lora": {
                 "type": "array",
                 "maxItems": 8,

@@ -13,12 +13,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from PIL import Image
 
+from daguerre.engine.compose import composite, feather_alpha, outpaint_canvas
 from daguerre.engine.models import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -27,7 +28,7 @@ from daguerre.engine.models import (
     ModelManager,
     set_loras,
 )
-from daguerre.errors import Cancelled, OutOfMemory, RequestError
+from daguerre.errors import Cancelled, OutOfMemory, RequestError, UnsupportedError
 from daguerre.imaging import encode, to_pil
 from daguerre.recipe import Recipe, pixels_sha256
 from daguerre.request import DEFAULT_STRENGTH, GenerationRequest, OutputSpec, validate
@@ -175,53 +176,32 @@ class Engine:
         on_image: Callable[[GeneratedImage], None] | None,
     ) -> tuple[list[GeneratedImage], list[int]]:
         # 1. Resolve model-dependent defaults and check what depends on the model's kind.
-        kind = model.kind
-        if kind not in ("dev", "schnell"):
-            raise RequestError(
-                f"model {model.spec.name} is a FLUX.1 {kind} model; this build runs dev- and "
-                "schnell-type models for txt2img/img2img/inpaint",
-                parameter="model",
-            )
-        has_guidance = bool(model.pipe.transformer.config.guidance_embeds)
-        if req.guidance is not None and not has_guidance:
-            raise RequestError(
-                f"CFGScale: {model.spec.name} is a schnell-type model with no guidance input, so CFGScale would "
-                "have no effect; omit it (or use trueCFGScale with a negativePrompt for real CFG)",
-                parameter="CFGScale",
-            )
-        steps = req.steps or DEFAULT_STEPS[kind]
-        guidance = None
-        if has_guidance:
-            guidance = req.guidance if req.guidance is not None else DEFAULT_GUIDANCE
-        max_seq = MAX_SEQUENCE_LENGTH[kind]
-        strength = None
-        if req.seed_image is not None:
-            strength = req.strength if req.strength is not None else DEFAULT_STRENGTH
-        # True CFG follows the reference API: the negative prompt only acts when guidance is on
-        # (trueCFGScale > 1); with no negative prompt, the unconditional branch is the empty prompt.
-        true_cfg = req.true_cfg_scale if (req.true_cfg_scale or 0) > 1 else None
-        negative = (req.negative_prompt or "") if true_cfg else None
+        plan = _plan(model, req)
 
         # 2. Activate the request's LoRAs (hot-swapped; none = the base model, bit for bit).
         loras = self._resolve_loras(req)
         set_loras(model, [(f"lora_{digest[:16]}", spec.path, w) for spec, digest, w in loras])
         lora_recipe = tuple({"model": spec.id, "sha256": digest, "weight": w} for spec, digest, w in loras)
 
-        # 3. Encode the prompts once for every chunk.
-        pipe = model.pipeline(req.workflow)
-        device = model.device
+        # 3. Encode the prompts once for every chunk; prepare the image inputs once.
+        pipe = model.pipeline(plan.pipeline)
         with torch.inference_mode():
             pe, ppe, _ = pipe.encode_prompt(
                 prompt=req.positive_prompt,
                 prompt_2=None,
-                device=device,
+                device=model.device,
                 num_images_per_prompt=1,
-                max_sequence_length=max_seq,
+                max_sequence_length=plan.max_seq,
             )
-            if negative is not None:
+            if plan.negative is not None:
                 npe, nppe, _ = pipe.encode_prompt(
-                    prompt=negative, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=max_seq
+                    prompt=plan.negative,
+                    prompt_2=None,
+                    device=model.device,
+                    num_images_per_prompt=1,
+                    max_sequence_length=plan.max_seq,
                 )
+        image_kwargs, output_type, finish = _image_inputs(req, plan)
 
         # 4. Denoise chunk by chunk; every image keeps its own generator (seed + index).
         images: list[GeneratedImage] = []
@@ -233,31 +213,35 @@ class Engine:
                 pooled_prompt_embeds=ppe,
                 height=req.height,
                 width=req.width,
-                num_inference_steps=steps,
+                num_inference_steps=plan.steps,
                 num_images_per_prompt=len(idx),
-                max_sequence_length=max_seq,
+                max_sequence_length=plan.max_seq,
                 generator=[torch.Generator("cpu").manual_seed(seed + i) for i in idx],
-                output_type="np",
+                output_type=output_type,
                 callback_on_step_end=self._callback(idx, req, t0, on_progress, cancel, preview),
+                **image_kwargs,
             )
-            if guidance is not None:
-                kwargs["guidance_scale"] = guidance
-            if negative is not None:
-                kwargs.update(negative_prompt_embeds=npe, negative_pooled_prompt_embeds=nppe, true_cfg_scale=true_cfg)
-            if req.seed_image is not None:
-                kwargs.update(image=req.seed_image, strength=strength)
-            if req.mask_image is not None:
-                kwargs["mask_image"] = req.mask_image
+            if plan.guidance is not None:
+                kwargs["guidance_scale"] = plan.guidance
+            if plan.negative is not None:
+                kwargs.update(
+                    negative_prompt_embeds=npe, negative_pooled_prompt_embeds=nppe, true_cfg_scale=plan.true_cfg
+                )
+            if plan.strength is not None:
+                kwargs["strength"] = plan.strength
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("generation cancelled before it started")
             t_chunk = time.perf_counter()
             with torch.inference_mode():
-                out = pipe(**kwargs).images  # (B, H, W, 3) float32
+                out = pipe(**kwargs).images
+            if output_type == "pil":  # mask-crop inpainting pastes back in PIL
+                out = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in out]
             per_image = (time.perf_counter() - t_chunk) / len(idx)
             chunks.append(len(idx))
-            # 5. Attach each image's recipe.
-            for pos, (i, pixels) in enumerate(zip(idx, out, strict=True)):
-                recipe = self._recipe(model, req, seed + i, steps, guidance, true_cfg, strength)
+            # 5. Finish (paste back), attach each image's recipe, hand it on.
+            for pos, (i, raw) in enumerate(zip(idx, out, strict=True)):
+                pixels = finish(raw)  # (H, W, 3) float32
+                recipe = self._recipe(model, req, seed + i, plan)
                 recipe = replace(recipe, batch_size=len(idx), batch_index=pos, loras=lora_recipe)
                 images.append(
                     GeneratedImage(
@@ -297,9 +281,7 @@ class Engine:
         return callback
 
     @staticmethod
-    def _recipe(
-        model: LoadedModel, req: GenerationRequest, seed: int, steps: int, guidance, true_cfg, strength
-    ) -> Recipe:
+    def _recipe(model: LoadedModel, req: GenerationRequest, seed: int, plan: _Plan) -> Recipe:
         return Recipe(
             model=model.spec.id,
             model_hash=model.checkpoint_hash,
@@ -307,17 +289,107 @@ class Engine:
             positive_prompt=req.positive_prompt,
             negative_prompt=req.negative_prompt,
             seed=seed,
-            steps=steps,
+            steps=plan.steps,
             scheduler=req.scheduler,
-            guidance=guidance,
-            true_cfg_scale=true_cfg,
+            guidance=plan.guidance,
+            true_cfg_scale=plan.true_cfg,
             width=req.width,
             height=req.height,
-            strength=strength,
+            strength=plan.strength,
             seed_image_sha256=pixels_sha256(req.seed_image) if req.seed_image is not None else None,
             mask_image_sha256=pixels_sha256(req.mask_image) if req.mask_image is not None else None,
             output_format=req.output.format,
             output_quality=req.output.quality,
             device=model.device.type,
             dtype=str(model.dtype).removeprefix("torch."),
+            outpaint=asdict(req.outpaint) if req.outpaint is not None else None,
+            mask_margin=req.mask_margin,
         )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a request resolves to on a given model."""
+
+    pipeline: str  # txt2img | img2img | inpaint | fill
+    steps: int
+    guidance: float | None  # None: the model has no guidance input
+    max_seq: int  # T5 tokens
+    strength: float | None  # None without a seed image
+    true_cfg: float | None  # None: true CFG off
+    negative: str | None  # the unconditional prompt when true CFG is on
+
+
+def _plan(model: LoadedModel, req: GenerationRequest) -> _Plan:
+    """Model-dependent defaults and the checks that need the model's kind."""
+    kind = model.kind
+    workflow = req.workflow
+    if kind not in ("dev", "schnell", "fill"):
+        raise RequestError(
+            f"model {model.spec.name} is a FLUX.1 {kind} model; this build runs dev-, schnell- and fill-type models",
+            parameter="model",
+        )
+    if kind == "fill" and workflow not in ("inpaint", "outpaint"):
+        raise RequestError(
+            f"model {model.spec.name} is a FLUX.1 Fill model: it inpaints and outpaints (give a "
+            "seedImage with a maskImage or outpaint)",
+            parameter="model",
+        )
+    has_guidance = bool(model.pipe.transformer.config.guidance_embeds)
+    if req.guidance is not None and not has_guidance:
+        raise RequestError(
+            f"CFGScale: {model.spec.name} is a schnell-type model with no guidance input, so CFGScale would "
+            "have no effect; omit it (or use trueCFGScale with a negativePrompt for real CFG)",
+            parameter="CFGScale",
+        )
+    # True CFG follows the reference API: the negative prompt only acts when guidance is on
+    # (trueCFGScale > 1); with no negative prompt, the unconditional branch is the empty prompt.
+    true_cfg = req.true_cfg_scale if (req.true_cfg_scale or 0) > 1 else None
+    if true_cfg is not None and kind == "fill":
+        raise UnsupportedError("trueCFGScale is not supported with FLUX.1 Fill models", parameter="trueCFGScale")
+    strength = None
+    if req.seed_image is not None:
+        default = 1.0 if workflow == "outpaint" or kind == "fill" else DEFAULT_STRENGTH
+        strength = req.strength if req.strength is not None else default
+    guidance = None
+    if has_guidance:
+        guidance = req.guidance if req.guidance is not None else DEFAULT_GUIDANCE[kind]
+    pipeline = "fill" if kind == "fill" else ("inpaint" if workflow == "outpaint" else workflow)
+    return _Plan(
+        pipeline=pipeline,
+        steps=req.steps or DEFAULT_STEPS[kind],
+        guidance=guidance,
+        max_seq=MAX_SEQUENCE_LENGTH[kind],
+        strength=strength,
+        true_cfg=true_cfg,
+        negative=(req.negative_prompt or "") if true_cfg else None,
+    )
+
+
+MASK_FEATHER = 4  # px of inward feather when a mask crop is pasted back
+
+
+def _image_inputs(req: GenerationRequest, plan: _Plan) -> tuple[dict, str, Callable[[np.ndarray], np.ndarray]]:
+    """(pipeline image kwargs, output type, finish) for the request's workflow.
+
+    finish turns a pipeline output (H, W, 3 floats) into the final pixels: the identity, or a
+    feathered paste onto the source so pixels outside the mask come back as they were.
+    """
+    if req.workflow == "outpaint":
+        o = req.outpaint
+        canvas, mask = outpaint_canvas(req.seed_image, top=o.top, bottom=o.bottom, left=o.left, right=o.right)
+        alpha = feather_alpha(mask, o.blur, inward=False)
+        return {"image": canvas, "mask_image": mask}, "np", lambda px: composite(canvas, px, alpha)
+    if req.workflow == "inpaint" and req.mask_margin is not None:
+        size = (req.width, req.height)
+        source = req.seed_image.resize(size, Image.Resampling.LANCZOS)
+        mask = req.mask_image.resize(size, Image.Resampling.BILINEAR)
+        alpha = feather_alpha(mask, MASK_FEATHER, inward=True)
+        kwargs = {"image": source, "mask_image": mask, "padding_mask_crop": req.mask_margin}
+        return kwargs, "pil", lambda px: composite(source, px, alpha)
+    kwargs = {}
+    if req.seed_image is not None:
+        kwargs["image"] = req.seed_image
+    if req.mask_image is not None:
+        kwargs["mask_image"] = req.mask_image
+    return kwargs, "np", lambda px: px

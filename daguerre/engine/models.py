@@ -9,6 +9,7 @@ single-file models borrow from one base folder are loaded once and shared.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -32,9 +33,9 @@ log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Default sampling settings of the FLUX.1 families (BFL's reference CLI and diffusers' docs):
 # schnell is timestep-distilled for 4 steps and was trained with 256 T5 tokens; dev with 512.
-DEFAULT_STEPS = {"schnell": 4, "dev": 28}
-DEFAULT_GUIDANCE = 3.5
-MAX_SEQUENCE_LENGTH = {"schnell": 256, "dev": 512}
+DEFAULT_STEPS = {"schnell": 4, "dev": 28, "fill": 28}
+DEFAULT_GUIDANCE = {"dev": 3.5, "fill": 30.0}  # Fill was distilled at guidance 30 (BFL's reference)
+MAX_SEQUENCE_LENGTH = {"schnell": 256, "dev": 512, "fill": 512}
 
 
 def resolve_device(preference: str | None = None) -> torch.device:
@@ -99,10 +100,16 @@ class LoadedModel:
     def pipeline(self, workflow: str):
         """The diffusers pipeline for a workflow, built once from the same loaded components."""
         if workflow not in self.pipelines:
-            from diffusers import FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline
+            from diffusers import FluxFillPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline
 
-            cls = {"txt2img": FluxPipeline, "img2img": FluxImg2ImgPipeline, "inpaint": FluxInpaintPipeline}[workflow]
-            pipe = cls(**self.pipe.components)
+            cls = {
+                "txt2img": FluxPipeline,
+                "img2img": FluxImg2ImgPipeline,
+                "inpaint": FluxInpaintPipeline,
+                "fill": FluxFillPipeline,
+            }[workflow]
+            accepted = inspect.signature(cls.__init__).parameters
+            pipe = cls(**{k: v for k, v in self.pipe.components.items() if k in accepted})
             pipe.set_progress_bar_config(disable=True)
             self.pipelines[workflow] = pipe
         return self.pipelines[workflow]

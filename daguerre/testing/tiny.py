@@ -1,6 +1,6 @@
 """Tiny random FLUX.1-architecture checkpoints, built offline and deterministically from a seed.
 
-    python -m daguerre.testing.tiny OUT_DIR [--layout folder|single-file] [--seed N] [--kind dev|schnell]
+    python -m daguerre.testing.tiny OUT_DIR [--layout folder|single-file] [--seed N] [--kind dev|schnell|fill]
                                             [--fp8]
 
 The parts are the real classes at toy sizes: diffusers' FluxTransformer2DModel (1 double and
@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from daguerre.engine.schedulers import FLUX_SCHEDULE_CONFIGS as SCHEDULER_CONFIGS
+
+KINDS = ("dev", "schnell", "fill")
 
 # Sizes of the tiny parts. The transformer's rope axes must sum to its head dim.
 HEAD_DIM, HEADS, DOUBLE, SINGLE = 16, 2, 1, 2
@@ -54,7 +56,7 @@ class TinySpec:
 
     root: Path
     layout: str  # folder | single-file
-    kind: str  # dev | schnell
+    kind: str  # dev | schnell | fill
     model_path: Path  # the diffusers folder, or the single .safetensors file
     base_path: Path | None  # for single-file: the folder with encoders/VAE/tokenizers
 
@@ -109,19 +111,20 @@ def build_components(
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    if kind not in SCHEDULER_CONFIGS:
-        raise ValueError(f"kind must be one of {sorted(SCHEDULER_CONFIGS)}, got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=64,
+        in_channels=384 if kind == "fill" else 64,  # Fill: + masked-image latents + packed 8x8 mask
+        out_channels=64,
         num_layers=double,
         num_single_layers=single,
         attention_head_dim=head_dim,
         num_attention_heads=heads,
         joint_attention_dim=TEXT_DIM,
         pooled_projection_dim=TEXT_DIM,
-        guidance_embeds=(kind == "dev"),
+        guidance_embeds=(kind != "schnell"),
         axes_dims_rope=axes_dims_rope,
     )
     text_encoder = CLIPTextModel(
@@ -179,13 +182,13 @@ def build_components(
         "tokenizer": train_tokenizer(CLIP_MAX, add_bos=True),
         "tokenizer_2": train_tokenizer(T5_MAX, add_bos=False),
         "vae": vae,
-        "scheduler": FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIGS[kind]),
+        "scheduler": FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIGS["schnell" if kind == "schnell" else "dev"]),
     }
 
 
-def _model_index() -> dict:
+def _model_index(kind: str = "dev") -> dict:
     return {
-        "_class_name": "FluxPipeline",
+        "_class_name": "FluxFillPipeline" if kind == "fill" else "FluxPipeline",
         "_diffusers_version": "0.42.1",
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
@@ -197,7 +200,7 @@ def _model_index() -> dict:
     }
 
 
-def save_folder(components: dict, folder: Path, *, with_transformer_weights: bool) -> None:
+def save_folder(components: dict, folder: Path, *, with_transformer_weights: bool, kind: str = "dev") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, part in components.items():
         if name == "transformer" and not with_transformer_weights:
@@ -205,7 +208,7 @@ def save_folder(components: dict, folder: Path, *, with_transformer_weights: boo
             (folder / name / "config.json").write_text(json.dumps(dict(part.config), indent=2, default=list))
             continue
         part.save_pretrained(folder / name)
-    (folder / "model_index.json").write_text(json.dumps(_model_index(), indent=2))
+    (folder / "model_index.json").write_text(json.dumps(_model_index(kind), indent=2))
 
 
 def build(root: Path, *, layout: str = "folder", seed: int = 0, kind: str = "dev", fp8: bool = False) -> TinySpec:
@@ -219,12 +222,12 @@ def build(root: Path, *, layout: str = "folder", seed: int = 0, kind: str = "dev
     if layout == "folder":
         if fp8:
             raise ValueError("--fp8 applies to the single-file layout")
-        save_folder(components, root, with_transformer_weights=True)
+        save_folder(components, root, with_transformer_weights=True, kind=kind)
         return TinySpec(root=root, layout=layout, kind=kind, model_path=root, base_path=None)
     if layout != "single-file":
         raise ValueError(f"layout must be 'folder' or 'single-file', got {layout!r}")
     base = root / "base"
-    save_folder(components, base, with_transformer_weights=False)
+    save_folder(components, base, with_transformer_weights=False, kind=kind)
     sd = diffusers_to_bfl({k: v.contiguous() for k, v in components["transformer"].state_dict().items()})
     dtype = torch.float8_e4m3fn if fp8 else torch.float32
     sd = {k: v.to(dtype).contiguous() for k, v in sd.items()}
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--layout", choices=["folder", "single-file"], default="folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kind", choices=sorted(SCHEDULER_CONFIGS), default="dev")
+    p.add_argument("--kind", choices=KINDS, default="dev")
     p.add_argument("--fp8", action="store_true", help="store the single-file transformer as float8_e4m3fn")
     a = p.parse_args(argv)
     spec = build(a.out_dir, layout=a.layout, seed=a.seed, kind=a.kind, fp8=a.fp8)
