@@ -41,6 +41,7 @@ FLAGS = {
     "lora.weight": "--lora",
     "outpaint": "--outpaint",
     "maskMargin": "--mask-margin",
+    "promptWeighting": "--prompt-weighting",
 }
 EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -203,6 +204,12 @@ def generate(
         int | None,
         typer.Option("--mask-margin", help="32-128: inpaint a crop around --mask at full resolution, paste back"),
     ] = None,
+    weighting: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt-weighting", help="compel | sdEmbeds: read weights like (word)1.2 or (word:1.2) in the prompts"
+        ),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="JPG | PNG | WEBP")] = "JPG",
     quality: Annotated[int, typer.Option(help="20-99 (JPG/WEBP)")] = 95,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output folder [./out]")] = None,
@@ -254,6 +261,7 @@ def generate(
             loras=tuple(_lora_ref(v) for v in lora or ()),
             outpaint=extend,
             mask_margin=mask_margin,
+            prompt_weighting=weighting,
         )
         for path, im in _run(engine, req, out_dir or settings.output_dir, quiet=quiet):
             typer.echo(f"{path}\tseed={im.seed}")  # plain: scripts parse these lines
@@ -381,6 +389,7 @@ def reproduce(
             loras=tuple(LoraRef(model=x["model"], weight=x["weight"]) for x in r.loras),
             outpaint=Outpaint(**r.outpaint) if r.outpaint else None,
             mask_margin=r.mask_margin,
+            prompt_weighting=r.prompt_weighting,
         )
         # The image's whole chunk runs again: batched results match single runs only to ~1e-5.
         [(path, im)] = _run(engine, req, out_dir or settings.output_dir, max_batch=r.batch_size, keep=r.batch_index)

@@ -54,6 +54,7 @@ class Recipe:
     loras: tuple = ()  # ({"model": id, "sha256": file hash, "weight": w}, ...) applied to the transformer
     outpaint: dict | None = None  # {top, bottom, left, right, blur} for outpaint recipes
     mask_margin: int | None = None  # inpainting crop margin, when one was used
+    prompt_weighting: str | None = None  # compel | sdEmbeds when the prompts carry weights
     version: str = __version__  # Daguerre version that made it
     format: str = FORMAT
 

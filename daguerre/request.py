@@ -107,6 +107,7 @@ class GenerationRequest:
     loras: tuple[LoraRef, ...] = ()  # applied together, each with its own weight
     outpaint: Outpaint | None = None  # extend the seed image; width/height must be its final size
     mask_margin: int | None = None  # 32-128: inpaint a crop around the mask at full working resolution
+    prompt_weighting: str | None = None  # "compel" | "sdEmbeds": weights in the prompt text; None = plain text
 
     @property
     def workflow(self) -> str:
@@ -226,6 +227,12 @@ def validate(req: GenerationRequest) -> GenerationRequest:
             raise RequestError("maskMargin applies to inpainting: give a maskImage", parameter="maskMargin")
     if req.outpaint is not None:
         _check_outpaint(req)
+    if req.prompt_weighting is not None:
+        from daguerre.prompts.weighting import parse
+
+        parse(req.positive_prompt, req.prompt_weighting)  # syntax errors name the column now, not mid-run
+        if req.negative_prompt is not None:
+            parse(req.negative_prompt, req.prompt_weighting, parameter="negativePrompt")
     if req.mask_image is not None and req.seed_image is None:
         raise RequestError("maskImage needs a seedImage to paint into", parameter="maskImage")
     if req.strength is not None and req.seed_image is None:

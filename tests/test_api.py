@@ -164,7 +164,6 @@ def test_errors_name_parameter_and_task(srv):
         "puLID",
         "pulid",
         "acceleratorOptions",
-        "promptWeighting",
     ],
 )
 def test_unbuilt_features_are_refused_by_name(srv, field):

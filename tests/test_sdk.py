@@ -228,3 +228,53 @@ def test_outpaint_and_mask_margin_through_the_runware_05_sdk(srv, png):
 
     out, inp = asyncio.run(asyncio.wait_for(run(), 180))
     assert out.imageURL and inp.imageURL and out.seed == inp.seed == 3
+
+
+def test_prompt_weighting_through_the_runware_05_sdk(srv):
+    import httpx
+    from runware import EPromptWeighting, IImageInference, Runware
+
+    async def run():
+        rw = Runware(api_key=KEY, url=srv.ws_url)
+        await rw.connect()
+        out = {}
+        for syntax, prompt in (
+            (EPromptWeighting.COMPEL, "a (red)1.4 car"),
+            (EPromptWeighting.SDEMBEDS, "a (red:1.4) car"),
+        ):
+            [img] = await rw.imageInference(
+                requestImage=IImageInference(
+                    positivePrompt=prompt,
+                    model="daguerre:tiny@1",
+                    width=128,
+                    height=128,
+                    steps=2,
+                    seed=5,
+                    promptWeighting=syntax,
+                    outputType="base64Data",
+                )
+            )
+            out[syntax.value] = img.imageBase64Data
+        await rw.disconnect()
+        return out
+
+    out = asyncio.run(asyncio.wait_for(run(), 120))
+    assert set(out) == {"compel", "sdembeds"} and all(out.values())
+    bad = httpx.post(
+        srv.url,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+        json=[
+            {
+                "taskType": "imageInference",
+                "taskUUID": "0d4c2b58-8c1e-4a57-9f6e-2b7a8c9d0e1f",
+                "model": "daguerre:tiny@1",
+                "positivePrompt": "a (red car",
+                "width": 128,
+                "height": 128,
+                "promptWeighting": "compel",
+            }
+        ],
+    )
+    [err] = bad.json()["errors"]
+    assert bad.status_code == 400 and err["parameter"] == "positivePrompt" and "column 3" in err["message"]

@@ -29,14 +29,15 @@ from daguerre.request import (
 
 # Reference fields whose feature is not built yet: refused while present and not empty.
 NOT_YET = ("controlNet", "ipAdapters", "ultralytics", "hiresFix", "layerDiffuse", "puLID",
-           "acceleratorOptions", "promptWeighting")  # fmt: skip
+           "acceleratorOptions")  # fmt: skip
 # Spellings the SDKs send for the same field.
 ALIASES = {"pulid": "puLID", "PuLID": "puLID", "checkNSFW": "checkNsfw"}
 KNOWN = {
     "taskType", "taskUUID", "model", "positivePrompt", "negativePrompt", "width", "height", "steps", "scheduler",
     "CFGScale", "trueCFGScale", "seed", "numberResults", "strength", "inputs", "seedImage", "maskImage",
     "outputType", "outputFormat", "outputQuality", "deliveryMethod", "includeCost", "ttl", "safety",
-    "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", "outpaint", "maskMargin", *NOT_YET,
+    "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", "outpaint", "maskMargin",
+    "promptWeighting", *NOT_YET,
 }  # fmt: skip
 IMAGE_FIELDS = ("seedImage", "maskImage")
 
@@ -141,6 +142,7 @@ def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[Gen
         loras=_parse_loras(task.get("lora")),
         outpaint=_parse_outpaint(task.get("outpaint")),
         mask_margin=_int(task, "maskMargin"),
+        prompt_weighting=_weighting(task.get("promptWeighting")),
         model=model,
         positive_prompt=task["positivePrompt"],
         negative_prompt=task.get("negativePrompt"),
@@ -191,6 +193,18 @@ def _parse_loras(value: Any) -> tuple[LoraRef, ...]:
             raise RequestError(f"lora[{i}].model must be a string, got {entry['model']!r}", parameter="lora.model")
         out.append(LoraRef(model=entry["model"], weight=entry.get("weight", 1.0)))
     return tuple(out)
+
+
+def _weighting(value: Any) -> str | None:
+    """promptWeighting: "compel" or "sdEmbeds" (the SDKs also send "sdembeds")."""
+    if value is None:
+        return None
+    names = {"compel": "compel", "sdembeds": "sdEmbeds"}
+    if not isinstance(value, str) or value.lower() not in names:
+        raise RequestError(
+            f"promptWeighting must be 'compel' or 'sdEmbeds', got {value!r}", parameter="promptWeighting"
+        )
+    return names[value.lower()]
 
 
 def _parse_outpaint(value: Any) -> Outpaint | None:
@@ -250,6 +264,7 @@ def openapi_tasks_schema() -> dict:
             "uploadEndpoint": {"type": "string", "format": "uri"},
             "safety": {"type": "object", "properties": {"checkContent": {"const": False}}},
             "maskMargin": {"type": "integer", "minimum": 32, "maximum": 128},
+            "promptWeighting": {"enum": ["compel", "sdEmbeds"]},
             "outpaint": {
                 "type": "object",
                 "properties": {

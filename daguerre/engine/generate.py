@@ -28,8 +28,10 @@ from daguerre.engine.models import (
     ModelManager,
     set_loras,
 )
+from daguerre.engine.weighting import encode as weighted_encode
 from daguerre.errors import Cancelled, OutOfMemory, RequestError, UnsupportedError
 from daguerre.imaging import encode, to_pil
+from daguerre.prompts.weighting import parse as parse_prompt
 from daguerre.recipe import Recipe, pixels_sha256
 from daguerre.request import DEFAULT_STRENGTH, GenerationRequest, OutputSpec, validate
 
@@ -185,22 +187,11 @@ class Engine:
 
         # 3. Encode the prompts once for every chunk; prepare the image inputs once.
         pipe = model.pipeline(plan.pipeline)
-        with torch.inference_mode():
-            pe, ppe, _ = pipe.encode_prompt(
-                prompt=req.positive_prompt,
-                prompt_2=None,
-                device=model.device,
-                num_images_per_prompt=1,
-                max_sequence_length=plan.max_seq,
+        pe, ppe = _encode(pipe, req.positive_prompt, req.prompt_weighting, model.device, plan.max_seq)
+        if plan.negative is not None:
+            npe, nppe = _encode(
+                pipe, plan.negative, req.prompt_weighting, model.device, plan.max_seq, parameter="negativePrompt"
             )
-            if plan.negative is not None:
-                npe, nppe, _ = pipe.encode_prompt(
-                    prompt=plan.negative,
-                    prompt_2=None,
-                    device=model.device,
-                    num_images_per_prompt=1,
-                    max_sequence_length=plan.max_seq,
-                )
         image_kwargs, output_type, finish = _image_inputs(req, plan)
 
         # 4. Denoise chunk by chunk; every image keeps its own generator (seed + index).
@@ -304,6 +295,7 @@ class Engine:
             dtype=str(model.dtype).removeprefix("torch."),
             outpaint=asdict(req.outpaint) if req.outpaint is not None else None,
             mask_margin=req.mask_margin,
+            prompt_weighting=req.prompt_weighting,
         )
 
 
@@ -364,6 +356,17 @@ def _plan(model: LoadedModel, req: GenerationRequest) -> _Plan:
         true_cfg=true_cfg,
         negative=(req.negative_prompt or "") if true_cfg else None,
     )
+
+
+def _encode(pipe, text: str, syntax: str | None, device, max_seq: int, parameter: str = "positivePrompt"):
+    """(T5 sequence, CLIP pooled) embeddings: the pipeline's own encoding, or weighted per `syntax`."""
+    with torch.inference_mode():
+        if syntax is None or not text:
+            pe, ppe, _ = pipe.encode_prompt(
+                prompt=text, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=max_seq
+            )
+            return pe, ppe
+        return weighted_encode(pipe, parse_prompt(text, syntax, parameter), device=device, max_sequence_length=max_seq)
 
 
 MASK_FEATHER = 4  # px of inward feather when a mask crop is pasted back
