@@ -162,3 +162,10 @@ def tiny_fill(tmp_path_factory):
     from daguerre.testing.tiny import build
 
     return build(tmp_path_factory.mktemp("tiny-fill"), layout="folder", seed=0, kind="fill")
+
+
+@pytest.fixture(scope="session")
+def tiny_kontext(tmp_path_factory):
+    from daguerre.testing.tiny import build
+
+    return build(tmp_path_factory.mktemp("tiny-kontext"), layout="folder", seed=0, kind="kontext")

@@ -263,3 +263,34 @@ def test_mask_margin_bounds(src, mask):
         validate(
             GenerationRequest(model="m", positive_prompt="a cat", width=128, height=128, seed_image=src, mask_margin=64)
         )
+
+
+def test_kontext_edits_with_the_seed_image_as_reference(engine, tiny_kontext, src):
+    from diffusers import FluxKontextPipeline
+
+    pipe = FluxKontextPipeline.from_pretrained(tiny_kontext.model_path)
+    pipe.set_progress_bar_config(disable=True)
+    for image in (src, None):
+        req = GenerationRequest(model=str(tiny_kontext.model_path), positive_prompt="make the car red", width=128,
+                                height=128, steps=2, seed=8, seed_image=image)
+        out = engine.generate(req).images[0]
+        assert out.image.size == (128, 128) and out.recipe.guidance == 2.5 and out.recipe.strength is None
+        ref = pipe(image=image, prompt="make the car red", width=128, height=128, max_area=128 * 128,
+                   num_inference_steps=2, guidance_scale=2.5, output_type="np",
+                   generator=torch.Generator("cpu").manual_seed(8)).images[0]
+        assert np.abs(out.pixels - ref).max() <= TOL
+
+
+def test_kontext_refuses_what_it_cannot_do(engine, tiny_kontext, src, mask):
+    base = dict(model=str(tiny_kontext.model_path), positive_prompt="make it red", width=128, height=128, steps=1)
+    with pytest.raises(RequestError) as e:
+        engine.generate(GenerationRequest(**base, seed_image=src, strength=0.5))
+    assert e.value.parameter == "strength"
+    with pytest.raises(UnsupportedError):
+        engine.generate(GenerationRequest(**base, seed_image=src, mask_image=mask))
+
+
+def test_kontext_kind_comes_from_the_folder(tiny_kontext):
+    from daguerre.engine.catalog import Catalog
+
+    assert Catalog([]).get(str(tiny_kontext.model_path)).kind == "kontext"

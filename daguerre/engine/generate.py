@@ -220,6 +220,8 @@ class Engine:
                 )
             if plan.strength is not None:
                 kwargs["strength"] = plan.strength
+            if plan.pipeline == "kontext":  # Kontext would rescale the output to 1 MP otherwise
+                kwargs["max_area"] = req.width * req.height
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("generation cancelled before it started")
             t_chunk = time.perf_counter()
@@ -316,10 +318,21 @@ def _plan(model: LoadedModel, req: GenerationRequest) -> _Plan:
     """Model-dependent defaults and the checks that need the model's kind."""
     kind = model.kind
     workflow = req.workflow
-    if kind not in ("dev", "schnell", "fill"):
+    if kind not in ("dev", "schnell", "fill", "kontext"):
         raise RequestError(
-            f"model {model.spec.name} is a FLUX.1 {kind} model; this build runs dev-, schnell- and fill-type models",
+            f"model {model.spec.name} is a FLUX.1 {kind} model; this build runs dev, schnell, fill and kontext models",
             parameter="model",
+        )
+    if kind == "kontext" and workflow not in ("txt2img", "img2img"):
+        raise UnsupportedError(
+            f"model {model.spec.name} is a FLUX.1 Kontext model: it edits a seedImage used as a reference "
+            f"({workflow} is not supported with it yet)",
+            parameter="model",
+        )
+    if kind == "kontext" and req.strength is not None:
+        raise RequestError(
+            "strength does not apply to Kontext models: the seedImage is a reference, not a start image; omit strength",
+            parameter="strength",
         )
     if kind == "fill" and workflow not in ("inpaint", "outpaint"):
         raise RequestError(
@@ -340,13 +353,13 @@ def _plan(model: LoadedModel, req: GenerationRequest) -> _Plan:
     if true_cfg is not None and kind == "fill":
         raise UnsupportedError("trueCFGScale is not supported with FLUX.1 Fill models", parameter="trueCFGScale")
     strength = None
-    if req.seed_image is not None:
+    if req.seed_image is not None and kind != "kontext":
         default = 1.0 if workflow == "outpaint" or kind == "fill" else DEFAULT_STRENGTH
         strength = req.strength if req.strength is not None else default
     guidance = None
     if has_guidance:
         guidance = req.guidance if req.guidance is not None else DEFAULT_GUIDANCE[kind]
-    pipeline = "fill" if kind == "fill" else ("inpaint" if workflow == "outpaint" else workflow)
+    pipeline = {"fill": "fill", "kontext": "kontext"}.get(kind, "inpaint" if workflow == "outpaint" else workflow)
     return _Plan(
         pipeline=pipeline,
         steps=req.steps or DEFAULT_STEPS[kind],

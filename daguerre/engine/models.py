@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Default sampling settings of the FLUX.1 families (BFL's reference CLI and diffusers' docs):
 # schnell is timestep-distilled for 4 steps and was trained with 256 T5 tokens; dev with 512.
-DEFAULT_STEPS = {"schnell": 4, "dev": 28, "fill": 28}
-DEFAULT_GUIDANCE = {"dev": 3.5, "fill": 30.0}  # Fill was distilled at guidance 30 (BFL's reference)
-MAX_SEQUENCE_LENGTH = {"schnell": 256, "dev": 512, "fill": 512}
+DEFAULT_STEPS = {"schnell": 4, "dev": 28, "fill": 28, "kontext": 28}
+# Fill was distilled at guidance 30, Kontext at 2.5 (BFL's reference settings).
+DEFAULT_GUIDANCE = {"dev": 3.5, "fill": 30.0, "kontext": 2.5}
+MAX_SEQUENCE_LENGTH = {"schnell": 256, "dev": 512, "fill": 512, "kontext": 512}
 
 
 def resolve_device(preference: str | None = None) -> torch.device:
@@ -100,13 +101,20 @@ class LoadedModel:
     def pipeline(self, workflow: str):
         """The diffusers pipeline for a workflow, built once from the same loaded components."""
         if workflow not in self.pipelines:
-            from diffusers import FluxFillPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline
+            from diffusers import (
+                FluxFillPipeline,
+                FluxImg2ImgPipeline,
+                FluxInpaintPipeline,
+                FluxKontextPipeline,
+                FluxPipeline,
+            )
 
             cls = {
                 "txt2img": FluxPipeline,
                 "img2img": FluxImg2ImgPipeline,
                 "inpaint": FluxInpaintPipeline,
                 "fill": FluxFillPipeline,
+                "kontext": FluxKontextPipeline,
             }[workflow]
             accepted = inspect.signature(cls.__init__).parameters
             pipe = cls(**{k: v for k, v in self.pipe.components.items() if k in accepted})

@@ -1,6 +1,6 @@
 """Tiny random FLUX.1-architecture checkpoints, built offline and deterministically from a seed.
 
-    python -m daguerre.testing.tiny OUT_DIR [--layout folder|single-file] [--seed N] [--kind dev|schnell|fill]
+    python -m daguerre.testing.tiny OUT_DIR [--layout folder|single-file] [--seed N] [--kind dev|schnell|fill|kontext]
                                             [--fp8]
 
 The parts are the real classes at toy sizes: diffusers' FluxTransformer2DModel (1 double and
@@ -26,7 +26,7 @@ import torch
 
 from daguerre.engine.schedulers import FLUX_SCHEDULE_CONFIGS as SCHEDULER_CONFIGS
 
-KINDS = ("dev", "schnell", "fill")
+KINDS = ("dev", "schnell", "fill", "kontext")
 
 # Sizes of the tiny parts. The transformer's rope axes must sum to its head dim.
 HEAD_DIM, HEADS, DOUBLE, SINGLE = 16, 2, 1, 2
@@ -56,7 +56,7 @@ class TinySpec:
 
     root: Path
     layout: str  # folder | single-file
-    kind: str  # dev | schnell | fill
+    kind: str  # dev | schnell | fill | kontext
     model_path: Path  # the diffusers folder, or the single .safetensors file
     base_path: Path | None  # for single-file: the folder with encoders/VAE/tokenizers
 
@@ -188,7 +188,7 @@ def build_components(
 
 def _model_index(kind: str = "dev") -> dict:
     return {
-        "_class_name": "FluxFillPipeline" if kind == "fill" else "FluxPipeline",
+        "_class_name": {"fill": "FluxFillPipeline", "kontext": "FluxKontextPipeline"}.get(kind, "FluxPipeline"),
         "_diffusers_version": "0.42.1",
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
