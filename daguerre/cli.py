@@ -42,6 +42,10 @@ FLAGS = {
     "outpaint": "--outpaint",
     "maskMargin": "--mask-margin",
     "promptWeighting": "--prompt-weighting",
+    "controlNet": "--controlnet",
+    "controlNet.model": "--controlnet",
+    "controlNet.weight": "--controlnet",
+    "controlNet.guideImage": "--controlnet",
 }
 EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -97,6 +101,47 @@ def _default_model(engine) -> str:
         parameter="model",
         code="invalidParameter",
     )
+
+
+def _control_ref(value: str, limits):
+    """--controlnet REF,GUIDE[,weight=W][,start=PCT][,end=PCT][,mode=M][,canny]."""
+    from daguerre.imaging import load_image
+    from daguerre.request import ControlRef
+
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise DaguerreError(
+            f"--controlnet takes REF,GUIDE_IMAGE[,options], got {value!r}",
+            parameter="controlNet",
+            code="invalidParameter",
+        )
+    kwargs: dict = {}
+    names = {
+        "weight": ("weight", float),
+        "start": ("start_percent", int),
+        "end": ("end_percent", int),
+        "mode": ("mode", str),
+    }
+    for option in parts[2:]:
+        key, sep, raw = option.partition("=")
+        if option == "canny":
+            kwargs["preprocessor"] = "canny"
+        elif sep and key in names:
+            field, cast = names[key]
+            try:
+                kwargs[field] = cast(raw)
+            except ValueError:
+                raise DaguerreError(
+                    f"--controlnet {key} must be a number, got {raw!r}", parameter="controlNet", code="invalidParameter"
+                ) from None
+        else:
+            raise DaguerreError(
+                f"--controlnet option {option!r} is not one of weight=, start=, end=, mode=, canny",
+                parameter="controlNet",
+                code="invalidParameter",
+            )
+    guide = load_image(parts[1], parameter="controlNet.guideImage", limits=limits)
+    return ControlRef(model=parts[0], guide_image=guide, **kwargs)
 
 
 def _outpaint(value: str):
@@ -196,6 +241,14 @@ def generate(
         list[str] | None,
         typer.Option("--lora", help="LoRA id, name or path, optionally =WEIGHT (-4..4, default 1); repeatable"),
     ] = None,
+    controlnet: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--controlnet",
+            help="REF,GUIDE_IMAGE[,weight=W][,start=PCT][,end=PCT][,mode=balanced|prompt|"
+            "controlnet][,canny]: a ControlNet and its guide (repeatable)",
+        ),
+    ] = None,
     outpaint: Annotated[
         str | None,
         typer.Option(help="extend --image: 'top=64,left=32,...' pixels (top/bottom/left/right, optional blur=N)"),
@@ -262,6 +315,7 @@ def generate(
             outpaint=extend,
             mask_margin=mask_margin,
             prompt_weighting=weighting,
+            controlnets=tuple(_control_ref(v, settings.image_limits) for v in controlnet or ()),
         )
         for path, im in _run(engine, req, out_dir or settings.output_dir, quiet=quiet):
             typer.echo(f"{path}\tseed={im.seed}")  # plain: scripts parse these lines
@@ -336,6 +390,9 @@ def reproduce(
     ] = None,
     source: Annotated[str | None, typer.Option("--image", "-i", help="the seed image, for img2img/inpaint")] = None,
     mask: Annotated[str | None, typer.Option(help="the mask, for inpaint recipes")] = None,
+    guide: Annotated[
+        list[str] | None, typer.Option("--guide", help="ControlNet guide images, in the recipe's order (repeatable)")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output folder [./out]")] = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
@@ -346,7 +403,7 @@ def reproduce(
     from daguerre import recipe as recipes
     from daguerre.imaging import load_image
     from daguerre.recipe import pixels_sha256
-    from daguerre.request import GenerationRequest, LoraRef, Outpaint, OutputSpec
+    from daguerre.request import ControlRef, GenerationRequest, LoraRef, Outpaint, OutputSpec
 
     try:
         r = recipes.read(image_path)
@@ -369,6 +426,24 @@ def reproduce(
                     parameter=name,
                     code="invalidParameter",
                 )
+        guides = [load_image(g, parameter="controlNet.guideImage", limits=settings.image_limits) for g in guide or ()]
+        if len(guides) != len(r.controlnets):
+            raise DaguerreError(
+                f"this recipe used {len(r.controlnets)} ControlNet guide image(s): pass each with "
+                "--guide PATH, in order",
+                parameter="controlNet.guideImage",
+                code="invalidParameter",
+            )
+        controls = []
+        for c, g in zip(r.controlnets, guides, strict=True):
+            if pixels_sha256(g) != c["guide_sha256"]:
+                raise DaguerreError(
+                    "a --guide image is not the one the recipe was made from (pixel hash differs)",
+                    parameter="controlNet.guideImage",
+                    code="invalidParameter",
+                )
+            fields = {k: v for k, v in c.items() if k not in ("start", "end", "guide_sha256")}
+            controls.append(ControlRef(guide_image=g, **fields))
         engine = _engine(settings)
         req = GenerationRequest(
             model=model or r.model,
@@ -390,6 +465,7 @@ def reproduce(
             outpaint=Outpaint(**r.outpaint) if r.outpaint else None,
             mask_margin=r.mask_margin,
             prompt_weighting=r.prompt_weighting,
+            controlnets=tuple(controls),
         )
         # The image's whole chunk runs again: batched results match single runs only to ~1e-5.
         [(path, im)] = _run(engine, req, out_dir or settings.output_dir, max_batch=r.batch_size, keep=r.batch_index)

@@ -55,6 +55,7 @@ class Recipe:
     outpaint: dict | None = None  # {top, bottom, left, right, blur} for outpaint recipes
     mask_margin: int | None = None  # inpainting crop margin, when one was used
     prompt_weighting: str | None = None  # compel | sdEmbeds when the prompts carry weights
+    controlnets: tuple = ()  # per ControlNet: its ControlRef fields, start/end fractions, guide_sha256
     version: str = __version__  # Daguerre version that made it
     format: str = FORMAT
 
@@ -93,6 +94,7 @@ class Recipe:
         if data.get("format") != FORMAT:
             raise RequestError(f"recipe format {data.get('format')!r} is not {FORMAT!r}", parameter="image")
         data["loras"] = tuple(data.get("loras", ()))
+        data["controlnets"] = tuple(data.get("controlnets", ()))
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

@@ -30,6 +30,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "strength": (0, 1),
     "outputQuality": (20, 99),
     "lora.weight": (-4, 4),
+    "controlNet.weight": (-4, 4),
 }
 PROMPT_CHARS = (2, 3000)
 SIZE_STEP = 64
@@ -62,6 +63,9 @@ class DeliverySpec:
 
 
 MAX_LORAS = 8
+MAX_CONTROLNETS = 4
+CONTROL_MODES = ("balanced", "prompt", "controlnet")
+PREPROCESSORS = ("canny",)
 MASK_MARGIN = (32, 128)
 OUTPAINT_DEFAULT_BLUR = 8
 
@@ -83,6 +87,23 @@ class LoraRef:
 
     model: str  # catalog id, short name or path of a FLUX.1 LoRA file
     weight: float = 1.0  # -4..4; 0 has no effect, negative steers away
+
+
+@dataclass(frozen=True)
+class ControlRef:
+    """One ControlNet for a request: a model and the guide image it follows."""
+
+    model: str  # catalog id, short name or path of a FLUX.1 ControlNet (diffusers folder)
+    guide_image: Image.Image = field(compare=False)  # RGB; resized to the output size
+    weight: float = 1.0  # -4..4 conditioning scale (before the controlMode factor)
+    start_step: int | None = None  # first step it acts on (0-based); or start_percent
+    end_step: int | None = None  # step it stops before; or end_percent
+    start_percent: int | None = None  # 0-99
+    end_percent: int | None = None  # 1-100
+    mode: str = "balanced"  # balanced | prompt | controlnet: see docs/api.md
+    preprocessor: str | None = None  # None: the guide is already a control image; "canny": edges from a photo
+    canny_low: int = 100  # Canny hysteresis thresholds, 0-255, low < high
+    canny_high: int = 200
 
 
 @dataclass(frozen=True)
@@ -108,6 +129,7 @@ class GenerationRequest:
     outpaint: Outpaint | None = None  # extend the seed image; width/height must be its final size
     mask_margin: int | None = None  # 32-128: inpaint a crop around the mask at full working resolution
     prompt_weighting: str | None = None  # "compel" | "sdEmbeds": weights in the prompt text; None = plain text
+    controlnets: tuple[ControlRef, ...] = ()  # structure guidance; several at once
 
     @property
     def workflow(self) -> str:
@@ -143,6 +165,64 @@ def _check_prompt(name: str, value: Any) -> None:
         raise RequestError(f"{name} must be {lo}-{hi} characters long, got {len(value)}", parameter=name)
     if not value.strip():
         raise RequestError(f"{name} must contain text, not only whitespace", parameter=name)
+
+
+def _check_control(c: ControlRef, steps: int | None) -> None:
+    if not isinstance(c.model, str) or not c.model.strip():
+        raise RequestError("controlNet.model must be a ControlNet id, name or path", parameter="controlNet.model")
+    _check_range("controlNet.weight", c.weight, integer=False)
+    if c.mode not in CONTROL_MODES:
+        raise RequestError(
+            f"controlNet.controlMode must be one of {', '.join(CONTROL_MODES)}, got {c.mode!r}",
+            parameter="controlNet.controlMode",
+        )
+    if c.start_step is not None and c.start_percent is not None:
+        raise RequestError(
+            "give controlNet.startStep or startStepPercentage, not both", parameter="controlNet.startStep"
+        )
+    if c.end_step is not None and c.end_percent is not None:
+        raise RequestError("give controlNet.endStep or endStepPercentage, not both", parameter="controlNet.endStep")
+    for name, value, lo, hi in (
+        ("startStep", c.start_step, 0, 49),
+        ("endStep", c.end_step, 1, 50),
+        ("startStepPercentage", c.start_percent, 0, 99),
+        ("endStepPercentage", c.end_percent, 1, 100),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi):
+            raise RequestError(
+                f"controlNet.{name} must be an integer in [{lo}, {hi}], got {value!r}", parameter=f"controlNet.{name}"
+            )
+    if c.start_step is not None and c.end_step is not None and c.start_step >= c.end_step:
+        raise RequestError(
+            f"controlNet.startStep ({c.start_step}) must be less than endStep ({c.end_step})",
+            parameter="controlNet.startStep",
+        )
+    if c.start_percent is not None and c.end_percent is not None and c.start_percent >= c.end_percent:
+        raise RequestError(
+            f"controlNet.startStepPercentage ({c.start_percent}) must be less than endStepPercentage ({c.end_percent})",
+            parameter="controlNet.startStepPercentage",
+        )
+    if steps is not None and c.end_step is not None and c.end_step > steps:
+        raise RequestError(
+            f"controlNet.endStep ({c.end_step}) must be at most steps ({steps})", parameter="controlNet.endStep"
+        )
+    if c.preprocessor not in (None, *PREPROCESSORS):
+        raise RequestError(
+            f"controlNet preprocessor {c.preprocessor!r} is not supported yet; supported: "
+            f"{', '.join(PREPROCESSORS)} (or none: send a ready control image)",
+            parameter="controlNet.preprocessor",
+            code="unsupportedParameter",
+        )
+    for name, value in (("lowThresholdCanny", c.canny_low), ("highThresholdCanny", c.canny_high)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+            raise RequestError(
+                f"controlNet.{name} must be an integer in [0, 255], got {value!r}", parameter=f"controlNet.{name}"
+            )
+    if c.canny_low >= c.canny_high:
+        raise RequestError(
+            "controlNet.lowThresholdCanny must be less than highThresholdCanny",
+            parameter="controlNet.lowThresholdCanny",
+        )
 
 
 def _check_outpaint(req: GenerationRequest) -> None:
@@ -227,6 +307,12 @@ def validate(req: GenerationRequest) -> GenerationRequest:
             raise RequestError("maskMargin applies to inpainting: give a maskImage", parameter="maskMargin")
     if req.outpaint is not None:
         _check_outpaint(req)
+    for c in req.controlnets:
+        _check_control(c, req.steps)
+    if len(req.controlnets) > MAX_CONTROLNETS:
+        raise RequestError(
+            f"controlNet takes at most {MAX_CONTROLNETS} entries, got {len(req.controlnets)}", parameter="controlNet"
+        )
     if req.prompt_weighting is not None:
         from daguerre.prompts.weighting import parse
 

@@ -169,3 +169,11 @@ def tiny_kontext(tmp_path_factory):
     from daguerre.testing.tiny import build
 
     return build(tmp_path_factory.mktemp("tiny-kontext"), layout="folder", seed=0, kind="kontext")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnets(tmp_path_factory):
+    from daguerre.testing.tiny import build_controlnet
+
+    root = tmp_path_factory.mktemp("controlnets")
+    return [build_controlnet(root / f"cn{i}", seed=i + 1) for i in range(2)]

@@ -227,3 +227,46 @@ def test_generate_with_lora_flag_and_reproduce(tiny_folder, tmp_path, env):
     assert again.returncode == 0 and "identical bytes" in again.stdout, again.stderr
     bad = run(["generate", "a red car", "--model", str(tiny_folder.model_path), "--lora", f"{lora}=heavy"], env)
     assert bad.returncode == 2 and "--lora" in bad.stderr
+
+
+def test_controlnet_flag_and_reproduce_with_guide(tiny_folder, tiny_controlnets, tmp_path, env):
+    from PIL import Image
+
+    guide = tmp_path / "edges.png"
+    g = Image.new("RGB", (128, 128), (0, 0, 0))
+    g.paste((255, 255, 255), (30, 30, 100, 100))
+    g.save(guide)
+    out = run(
+        [
+            "generate",
+            "a house",
+            "--model",
+            str(tiny_folder.model_path),
+            "--controlnet",
+            f"{tiny_controlnets[0]},{guide},weight=0.7,end=75",
+            "-W",
+            "128",
+            "-H",
+            "128",
+            "--steps",
+            "4",
+            "--seed",
+            "3",
+            "--format",
+            "png",
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+        ],
+        env,
+    )
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.split("\t")[0])
+    [c] = recipe.read(path).controlnets
+    assert c["weight"] == 0.7 and c["end_percent"] == 75 and c["end"] == 0.75
+    missing = run(["reproduce", str(path)], env)
+    assert missing.returncode == 2 and "--guide" in missing.stderr
+    again = run(["reproduce", str(path), "--guide", str(guide), "--out", str(tmp_path / "r")], env)
+    assert again.returncode == 0 and "identical bytes" in again.stdout, again.stderr
+    bad = run(["generate", "a house", "--model", str(tiny_folder.model_path), "--controlnet", "onlyref"], env)
+    assert bad.returncode == 2 and "--controlnet" in bad.stderr

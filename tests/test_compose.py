@@ -271,13 +271,28 @@ def test_kontext_edits_with_the_seed_image_as_reference(engine, tiny_kontext, sr
     pipe = FluxKontextPipeline.from_pretrained(tiny_kontext.model_path)
     pipe.set_progress_bar_config(disable=True)
     for image in (src, None):
-        req = GenerationRequest(model=str(tiny_kontext.model_path), positive_prompt="make the car red", width=128,
-                                height=128, steps=2, seed=8, seed_image=image)
+        req = GenerationRequest(
+            model=str(tiny_kontext.model_path),
+            positive_prompt="make the car red",
+            width=128,
+            height=128,
+            steps=2,
+            seed=8,
+            seed_image=image,
+        )
         out = engine.generate(req).images[0]
         assert out.image.size == (128, 128) and out.recipe.guidance == 2.5 and out.recipe.strength is None
-        ref = pipe(image=image, prompt="make the car red", width=128, height=128, max_area=128 * 128,
-                   num_inference_steps=2, guidance_scale=2.5, output_type="np",
-                   generator=torch.Generator("cpu").manual_seed(8)).images[0]
+        ref = pipe(
+            image=image,
+            prompt="make the car red",
+            width=128,
+            height=128,
+            max_area=128 * 128,
+            num_inference_steps=2,
+            guidance_scale=2.5,
+            output_type="np",
+            generator=torch.Generator("cpu").manual_seed(8),
+        ).images[0]
         assert np.abs(out.pixels - ref).max() <= TOL
 
 

@@ -278,3 +278,52 @@ def test_prompt_weighting_through_the_runware_05_sdk(srv):
     )
     [err] = bad.json()["errors"]
     assert bad.status_code == 400 and err["parameter"] == "positivePrompt" and "column 3" in err["message"]
+
+
+def test_controlnet_through_the_runware_05_sdk(make_server, tiny_controlnets, png):
+    from runware import IControlNetCanny, IControlNetGeneral, IImageInference, Runware
+
+    guide = png.parent / "guide.png"
+    g = Image.new("RGB", (128, 128), (0, 0, 0))
+    g.paste((255, 255, 255), (30, 30, 100, 100))
+    g.save(guide)
+    extra = {
+        "cn": {"id": "test:controlnet@1", "path": str(tiny_controlnets[0])},
+        "cn2": {"id": "test:controlnet@2", "path": str(tiny_controlnets[1])},
+    }
+    with make_server(api_keys=[KEY], extra_models=extra) as s:
+
+        async def run():
+            rw = Runware(api_key=KEY, url=s.ws_url)
+            await rw.connect()
+            [img] = await rw.imageInference(
+                requestImage=IImageInference(
+                    positivePrompt="a house",
+                    model="daguerre:tiny@1",
+                    width=128,
+                    height=128,
+                    steps=4,
+                    seed=4,
+                    controlNet=[
+                        IControlNetGeneral(
+                            model="test:controlnet@1",
+                            guideImage=str(guide),
+                            weight=0.7,
+                            startStepPercentage=0,
+                            endStepPercentage=75,
+                        ),
+                        IControlNetCanny(
+                            model="test:controlnet@2",
+                            guideImage=str(png),
+                            weight=0.5,
+                            lowThresholdCanny=50,
+                            highThresholdCanny=150,
+                        ),
+                    ],
+                )
+            )
+            await rw.disconnect()
+            return img
+
+        img = asyncio.run(asyncio.wait_for(run(), 180))
+        assert img.imageURL and img.seed == 4

@@ -126,10 +126,10 @@ class Protocol:
             return resp.body
         return read_source(value, parameter=parameter, limits=limits, allow_paths=False)
 
-    def resolver_for(self, owner: str, captured: dict[str, bytes] | None = None):
+    def resolver_for(self, owner: str, captured: dict[str, tuple[str, bytes]] | None = None):
         """Image resolver for parse_image_inference: an imageUUID of this owner, a URL, data URI or base64.
 
-        With `captured`, the encoded bytes of every non-UUID image are recorded by parameter,
+        With `captured`, every non-UUID image value is recorded (value -> (parameter, encoded bytes)),
         so the submission can store them once and the job refers to them by UUID.
         """
         limits = self.settings.image_limits
@@ -147,7 +147,7 @@ class Protocol:
             else:
                 data = self.fetch_bytes(value, parameter)
                 if captured is not None:
-                    captured[parameter] = data
+                    captured[value] = (parameter, data)
             return load_image(data, parameter=parameter, limits=limits, mask=is_mask)
 
         return resolve
@@ -189,13 +189,14 @@ class Protocol:
         if self.is_draining():
             raise ProtocolError("the server is shutting down and takes no new tasks", code="serverShuttingDown")
         check_task_uuid(task.get("taskUUID"))
-        captured: dict[str, bytes] = {}
+        captured: dict[str, tuple[str, bytes]] = {}
         req, delivery = parse_image_inference(task, self.resolver_for(owner, captured))
         for name, url in (("webhookURL", delivery.webhook_url), ("uploadEndpoint", delivery.upload_endpoint)):
             if url is not None:
                 self.outbound.check_url(url, parameter=name)  # refused now, and re-checked when sent
         # Inline and URL images are stored once; the job refers to them by UUID (small rows, one fetch).
-        payload = _with_images(task, {name: self.store_upload(owner, data, name)[0] for name, data in captured.items()})
+        stored = {value: self.store_upload(owner, data, name)[0] for value, (name, data) in captured.items()}
+        payload = _with_images(task, stored)
         try:
             job, _ = self.jobs.submit(owner, task, req.number_results, payload=payload)
         except QueueFull as e:
@@ -309,17 +310,23 @@ def delivery_of(job: Job) -> DeliverySpec:
     )
 
 
-def _with_images(task: dict, uuids: dict[str, str]) -> dict:
-    """The task with the given image fields replaced by stored imageUUIDs, wherever they were given."""
+def _with_images(task: dict, stored: dict[str, str]) -> dict:
+    """The task with every image value found in `stored` (inline or URL -> imageUUID) replaced, wherever it
+    was given: seedImage / maskImage at the top level or in inputs, and each controlNet guideImage."""
+
+    def swap(value):
+        return stored.get(value, value) if isinstance(value, str) else value
+
     out = dict(task)
-    inputs = dict(out["inputs"]) if isinstance(out.get("inputs"), dict) else None
-    for name, image_uuid in uuids.items():
-        if inputs is not None and name in inputs:
-            inputs[name] = image_uuid
-        else:
-            out[name] = image_uuid
-    if inputs is not None:
-        out["inputs"] = inputs
+    for name in ("seedImage", "maskImage"):
+        if name in out:
+            out[name] = swap(out[name])
+    if isinstance(out.get("inputs"), dict):
+        out["inputs"] = {k: swap(v) for k, v in out["inputs"].items()}
+    if isinstance(out.get("controlNet"), list):
+        out["controlNet"] = [
+            {**c, "guideImage": swap(c.get("guideImage"))} if isinstance(c, dict) else c for c in out["controlNet"]
+        ]
     return out
 
 

@@ -19,6 +19,7 @@ from daguerre.request import (
     MIN_TTL,
     OUTPUT_FORMATS,
     OUTPUT_TYPES,
+    ControlRef,
     DeliverySpec,
     GenerationRequest,
     LoraRef,
@@ -28,7 +29,7 @@ from daguerre.request import (
 )
 
 # Reference fields whose feature is not built yet: refused while present and not empty.
-NOT_YET = ("controlNet", "ipAdapters", "ultralytics", "hiresFix", "layerDiffuse", "puLID",
+NOT_YET = ("ipAdapters", "ultralytics", "hiresFix", "layerDiffuse", "puLID",
            "acceleratorOptions")  # fmt: skip
 # Spellings the SDKs send for the same field.
 ALIASES = {"pulid": "puLID", "PuLID": "puLID", "checkNSFW": "checkNsfw"}
@@ -37,7 +38,7 @@ KNOWN = {
     "CFGScale", "trueCFGScale", "seed", "numberResults", "strength", "inputs", "seedImage", "maskImage",
     "outputType", "outputFormat", "outputQuality", "deliveryMethod", "includeCost", "ttl", "safety",
     "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", "outpaint", "maskMargin",
-    "promptWeighting", *NOT_YET,
+    "promptWeighting", "controlNet", *NOT_YET,
 }  # fmt: skip
 IMAGE_FIELDS = ("seedImage", "maskImage")
 
@@ -143,6 +144,7 @@ def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[Gen
         outpaint=_parse_outpaint(task.get("outpaint")),
         mask_margin=_int(task, "maskMargin"),
         prompt_weighting=_weighting(task.get("promptWeighting")),
+        controlnets=_parse_controlnets(task.get("controlNet"), resolve_image),
         model=model,
         positive_prompt=task["positivePrompt"],
         negative_prompt=task.get("negativePrompt"),
@@ -192,6 +194,40 @@ def _parse_loras(value: Any) -> tuple[LoraRef, ...]:
         if not isinstance(entry["model"], str):
             raise RequestError(f"lora[{i}].model must be a string, got {entry['model']!r}", parameter="lora.model")
         out.append(LoraRef(model=entry["model"], weight=entry.get("weight", 1.0)))
+    return tuple(out)
+
+
+CONTROL_FIELDS = {"model": "model", "guideImage": None, "weight": "weight", "startStep": "start_step",
+                  "endStep": "end_step", "startStepPercentage": "start_percent", "endStepPercentage": "end_percent",
+                  "controlMode": "mode", "preprocessor": "preprocessor", "lowThresholdCanny": "canny_low",
+                  "highThresholdCanny": "canny_high", "includeHandsAndFaceOpenPose": None}  # fmt: skip
+
+
+def _parse_controlnets(value: Any, resolve_image: ImageResolver) -> tuple[ControlRef, ...]:
+    """`controlNet`: a list of {model, guideImage, weight, startStep/endStep or percentages, controlMode,
+    preprocessor ("canny"), lowThresholdCanny, highThresholdCanny}; null values are ignored (SDKs send them)."""
+    if value is None or value == []:
+        return ()
+    if not isinstance(value, list):
+        raise RequestError("controlNet must be a list of {model, guideImage, ...} objects", parameter="controlNet")
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise RequestError(f"controlNet[{i}] must be an object", parameter="controlNet")
+        entry = {k: v for k, v in entry.items() if v is not None}
+        extra = sorted(set(entry) - set(CONTROL_FIELDS))
+        if extra:
+            raise RequestError(f"unknown field controlNet[{i}].{extra[0]}", parameter=f"controlNet.{extra[0]}")
+        for name in ("model", "guideImage"):
+            if not isinstance(entry.get(name), str) or not entry[name]:
+                raise RequestError(f"controlNet[{i}].{name} is required (a string)", parameter=f"controlNet.{name}")
+        kwargs = {
+            CONTROL_FIELDS[k]: (int(v) if isinstance(v, float) and v.is_integer() and k != "weight" else v)
+            for k, v in entry.items()
+            if CONTROL_FIELDS[k]
+        }
+        guide = resolve_image(entry["guideImage"], "controlNet.guideImage", False)
+        out.append(ControlRef(guide_image=guide, **kwargs))
     return tuple(out)
 
 

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 AIR_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9._/+-]+@[A-Za-z0-9._-]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-KINDS = ("dev", "schnell", "fill", "control", "kontext", "lora")
-COMFY_SUBDIRS = ("diffusion_models", "unet", "checkpoints", "loras")
+KINDS = ("dev", "schnell", "fill", "control", "kontext", "lora", "controlnet")
+COMFY_SUBDIRS = ("diffusion_models", "unet", "checkpoints", "loras", "controlnet")
 # AIR ids the hosted API uses for the Black Forest Labs originals, given to the same
 # models when they are found in the Hugging Face cache.
 WELL_KNOWN_AIR = {
@@ -63,7 +63,15 @@ def _dir_size(folder: Path) -> int:
 
 
 def describe_folder(folder: Path) -> tuple[str, int]:
-    """(kind, size) of a diffusers FLUX.1 folder, from model_index.json and transformer/config.json."""
+    """(kind, size) of a diffusers FLUX.1 folder, from model_index.json and transformer/config.json,
+    or of a FLUX.1 ControlNet folder (config.json naming FluxControlNetModel)."""
+    if not (folder / "model_index.json").exists() and (folder / "config.json").exists():
+        try:
+            cls = json.loads((folder / "config.json").read_text()).get("_class_name", "")
+        except (OSError, ValueError):
+            cls = ""
+        if cls == "FluxControlNetModel":
+            return "controlnet", _dir_size(folder)
     try:
         index = json.loads((folder / "model_index.json").read_text())
     except (OSError, ValueError) as e:

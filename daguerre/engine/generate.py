@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -186,13 +187,28 @@ class Engine:
         lora_recipe = tuple({"model": spec.id, "sha256": digest, "weight": w} for spec, digest, w in loras)
 
         # 3. Encode the prompts once for every chunk; prepare the image inputs once.
-        pipe = model.pipeline(plan.pipeline)
+        control = self._resolve_controlnets(req, plan)
+        pipe = (
+            model.controlnet_pipeline(plan.pipeline, [c.folder for c in control])
+            if control
+            else (model.pipeline(plan.pipeline))
+        )
         pe, ppe = _encode(pipe, req.positive_prompt, req.prompt_weighting, model.device, plan.max_seq)
         if plan.negative is not None:
             npe, nppe = _encode(
                 pipe, plan.negative, req.prompt_weighting, model.device, plan.max_seq, parameter="negativePrompt"
             )
         image_kwargs, output_type, finish = _image_inputs(req, plan)
+        control_recipe = tuple(
+            {
+                **{k: v for k, v in asdict(c.ref).items() if k not in ("guide_image", "model")},
+                "model": c.spec.id,
+                "start": c.start,
+                "end": c.end,
+                "guide_sha256": pixels_sha256(c.ref.guide_image),
+            }
+            for c in control
+        )
 
         # 4. Denoise chunk by chunk; every image keeps its own generator (seed + index).
         images: list[GeneratedImage] = []
@@ -220,6 +236,8 @@ class Engine:
                 )
             if plan.strength is not None:
                 kwargs["strength"] = plan.strength
+            if control:
+                kwargs.update(_control_kwargs(control, single=len(control) == 1))
             if plan.pipeline == "kontext":  # Kontext would rescale the output to 1 MP otherwise
                 kwargs["max_area"] = req.width * req.height
             if cancel is not None and cancel.cancelled:
@@ -235,7 +253,9 @@ class Engine:
             for pos, (i, raw) in enumerate(zip(idx, out, strict=True)):
                 pixels = finish(raw)  # (H, W, 3) float32
                 recipe = self._recipe(model, req, seed + i, plan)
-                recipe = replace(recipe, batch_size=len(idx), batch_index=pos, loras=lora_recipe)
+                recipe = replace(
+                    recipe, batch_size=len(idx), batch_index=pos, loras=lora_recipe, controlnets=control_recipe
+                )
                 images.append(
                     GeneratedImage(
                         index=i, seed=seed + i, pixels=pixels, image=to_pil(pixels), recipe=recipe, seconds=per_image
@@ -244,6 +264,46 @@ class Engine:
                 if on_image is not None:
                     on_image(images[-1])
         return images, chunks
+
+    def _resolve_controlnets(self, req: GenerationRequest, plan: _Plan) -> list[_Control]:
+        """Each requested ControlNet with its folder, prepared guide image and active step window."""
+        out = []
+        # A weight-0 ControlNet adds nothing, so it is not run: that keeps "weight 0 = no ControlNet"
+        # exact (diffusers' ControlNet pipeline would otherwise draw its guide latent from the same
+        # generators first, shifting the noise).
+        for c in (c for c in req.controlnets if c.weight != 0):
+            spec = self.models.catalog.get(c.model)
+            if spec.kind != "controlnet":
+                raise RequestError(
+                    f"controlNet.model {c.model!r} is a {spec.kind} model, not a FLUX.1 ControlNet",
+                    parameter="controlNet.model",
+                )
+            if c.end_step is not None and c.end_step > plan.steps:
+                raise RequestError(
+                    f"controlNet.endStep ({c.end_step}) must be at most steps ({plan.steps})",
+                    parameter="controlNet.endStep",
+                )
+            start = c.start_step / plan.steps if c.start_step is not None else (c.start_percent or 0) / 100
+            end = (
+                c.end_step / plan.steps
+                if c.end_step is not None
+                else (c.end_percent / 100 if c.end_percent is not None else 1.0)
+            )
+            guide = c.guide_image.convert("RGB").resize((req.width, req.height), Image.Resampling.LANCZOS)
+            if c.preprocessor == "canny":
+                guide = canny(guide, c.canny_low, c.canny_high)
+            out.append(
+                _Control(
+                    spec=spec,
+                    folder=spec.path,
+                    image=guide,
+                    scale=c.weight * CONTROL_MODE_SCALE[c.mode],
+                    start=start,
+                    end=end,
+                    ref=c,
+                )
+            )
+        return out
 
     def _resolve_loras(self, req: GenerationRequest) -> list[tuple]:
         """(spec, file sha256, weight) for each requested LoRA; the catalog must know it as a LoRA."""
@@ -314,6 +374,49 @@ class _Plan:
     negative: str | None  # the unconditional prompt when true CFG is on
 
 
+# controlMode -> factor on the ControlNet's conditioning scale: FLUX's distilled guidance has no
+# separate unconditional pass to bias, so "who leads" is expressed in how strongly the ControlNet
+# residuals are added. balanced: the weight as given; prompt: half; controlnet: one and a half.
+CONTROL_MODE_SCALE = {"balanced": 1.0, "prompt": 0.5, "controlnet": 1.5}
+
+
+@dataclass(frozen=True)
+class _Control:
+    spec: object  # the ControlNet's ModelSpec
+    folder: Path
+    image: Image.Image  # prepared guide: output size, preprocessed
+    scale: float  # weight x controlMode factor
+    start: float  # fraction of the run's steps where it starts acting
+    end: float  # fraction where it stops
+    ref: object  # the ControlRef as requested
+
+
+def canny(image: Image.Image, low: int, high: int) -> Image.Image:
+    """Canny edges (OpenCV) of an RGB image, as a 3-channel white-on-black control image."""
+    import cv2
+
+    edges = cv2.Canny(np.asarray(image.convert("L")), low, high)  # (H, W) uint8
+    return Image.fromarray(np.stack([edges] * 3, axis=-1), "RGB")
+
+
+def _control_kwargs(control: list[_Control], *, single: bool) -> dict:
+    """Pipeline arguments for one ControlNet (plain values) or several (lists, in order)."""
+    if single:
+        c = control[0]
+        return {
+            "control_image": c.image,
+            "controlnet_conditioning_scale": c.scale,
+            "control_guidance_start": c.start,
+            "control_guidance_end": c.end,
+        }
+    return {
+        "control_image": [c.image for c in control],
+        "controlnet_conditioning_scale": [c.scale for c in control],
+        "control_guidance_start": [c.start for c in control],
+        "control_guidance_end": [c.end for c in control],
+    }
+
+
 def _plan(model: LoadedModel, req: GenerationRequest) -> _Plan:
     """Model-dependent defaults and the checks that need the model's kind."""
     kind = model.kind
@@ -328,6 +431,12 @@ def _plan(model: LoadedModel, req: GenerationRequest) -> _Plan:
             f"model {model.spec.name} is a FLUX.1 Kontext model: it edits a seedImage used as a reference "
             f"({workflow} is not supported with it yet)",
             parameter="model",
+        )
+    if req.controlnets and (kind not in ("dev", "schnell") or workflow == "outpaint" or req.mask_margin):
+        raise UnsupportedError(
+            f"controlNet works with dev/schnell models for txt2img, img2img and inpaint (not with {kind} models, "
+            "outpaint or maskMargin yet)",
+            parameter="controlNet",
         )
     if kind == "kontext" and req.strength is not None:
         raise RequestError(

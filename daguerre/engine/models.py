@@ -26,7 +26,7 @@ import torch
 from daguerre.engine import checkpoints
 from daguerre.engine.catalog import Catalog, ModelSpec
 from daguerre.engine.schedulers import make_scheduler
-from daguerre.errors import ModelLoadError, RequestError
+from daguerre.errors import ModelLoadError, RequestError, UnsupportedError
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class LoadedModel:
     users: int = 0  # leases in progress; a model in use is never evicted
     adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter name -> LoRA path, LRU order
     max_adapters: int = 8  # loaded LoRAs kept for hot-swap; the least recently used beyond this are deleted
+    controlnets: OrderedDict = field(default_factory=OrderedDict)  # ControlNet folder -> module, LRU order
+    max_controlnets: int = 4
 
     @property
     def kind(self) -> str:
@@ -121,6 +123,55 @@ class LoadedModel:
             pipe.set_progress_bar_config(disable=True)
             self.pipelines[workflow] = pipe
         return self.pipelines[workflow]
+
+    def controlnet_pipeline(self, workflow: str, folders: list[Path]):
+        """A ControlNet pipeline for txt2img / img2img / inpaint with these ControlNets (loaded once, cached).
+
+        Built per request (it only holds references), around the same resident components.
+        """
+        from diffusers import (
+            FluxControlNetImg2ImgPipeline,
+            FluxControlNetInpaintPipeline,
+            FluxControlNetPipeline,
+            FluxMultiControlNetModel,
+        )
+
+        nets = [self._controlnet(f) for f in folders]
+        cls = {
+            "txt2img": FluxControlNetPipeline,
+            "img2img": FluxControlNetImg2ImgPipeline,
+            "inpaint": FluxControlNetInpaintPipeline,
+        }[workflow]
+        accepted = inspect.signature(cls.__init__).parameters
+        parts = {k: v for k, v in self.pipe.components.items() if k in accepted}
+        pipe = cls(**parts, controlnet=nets[0] if len(nets) == 1 else FluxMultiControlNetModel(nets))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _controlnet(self, folder: Path):
+        from diffusers import FluxControlNetModel
+
+        if folder in self.controlnets:
+            self.controlnets.move_to_end(folder)
+            return self.controlnets[folder]
+        try:
+            config = FluxControlNetModel.load_config(folder)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{folder}: not a FLUX.1 ControlNet folder ({e})", parameter="controlNet.model") from e
+        if config.get("num_mode") is not None:
+            raise UnsupportedError(
+                f"{folder}: Union ControlNets need a control type, which the request has no "
+                "field for yet; use a single-condition ControlNet",
+                parameter="controlNet.model",
+            )
+        try:
+            net = FluxControlNetModel.from_pretrained(folder, torch_dtype=self.dtype).to(self.device).eval()
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"{folder}: cannot load the ControlNet: {e}", parameter="controlNet.model") from e
+        self.controlnets[folder] = net
+        while len(self.controlnets) > self.max_controlnets:
+            self.controlnets.popitem(last=False)
+        return net
 
 
 def set_loras(model: LoadedModel, loras: list[tuple[str, Path, float]]) -> None:

@@ -252,3 +252,31 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def build_controlnet(folder: Path, *, seed: int = 0) -> Path:
+    """A tiny random FluxControlNetModel (diffusers folder) matching the tiny transformer's sizes.
+
+    Its zero-initialised output projections are re-drawn, so the control really changes the image.
+    """
+    from diffusers import FluxControlNetModel
+
+    torch.manual_seed(seed)
+    net = FluxControlNetModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=DOUBLE,
+        num_single_layers=SINGLE,
+        attention_head_dim=HEAD_DIM,
+        num_attention_heads=HEADS,
+        joint_attention_dim=TEXT_DIM,
+        pooled_projection_dim=TEXT_DIM,
+        guidance_embeds=True,
+        axes_dims_rope=AXES_DIMS_ROPE,
+    )
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith(("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder")):
+                p.normal_(0, 0.2)
+    net.save_pretrained(folder)
+    return Path(folder)
