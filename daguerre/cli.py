@@ -54,9 +54,12 @@ DeviceOpt = Annotated[str | None, typer.Option(help="cuda | mps | cpu (default: 
 DtypeOpt = Annotated[str | None, typer.Option(help="bfloat16 | float16 | float32 (default: bf16 GPU, fp32 CPU)")]
 
 
-def _fail(e: DaguerreError) -> None:
-    """Print a user error with the flag it concerns (and the API name) and exit 2."""
-    flag = FLAGS.get(e.parameter or "")
+def _fail(e: DaguerreError, flags: dict[str, str] | None = None) -> None:
+    """Print a user error with the flag it concerns (and the API name) and exit 2.
+
+    `flags` overrides the flag for a parameter where a command spells it differently.
+    """
+    flag = {**FLAGS, **(flags or {})}.get(e.parameter or "")
     prefix = f"{flag} ({e.parameter}): " if flag else ""
     err.print(f"[bold red]error[/]: {prefix}{e.message}", highlight=False)
     raise typer.Exit(2)
@@ -402,71 +405,15 @@ def reproduce(
     """Regenerate an image from its embedded recipe and say whether the bytes match."""
     from daguerre import recipe as recipes
     from daguerre.imaging import load_image
-    from daguerre.recipe import pixels_sha256
-    from daguerre.request import ControlRef, GenerationRequest, LoraRef, Outpaint, OutputSpec
 
     try:
         r = recipes.read(image_path)
         settings = _settings(config, device=device or r.device, dtype=dtype or r.dtype, base_model=base)
         seed_image = load_image(source, parameter="seedImage", limits=settings.image_limits) if source else None
         mask_image = load_image(mask, parameter="maskImage", limits=settings.image_limits, mask=True) if mask else None
-        for name, img, want in (
-            ("seedImage", seed_image, r.seed_image_sha256),
-            ("maskImage", mask_image, r.mask_image_sha256),
-        ):
-            if want and img is None:
-                raise DaguerreError(
-                    f"this {r.workflow} recipe needs the original {name} ({FLAGS[name]} PATH)",
-                    parameter=name,
-                    code="invalidParameter",
-                )
-            if want and pixels_sha256(img) != want:
-                raise DaguerreError(
-                    f"{name} is not the image the recipe was made from (pixel hash differs)",
-                    parameter=name,
-                    code="invalidParameter",
-                )
         guides = [load_image(g, parameter="controlNet.guideImage", limits=settings.image_limits) for g in guide or ()]
-        if len(guides) != len(r.controlnets):
-            raise DaguerreError(
-                f"this recipe used {len(r.controlnets)} ControlNet guide image(s): pass each with "
-                "--guide PATH, in order",
-                parameter="controlNet.guideImage",
-                code="invalidParameter",
-            )
-        controls = []
-        for c, g in zip(r.controlnets, guides, strict=True):
-            if pixels_sha256(g) != c["guide_sha256"]:
-                raise DaguerreError(
-                    "a --guide image is not the one the recipe was made from (pixel hash differs)",
-                    parameter="controlNet.guideImage",
-                    code="invalidParameter",
-                )
-            fields = {k: v for k, v in c.items() if k not in ("start", "end", "guide_sha256")}
-            controls.append(ControlRef(guide_image=g, **fields))
+        req = recipes.to_request(r, model=model, seed_image=seed_image, mask_image=mask_image, guides=guides)
         engine = _engine(settings)
-        req = GenerationRequest(
-            model=model or r.model,
-            positive_prompt=r.positive_prompt,
-            negative_prompt=r.negative_prompt,
-            width=r.width,
-            height=r.height,
-            steps=r.steps,
-            guidance=r.guidance,
-            true_cfg_scale=r.true_cfg_scale,
-            seed=r.seed - r.batch_index,
-            number_results=r.batch_size,
-            scheduler=r.scheduler,
-            seed_image=seed_image,
-            mask_image=mask_image,
-            strength=r.strength,
-            output=OutputSpec(format=r.output_format, quality=r.output_quality),
-            loras=tuple(LoraRef(model=x["model"], weight=x["weight"]) for x in r.loras),
-            outpaint=Outpaint(**r.outpaint) if r.outpaint else None,
-            mask_margin=r.mask_margin,
-            prompt_weighting=r.prompt_weighting,
-            controlnets=tuple(controls),
-        )
         # The image's whole chunk runs again: batched results match single runs only to ~1e-5.
         [(path, im)] = _run(engine, req, out_dir or settings.output_dir, max_batch=r.batch_size, keep=r.batch_index)
         if im.recipe.model_hash != r.model_hash:
@@ -475,7 +422,7 @@ def reproduce(
                 f"({im.recipe.model_hash[:10]} vs {r.model_hash[:10]})"
             )
     except DaguerreError as e:
-        _fail(e)
+        _fail(e, {"controlNet.guideImage": "--guide"})
     same = path.read_bytes() == image_path.read_bytes()
     typer.echo(f"{path}\tseed={im.seed}\t{'identical' if same else 'DIFFERENT'} bytes")
     if not same:

@@ -112,3 +112,66 @@ def pixels_sha256(image: Image.Image) -> str:
     h = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
     h.update(image.tobytes())
     return h.hexdigest()
+
+
+def to_request(
+    r: Recipe,
+    *,
+    model: str | None = None,
+    seed_image: Image.Image | None = None,
+    mask_image: Image.Image | None = None,
+    guides: list[Image.Image] = (),
+):
+    """The GenerationRequest that re-runs this image's chunk (the image is number `r.batch_index` of it).
+
+    The input images the recipe only names by pixel hash must be given back, and must be the same
+    pixels: a RequestError names the one that is missing or different.
+    """
+    from daguerre.request import ControlRef, GenerationRequest, LoraRef, Outpaint, OutputSpec
+
+    for name, img, want in (
+        ("seedImage", seed_image, r.seed_image_sha256),
+        ("maskImage", mask_image, r.mask_image_sha256),
+    ):
+        if want and img is None:
+            raise RequestError(f"this {r.workflow} recipe needs the original {name}", parameter=name)
+        if want and pixels_sha256(img) != want:
+            raise RequestError(f"{name} is not the image the recipe was made from (pixel hash differs)", parameter=name)
+    if len(guides) != len(r.controlnets):
+        raise RequestError(
+            f"this recipe used {len(r.controlnets)} ControlNet guide image(s), {len(guides)} given; "
+            "give each, in order",
+            parameter="controlNet.guideImage",
+        )
+    controls = []
+    for c, g in zip(r.controlnets, guides, strict=True):
+        if pixels_sha256(g) != c["guide_sha256"]:
+            raise RequestError(
+                "a ControlNet guide image is not the one the recipe was made from (pixel hash differs)",
+                parameter="controlNet.guideImage",
+            )
+        controls.append(
+            ControlRef(guide_image=g, **{k: v for k, v in c.items() if k not in ("start", "end", "guide_sha256")})
+        )
+    return GenerationRequest(
+        model=model or r.model,
+        positive_prompt=r.positive_prompt,
+        negative_prompt=r.negative_prompt,
+        width=r.width,
+        height=r.height,
+        steps=r.steps,
+        guidance=r.guidance,
+        true_cfg_scale=r.true_cfg_scale,
+        seed=r.seed - r.batch_index,
+        number_results=r.batch_size,
+        scheduler=r.scheduler,
+        seed_image=seed_image,
+        mask_image=mask_image,
+        strength=r.strength,
+        output=OutputSpec(format=r.output_format, quality=r.output_quality),
+        loras=tuple(LoraRef(model=x["model"], weight=x["weight"]) for x in r.loras),
+        outpaint=Outpaint(**r.outpaint) if r.outpaint else None,
+        mask_margin=r.mask_margin,
+        prompt_weighting=r.prompt_weighting,
+        controlnets=tuple(controls),
+    )

@@ -63,21 +63,33 @@ def test_regenerating_from_the_recipe_gives_identical_bytes(engine, tiny_folder)
     images = engine.generate(req).images
     for im in images:
         r = im.recipe
-        again = engine.generate(
-            GenerationRequest(
-                model=r.model,
-                positive_prompt=r.positive_prompt,
-                width=r.width,
-                height=r.height,
-                steps=r.steps,
-                guidance=r.guidance,
-                seed=r.seed - r.batch_index,
-                number_results=r.batch_size,
-                output=OutputSpec(r.output_format, r.output_quality),
-            ),
-            max_batch=r.batch_size,
-        ).images[r.batch_index]
+        again = engine.generate(recipe.to_request(r), max_batch=r.batch_size).images[r.batch_index]
         assert again.encode() == im.encode()
+
+
+def test_to_request_needs_the_same_input_images(engine, tiny_folder):
+    import numpy as np
+    from PIL import Image
+
+    src = Image.fromarray((np.random.RandomState(0).rand(128, 128, 3) * 255).astype("uint8"))
+    req = GenerationRequest(
+        model=str(tiny_folder.model_path),
+        positive_prompt="a red car",
+        width=128,
+        height=128,
+        steps=2,
+        seed=1,
+        seed_image=src,
+        strength=0.5,
+    )
+    r = engine.generate(req).images[0].recipe
+    with pytest.raises(RequestError) as e:
+        recipe.to_request(r)
+    assert e.value.parameter == "seedImage" and "needs the original" in e.value.message
+    with pytest.raises(RequestError) as e:
+        recipe.to_request(r, seed_image=src.rotate(90))
+    assert "pixel hash differs" in e.value.message
+    assert recipe.to_request(r, seed_image=src).strength == 0.5
 
 
 def test_image_without_recipe(tmp_path):

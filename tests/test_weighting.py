@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daguerre import recipe
 from daguerre.errors import RequestError
 from daguerre.prompts.weighting import Blend, Conjunction, Fragment, Weighted, parse_compel, parse_sd
 from daguerre.request import GenerationRequest
@@ -146,18 +147,7 @@ def test_weighting_is_recorded_and_reproduces(engine, tiny_folder):
     )
     first = engine.generate(req).images[0]
     assert first.recipe.prompt_weighting == "sdEmbeds"
-    r = first.recipe
-    again = engine.generate(
-        GenerationRequest(
-            model=r.model,
-            positive_prompt=r.positive_prompt,
-            width=r.width,
-            height=r.height,
-            steps=r.steps,
-            seed=r.seed,
-            prompt_weighting=r.prompt_weighting,
-        )
-    ).images[0]
+    again = engine.generate(recipe.to_request(first.recipe)).images[0]
     assert again.encode() == first.encode()
 
 
