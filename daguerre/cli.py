@@ -46,6 +46,10 @@ FLAGS = {
     "controlNet.model": "--controlnet",
     "controlNet.weight": "--controlnet",
     "controlNet.guideImage": "--controlnet",
+    "ipAdapters": "--ip-adapter",
+    "ipAdapters.model": "--ip-adapter",
+    "ipAdapters.weight": "--ip-adapter",
+    "ipAdapters.guideImages": "--ip-adapter",
 }
 EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -145,6 +149,32 @@ def _control_ref(value: str, limits):
             )
     guide = load_image(parts[1], parameter="controlNet.guideImage", limits=limits)
     return ControlRef(model=parts[0], guide_image=guide, **kwargs)
+
+
+def _ip_ref(value: str, limits):
+    """--ip-adapter REF,IMAGE[,IMAGE...][,weight=W]."""
+    from daguerre.imaging import load_image
+    from daguerre.request import IpAdapterRef
+
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    weights = [p for p in parts[1:] if p.startswith("weight=")]
+    images = [p for p in parts[1:] if not p.startswith("weight=")]
+    if not parts or not images:
+        raise DaguerreError(
+            f"--ip-adapter takes REF,IMAGE[,IMAGE...][,weight=W], got {value!r}",
+            parameter="ipAdapters",
+            code="invalidParameter",
+        )
+    try:
+        weight = float(weights[-1].partition("=")[2]) if weights else 1.0
+    except ValueError:
+        raise DaguerreError(
+            f"--ip-adapter weight must be a number, got {weights[-1]!r}",
+            parameter="ipAdapters",
+            code="invalidParameter",
+        ) from None
+    guides = tuple(load_image(x, parameter="ipAdapters.guideImages", limits=limits) for x in images)
+    return IpAdapterRef(model=parts[0], guide_images=guides, weight=weight)
 
 
 def _outpaint(value: str):
@@ -252,6 +282,12 @@ def generate(
             "controlnet][,canny]: a ControlNet and its guide (repeatable)",
         ),
     ] = None,
+    ip_adapter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ip-adapter", help="REF,IMAGE[,IMAGE...][,weight=W]: an IP-Adapter and its image prompts (repeatable)"
+        ),
+    ] = None,
     outpaint: Annotated[
         str | None,
         typer.Option(help="extend --image: 'top=64,left=32,...' pixels (top/bottom/left/right, optional blur=N)"),
@@ -319,6 +355,7 @@ def generate(
             mask_margin=mask_margin,
             prompt_weighting=weighting,
             controlnets=tuple(_control_ref(v, settings.image_limits) for v in controlnet or ()),
+            ip_adapters=tuple(_ip_ref(v, settings.image_limits) for v in ip_adapter or ()),
         )
         for path, im in _run(engine, req, out_dir or settings.output_dir, quiet=quiet):
             typer.echo(f"{path}\tseed={im.seed}")  # plain: scripts parse these lines

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from daguerre import __version__
-from daguerre.errors import RequestError
+from daguerre.errors import RequestError, UnsupportedError
 from daguerre.imaging import read_embedded
 
 FORMAT = "daguerre.recipe/1"
@@ -56,6 +56,7 @@ class Recipe:
     mask_margin: int | None = None  # inpainting crop margin, when one was used
     prompt_weighting: str | None = None  # compel | sdEmbeds when the prompts carry weights
     controlnets: tuple = ()  # per ControlNet: its ControlRef fields, start/end fractions, guide_sha256
+    ip_adapters: tuple = ()  # per IP-Adapter: {"model", "sha256", "weight", "guide_sha256": [...]}
     version: str = __version__  # Daguerre version that made it
     format: str = FORMAT
 
@@ -95,6 +96,7 @@ class Recipe:
             raise RequestError(f"recipe format {data.get('format')!r} is not {FORMAT!r}", parameter="image")
         data["loras"] = tuple(data.get("loras", ()))
         data["controlnets"] = tuple(data.get("controlnets", ()))
+        data["ip_adapters"] = tuple(data.get("ip_adapters", ()))
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -137,6 +139,12 @@ def to_request(
             raise RequestError(f"this {r.workflow} recipe needs the original {name}", parameter=name)
         if want and pixels_sha256(img) != want:
             raise RequestError(f"{name} is not the image the recipe was made from (pixel hash differs)", parameter=name)
+    if r.ip_adapters:
+        raise UnsupportedError(
+            "reproducing an IP-Adapter recipe is not supported yet (its image prompts are not "
+            "stored, only their hashes)",
+            parameter="ipAdapters",
+        )
     if len(guides) != len(r.controlnets):
         raise RequestError(
             f"this recipe used {len(r.controlnets)} ControlNet guide image(s), {len(guides)} given; "

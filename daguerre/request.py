@@ -31,6 +31,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "outputQuality": (20, 99),
     "lora.weight": (-4, 4),
     "controlNet.weight": (-4, 4),
+    "ipAdapters.weight": (-4, 4),
 }
 PROMPT_CHARS = (2, 3000)
 SIZE_STEP = 64
@@ -64,6 +65,7 @@ class DeliverySpec:
 
 MAX_LORAS = 8
 MAX_CONTROLNETS = 4
+MAX_IP_ADAPTERS = 4
 CONTROL_MODES = ("balanced", "prompt", "controlnet")
 PREPROCESSORS = ("canny",)
 MASK_MARGIN = (32, 128)
@@ -107,6 +109,15 @@ class ControlRef:
 
 
 @dataclass(frozen=True)
+class IpAdapterRef:
+    """One IP-Adapter: image prompts whose look and content steer the generation."""
+
+    model: str  # catalog id, short name or path of a FLUX.1 IP-Adapter (XLabs format)
+    guide_images: tuple[Image.Image, ...] = field(compare=False)  # 1+ RGB images; several are averaged
+    weight: float = 1.0  # -4..4
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One image-generation request, normalized: what every protocol adapter produces."""
 
@@ -130,6 +141,7 @@ class GenerationRequest:
     mask_margin: int | None = None  # 32-128: inpaint a crop around the mask at full working resolution
     prompt_weighting: str | None = None  # "compel" | "sdEmbeds": weights in the prompt text; None = plain text
     controlnets: tuple[ControlRef, ...] = ()  # structure guidance; several at once
+    ip_adapters: tuple[IpAdapterRef, ...] = ()  # image prompts; several at once
 
     @property
     def workflow(self) -> str:
@@ -313,6 +325,16 @@ def validate(req: GenerationRequest) -> GenerationRequest:
         raise RequestError(
             f"controlNet takes at most {MAX_CONTROLNETS} entries, got {len(req.controlnets)}", parameter="controlNet"
         )
+    if len(req.ip_adapters) > MAX_IP_ADAPTERS:
+        raise RequestError(
+            f"ipAdapters takes at most {MAX_IP_ADAPTERS} entries, got {len(req.ip_adapters)}", parameter="ipAdapters"
+        )
+    for ip in req.ip_adapters:
+        if not isinstance(ip.model, str) or not ip.model.strip():
+            raise RequestError("ipAdapters.model must be an IP-Adapter id, name or path", parameter="ipAdapters.model")
+        if not ip.guide_images:
+            raise RequestError("ipAdapters.guideImages needs at least one image", parameter="ipAdapters.guideImages")
+        _check_range("ipAdapters.weight", ip.weight, integer=False)
     if req.prompt_weighting is not None:
         from daguerre.prompts.weighting import parse
 

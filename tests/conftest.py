@@ -177,3 +177,10 @@ def tiny_controlnets(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("controlnets")
     return [build_controlnet(root / f"cn{i}", seed=i + 1) for i in range(2)]
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapter(tmp_path_factory):
+    from daguerre.testing.tiny import build_ip_adapter
+
+    return build_ip_adapter(tmp_path_factory.mktemp("ip-adapter"), seed=1)

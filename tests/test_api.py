@@ -130,7 +130,8 @@ def _png_b64(size=(96, 80)) -> str:
         ([task(width=100)], KEY, 400, "invalidParameter"),
         ([task(steps=51)], KEY, 400, "invalidParameter"),
         ([task(model="runware:999@1")], KEY, 400, "modelNotFound"),
-        ([task(ipAdapters=[{"model": "x", "weight": 1}])], KEY, 400, "unsupportedParameter"),
+        ([task(hiresFix=True)], KEY, 400, "unsupportedParameter"),
+        ([task(ipAdapters=[{"model": "x", "weight": 1}])], KEY, 400, "invalidParameter"),
         ([task(controlNet=[{"model": "x", "weight": 1}])], KEY, 400, "invalidParameter"),
         ([task(lora=[{"model": "x", "weight": 1, "transformer": "high"}])], KEY, 400, "unsupportedParameter"),
         ([task(colour="red")], KEY, 400, "invalidParameter"),
@@ -158,7 +159,6 @@ def test_errors_name_parameter_and_task(srv):
 @pytest.mark.parametrize(
     "field",
     [
-        "ipAdapters",
         "ultralytics",
         "hiresFix",
         "puLID",

@@ -270,3 +270,38 @@ def test_controlnet_flag_and_reproduce_with_guide(tiny_folder, tiny_controlnets,
     assert again.returncode == 0 and "identical bytes" in again.stdout, again.stderr
     bad = run(["generate", "a house", "--model", str(tiny_folder.model_path), "--controlnet", "onlyref"], env)
     assert bad.returncode == 2 and "--controlnet" in bad.stderr
+
+
+def test_ip_adapter_flag(tiny_folder, tiny_ip_adapter, tmp_path, env):
+    from PIL import Image
+
+    path, _ = tiny_ip_adapter
+    face = tmp_path / "face.png"
+    Image.new("RGB", (64, 64), (200, 150, 120)).save(face)
+    out = run(
+        [
+            "generate",
+            "a portrait",
+            "--model",
+            str(tiny_folder.model_path),
+            "--ip-adapter",
+            f"{path},{face},weight=0.6",
+            "-W",
+            "128",
+            "-H",
+            "128",
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+        ],
+        env,
+    )
+    assert out.returncode == 0, out.stderr
+    [rec] = recipe.read(Path(out.stdout.split("\t")[0])).ip_adapters
+    assert rec["weight"] == 0.6
+    bad = run(["generate", "a portrait", "--model", str(tiny_folder.model_path), "--ip-adapter", f"{path}"], env)
+    assert bad.returncode == 2 and "--ip-adapter" in bad.stderr

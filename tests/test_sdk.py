@@ -327,3 +327,30 @@ def test_controlnet_through_the_runware_05_sdk(make_server, tiny_controlnets, pn
 
         img = asyncio.run(asyncio.wait_for(run(), 180))
         assert img.imageURL and img.seed == 4
+
+
+def test_ip_adapter_through_the_runware_05_sdk(make_server, tiny_ip_adapter, png):
+    from runware import IImageInference, IIpAdapter, Runware
+
+    path, _ = tiny_ip_adapter
+    with make_server(api_keys=[KEY], extra_models={"ip": {"id": "test:ip@1", "path": str(path)}}) as s:
+
+        async def run():
+            rw = Runware(api_key=KEY, url=s.ws_url)
+            await rw.connect()
+            [img] = await rw.imageInference(
+                requestImage=IImageInference(
+                    positivePrompt="a portrait",
+                    model="daguerre:tiny@1",
+                    width=128,
+                    height=128,
+                    steps=2,
+                    seed=6,
+                    ipAdapters=[IIpAdapter(model="test:ip@1", guideImages=[str(png)], weight=0.7)],
+                )
+            )
+            await rw.disconnect()
+            return img
+
+        img = asyncio.run(asyncio.wait_for(run(), 120))
+        assert img.imageURL and img.seed == 6

@@ -323,6 +323,20 @@ def _with_images(task: dict, stored: dict[str, str]) -> dict:
             out[name] = swap(out[name])
     if isinstance(out.get("inputs"), dict):
         out["inputs"] = {k: swap(v) for k, v in out["inputs"].items()}
+    if isinstance(out.get("ipAdapters"), list):
+        out["ipAdapters"] = [
+            {
+                **a,
+                **{
+                    k: (swap(a[k]) if k == "guideImage" else [swap(x) for x in a[k]])
+                    for k in ("guideImage", "guideImages")
+                    if k in a and a[k] is not None
+                },
+            }
+            if isinstance(a, dict)
+            else a
+            for a in out["ipAdapters"]
+        ]
     if isinstance(out.get("controlNet"), list):
         out["controlNet"] = [
             {**c, "guideImage": swap(c.get("guideImage"))} if isinstance(c, dict) else c for c in out["controlNet"]

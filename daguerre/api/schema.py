@@ -22,6 +22,7 @@ from daguerre.request import (
     ControlRef,
     DeliverySpec,
     GenerationRequest,
+    IpAdapterRef,
     LoraRef,
     Outpaint,
     OutputSpec,
@@ -29,7 +30,7 @@ from daguerre.request import (
 )
 
 # Reference fields whose feature is not built yet: refused while present and not empty.
-NOT_YET = ("ipAdapters", "ultralytics", "hiresFix", "layerDiffuse", "puLID",
+NOT_YET = ( "ultralytics", "hiresFix", "layerDiffuse", "puLID",
            "acceleratorOptions")  # fmt: skip
 # Spellings the SDKs send for the same field.
 ALIASES = {"pulid": "puLID", "PuLID": "puLID", "checkNSFW": "checkNsfw"}
@@ -38,7 +39,7 @@ KNOWN = {
     "CFGScale", "trueCFGScale", "seed", "numberResults", "strength", "inputs", "seedImage", "maskImage",
     "outputType", "outputFormat", "outputQuality", "deliveryMethod", "includeCost", "ttl", "safety",
     "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", "outpaint", "maskMargin",
-    "promptWeighting", "controlNet", *NOT_YET,
+    "promptWeighting", "controlNet", "ipAdapters", *NOT_YET,
 }  # fmt: skip
 IMAGE_FIELDS = ("seedImage", "maskImage")
 
@@ -145,6 +146,7 @@ def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[Gen
         mask_margin=_int(task, "maskMargin"),
         prompt_weighting=_weighting(task.get("promptWeighting")),
         controlnets=_parse_controlnets(task.get("controlNet"), resolve_image),
+        ip_adapters=_parse_ip_adapters(task.get("ipAdapters"), resolve_image),
         model=model,
         positive_prompt=task["positivePrompt"],
         negative_prompt=task.get("negativePrompt"),
@@ -228,6 +230,32 @@ def _parse_controlnets(value: Any, resolve_image: ImageResolver) -> tuple[Contro
         }
         guide = resolve_image(entry["guideImage"], "controlNet.guideImage", False)
         out.append(ControlRef(guide_image=guide, **kwargs))
+    return tuple(out)
+
+
+def _parse_ip_adapters(value: Any, resolve_image: ImageResolver) -> tuple[IpAdapterRef, ...]:
+    """`ipAdapters`: a list of {model, guideImages: [image, ...] (or one guideImage), weight}."""
+    if value is None or value == []:
+        return ()
+    if not isinstance(value, list):
+        raise RequestError("ipAdapters must be a list of {model, guideImages, weight} objects", parameter="ipAdapters")
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise RequestError(f"ipAdapters[{i}] must be an object", parameter="ipAdapters")
+        entry = {k: v for k, v in entry.items() if v is not None}
+        extra = sorted(set(entry) - {"model", "guideImages", "guideImage", "weight"})
+        if extra:
+            raise RequestError(f"unknown field ipAdapters[{i}].{extra[0]}", parameter=f"ipAdapters.{extra[0]}")
+        if not isinstance(entry.get("model"), str) or not entry["model"]:
+            raise RequestError(f"ipAdapters[{i}].model is required (a string)", parameter="ipAdapters.model")
+        images = entry.get("guideImages", [entry["guideImage"]] if "guideImage" in entry else [])
+        if not isinstance(images, list) or not images or not all(isinstance(x, str) and x for x in images):
+            raise RequestError(
+                f"ipAdapters[{i}].guideImages must be a non-empty list of images", parameter="ipAdapters.guideImages"
+            )
+        guides = tuple(resolve_image(x, "ipAdapters.guideImages", False) for x in images)
+        out.append(IpAdapterRef(model=entry["model"], guide_images=guides, weight=entry.get("weight", 1.0)))
     return tuple(out)
 
 

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 AIR_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9._/+-]+@[A-Za-z0-9._-]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-KINDS = ("dev", "schnell", "fill", "control", "kontext", "lora", "controlnet")
-COMFY_SUBDIRS = ("diffusion_models", "unet", "checkpoints", "loras", "controlnet")
+KINDS = ("dev", "schnell", "fill", "control", "kontext", "lora", "controlnet", "ipadapter")
+COMFY_SUBDIRS = ("diffusion_models", "unet", "checkpoints", "loras", "controlnet", "ipadapter")
 # AIR ids the hosted API uses for the Black Forest Labs originals, given to the same
 # models when they are found in the Hugging Face cache.
 WELL_KNOWN_AIR = {
@@ -46,6 +46,7 @@ class ModelSpec:
     size_bytes: int  # on disk, weights only
     base: str | None = None  # single-file: catalog id/name or folder lending encoders and VAE
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    image_encoder: str | None = None  # IP-Adapters: the local CLIP vision folder they need
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -103,6 +104,7 @@ def spec_for_path(
     id: str | None = None,
     kind: str | None = None,
     aliases: tuple[str, ...] = (),
+    image_encoder: str | None = None,
 ) -> ModelSpec:
     """Build a spec for a folder or single file, inspecting it (headers and configs only)."""
     path = Path(path).expanduser()
@@ -126,6 +128,13 @@ def spec_for_path(
         size_bytes=size,
         base=base if fmt == "single-file" else None,
         aliases=aliases,
+        # An IP-Adapter without an explicit encoder uses an image_encoder/ folder beside it, if any.
+        image_encoder=image_encoder
+        or (
+            str(path.parent / "image_encoder")
+            if found_kind == "ipadapter" and (path.parent / "image_encoder").is_dir()
+            else None
+        ),
     )
 
 
@@ -281,10 +290,11 @@ class Catalog:
 def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
     if not NAME_RE.match(name):
         raise RequestError(f"catalog name {name!r} must be letters, digits, '.', '_' or '-'", parameter="models")
-    unknown = set(table) - {"id", "path", "base", "kind", "aliases"}
+    unknown = set(table) - {"id", "path", "base", "kind", "aliases", "image_encoder"}
     if unknown:
         raise RequestError(
-            f"catalog entry {name!r} has unknown keys {sorted(unknown)}; allowed: id, path, base, kind, aliases",
+            f"catalog entry {name!r} has unknown keys {sorted(unknown)}; allowed: id, path, base, kind, aliases, "
+            "image_encoder",
             parameter="models",
         )
     if "path" not in table:
@@ -310,4 +320,13 @@ def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
         id=air or f"local:{name}@1",
         kind=table.get("kind"),
         aliases=tuple(table.get("aliases", ())),
+        image_encoder=_resolve(table.get("image_encoder"), settings),
     )
+
+
+def _resolve(path: str | None, settings: Settings) -> str | None:
+    """A catalog path: ~ expanded, relative to the catalog file's folder."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() or settings.catalog_root is None else settings.catalog_root / p)

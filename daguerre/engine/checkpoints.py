@@ -81,6 +81,14 @@ def inspect(path: Path) -> CheckpointInfo:
     path = Path(path)
     header = read_header(path)
     names = {_strip(k) for k in header}
+    if any(k.startswith("ip_adapter_proj_model.") for k in names):
+        return CheckpointInfo(
+            path=path,
+            layout="xlabs-ip-adapter",
+            kind="ipadapter",
+            dtype=_dominant_dtype(header),
+            size_bytes=path.stat().st_size,
+        )
     if any(k.endswith(("lora_A.weight", ".lora_down.weight", ".down.weight")) for k in names):
         if not any(t in k for k in names for t in ("double_blocks", "single_blocks", "transformer_blocks")):
             raise ModelLoadError(

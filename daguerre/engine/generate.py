@@ -27,6 +27,7 @@ from daguerre.engine.models import (
     MAX_SEQUENCE_LENGTH,
     LoadedModel,
     ModelManager,
+    set_ip_adapters,
     set_loras,
 )
 from daguerre.engine.weighting import encode as weighted_encode
@@ -187,6 +188,7 @@ class Engine:
         lora_recipe = tuple({"model": spec.id, "sha256": digest, "weight": w} for spec, digest, w in loras)
 
         # 3. Encode the prompts once for every chunk; prepare the image inputs once.
+        ip_kwargs, ip_recipe = self._ip_adapters(model, req, plan)
         control = self._resolve_controlnets(req, plan)
         pipe = (
             model.controlnet_pipeline(plan.pipeline, [c.folder for c in control])
@@ -238,6 +240,7 @@ class Engine:
                 kwargs["strength"] = plan.strength
             if control:
                 kwargs.update(_control_kwargs(control, single=len(control) == 1))
+            kwargs.update(ip_kwargs)
             if plan.pipeline == "kontext":  # Kontext would rescale the output to 1 MP otherwise
                 kwargs["max_area"] = req.width * req.height
             if cancel is not None and cancel.cancelled:
@@ -254,7 +257,12 @@ class Engine:
                 pixels = finish(raw)  # (H, W, 3) float32
                 recipe = self._recipe(model, req, seed + i, plan)
                 recipe = replace(
-                    recipe, batch_size=len(idx), batch_index=pos, loras=lora_recipe, controlnets=control_recipe
+                    recipe,
+                    batch_size=len(idx),
+                    batch_index=pos,
+                    loras=lora_recipe,
+                    controlnets=control_recipe,
+                    ip_adapters=ip_recipe,
                 )
                 images.append(
                     GeneratedImage(
@@ -304,6 +312,59 @@ class Engine:
                 )
             )
         return out
+
+    def _ip_adapters(self, model: LoadedModel, req: GenerationRequest, plan: _Plan) -> tuple[dict, tuple]:
+        """Load the request's IP-Adapters (or unload all) and embed their guide images once.
+
+        Several guide images for one adapter are averaged in CLIP image-embedding space. Returns the
+        pipeline arguments and the recipe entries.
+        """
+        specs = []
+        for ip in req.ip_adapters:
+            spec = self.models.catalog.get(ip.model)
+            if spec.kind != "ipadapter":
+                raise RequestError(
+                    f"ipAdapters.model {ip.model!r} is a {spec.kind} model, not a FLUX.1 IP-Adapter",
+                    parameter="ipAdapters.model",
+                )
+            specs.append(spec)
+        if specs and plan.pipeline not in ("txt2img", "img2img", "inpaint"):
+            raise UnsupportedError(
+                f"ipAdapters are not supported with {plan.pipeline} models/workflows yet", parameter="ipAdapters"
+            )
+        if specs and req.controlnets:
+            raise UnsupportedError("ipAdapters together with controlNet is not supported yet", parameter="ipAdapters")
+        set_ip_adapters(model, specs)
+        if not specs:
+            return {}, ()
+        pipe = model.pipe
+        # One adapter: a float (a one-element list would be read as per-block scales).
+        weights = [ip.weight for ip in req.ip_adapters]
+        pipe.set_ip_adapter_scale(weights[0] if len(weights) == 1 else weights)
+        with torch.inference_mode():
+            # (1, 1, D) per adapter: the shape diffusers builds from an image (one image, one token set)
+            embeds = [
+                pipe.encode_image(list(ip.guide_images), model.device, 1).mean(0, keepdim=True)[None]
+                for ip in req.ip_adapters
+            ]
+            # diffusers always embeds a black image as the negative side (used by true CFG), and
+            # shapes it (width, height, 3); computed here because the workflow pipelines hold no encoder.
+            black = np.zeros((req.width, req.height, 3), dtype=np.uint8)
+            neg = pipe.encode_image(black, model.device, 1)[None]
+            kwargs = {
+                "ip_adapter_image_embeds": embeds,
+                "negative_ip_adapter_image_embeds": [neg for _ in req.ip_adapters],
+            }
+        recipe = tuple(
+            {
+                "model": s.id,
+                "sha256": self.models.hashes.sha256([s.path]),
+                "weight": ip.weight,
+                "guide_sha256": [pixels_sha256(g) for g in ip.guide_images],
+            }
+            for s, ip in zip(specs, req.ip_adapters, strict=True)
+        )
+        return kwargs, recipe
 
     def _resolve_loras(self, req: GenerationRequest) -> list[tuple]:
         """(spec, file sha256, weight) for each requested LoRA; the catalog must know it as a LoRA."""

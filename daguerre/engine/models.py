@@ -90,6 +90,7 @@ class LoadedModel:
     max_adapters: int = 8  # loaded LoRAs kept for hot-swap; the least recently used beyond this are deleted
     controlnets: OrderedDict = field(default_factory=OrderedDict)  # ControlNet folder -> module, LRU order
     max_controlnets: int = 4
+    ip_adapters: tuple = ()  # IP-Adapter files loaded now, in order (diffusers holds one set at a time)
 
     @property
     def kind(self) -> str:
@@ -209,6 +210,47 @@ def set_loras(model: LoadedModel, loras: list[tuple[str, Path, float]]) -> None:
         pipe.set_adapters([n for n, _, _ in loras], [w for _, _, w in loras])
     else:
         pipe.disable_lora()
+
+
+def set_ip_adapters(model: LoadedModel, specs: list) -> None:
+    """Make exactly these IP-Adapters (catalog specs) loaded; a different set is swapped in whole.
+
+    diffusers replaces the double blocks' attention processors to add IP-Adapters and restores the
+    defaults on unload, so with none requested the transformer is the base model again, bit for bit.
+    """
+    paths = tuple(s.path for s in specs)
+    if paths == model.ip_adapters:
+        return
+    pipe = model.pipe
+    if model.ip_adapters:
+        pipe.unload_ip_adapter()
+        model.ip_adapters = ()
+    if not specs:
+        return
+    encoders = {s.image_encoder for s in specs}
+    if None in encoders:
+        name = next(s.name for s in specs if s.image_encoder is None)
+        raise ModelLoadError(
+            f'IP-Adapter {name} needs a CLIP image encoder: set image_encoder = "<folder>" on its '
+            "catalog entry, or put an image_encoder/ folder beside the file",
+            parameter="ipAdapters",
+        )
+    if len(encoders) > 1:
+        raise UnsupportedError(
+            "IP-Adapters with different image encoders cannot run together yet", parameter="ipAdapters"
+        )
+    try:
+        pipe.load_ip_adapter(
+            [str(s.path.parent) for s in specs],
+            weight_name=[s.path.name for s in specs],
+            image_encoder_pretrained_model_name_or_path=encoders.pop(),
+            image_encoder_dtype=model.dtype,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise ModelLoadError(
+            f"cannot load IP-Adapter(s) {', '.join(s.name for s in specs)}: {e}", parameter="ipAdapters"
+        ) from e
+    model.ip_adapters = paths
 
 
 class HashCache:

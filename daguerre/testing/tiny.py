@@ -280,3 +280,45 @@ def build_controlnet(folder: Path, *, seed: int = 0) -> Path:
                 p.normal_(0, 0.2)
     net.save_pretrained(folder)
     return Path(folder)
+
+
+def build_ip_adapter(folder: Path, *, seed: int = 0) -> tuple[Path, Path]:
+    """A tiny random XLabs-format FLUX.1 IP-Adapter and a tiny CLIP vision encoder for it.
+
+    Returns (adapter .safetensors file, image encoder folder). The layer names are XLabs' own
+    (ip_adapter_proj_model.*, double_blocks.N.processor.ip_adapter_double_stream_{k,v}_proj.*).
+    """
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=16,
+        )
+    ).eval()
+    encoder.save_pretrained(folder / "image_encoder")
+    inner = HEADS * HEAD_DIM
+    g = torch.Generator().manual_seed(seed)
+    sd = {
+        "ip_adapter_proj_model.proj.weight": torch.randn(4 * TEXT_DIM, 16, generator=g) * 0.2,
+        "ip_adapter_proj_model.proj.bias": torch.randn(4 * TEXT_DIM, generator=g) * 0.2,
+        "ip_adapter_proj_model.norm.weight": torch.ones(TEXT_DIM),
+        "ip_adapter_proj_model.norm.bias": torch.zeros(TEXT_DIM),
+    }
+    for i in range(DOUBLE):
+        for kv in ("k", "v"):
+            stem = f"double_blocks.{i}.processor.ip_adapter_double_stream_{kv}_proj"
+            sd[stem + ".weight"] = torch.randn(inner, TEXT_DIM, generator=g) * 0.3
+            sd[stem + ".bias"] = torch.randn(inner, generator=g) * 0.3
+    path = folder / "ip_adapter.safetensors"
+    save_file(sd, str(path))
+    return path, folder / "image_encoder"
