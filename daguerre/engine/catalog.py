@@ -305,15 +305,11 @@ def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
             f"catalog entry {name!r}: id {air!r} is not AIR-style 'source:id@version' (e.g. rundiffusion:130@100)",
             parameter="models",
         )
-    path = Path(table["path"]).expanduser()
-    if not path.is_absolute() and settings.catalog_root is not None:
-        path = settings.catalog_root / path
     base = table.get("base", settings.base_model)
-    if base is not None and settings.catalog_root is not None and ("/" in base or base.startswith(".")):
-        bp = Path(base).expanduser()
-        base = str(bp if bp.is_absolute() else settings.catalog_root / bp)
+    if base is not None and ("/" in base or base.startswith((".", "~"))):  # a folder, not a catalog id
+        base = _resolve(base, settings)
     return spec_for_path(
-        path,
+        Path(_resolve(table["path"], settings)),
         base=base,
         source="catalog",
         name=name,

@@ -75,6 +75,15 @@ def module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
+def unique_bytes(models) -> int:
+    """Memory held by these loaded models, counting parts they share (base-folder encoders) once."""
+    seen: dict[int, int] = {}
+    for m in models:
+        for mod in m.modules:
+            seen.setdefault(id(mod), module_bytes(mod))
+    return sum(seen.values())
+
+
 @dataclass
 class LoadedModel:
     """A model resident on the device: its FluxPipeline (the shared components) and what it costs."""
@@ -352,11 +361,7 @@ class ModelManager:
             return list(self._resident.values())
 
     def resident_bytes(self) -> int:
-        seen: dict[int, int] = {}
-        for m in self.resident():
-            for mod in m.modules:
-                seen.setdefault(id(mod), module_bytes(mod))
-        return sum(seen.values())
+        return unique_bytes(self.resident())
 
     def unload(self, ref: str) -> None:
         spec = self.catalog.get(ref)
@@ -390,16 +395,8 @@ class ModelManager:
 
     def _make_room(self, incoming: int) -> None:
         """Evict idle models, oldest first, until the resident set plus `incoming` fits (lock held)."""
-
-        def used() -> int:
-            seen = {}
-            for m in self._resident.values():
-                for mod in m.modules:
-                    seen.setdefault(id(mod), module_bytes(mod))
-            return sum(seen.values())
-
         for model_id in list(self._resident):
-            if used() + incoming <= self.budget:
+            if unique_bytes(self._resident.values()) + incoming <= self.budget:
                 return
             if self._resident[model_id].users == 0:
                 log.info("evicting %s to stay within the %.1f GiB budget", model_id, self.budget / 2**30)
