@@ -60,7 +60,6 @@ class DeliveryService:
         self._stop = False
         self._thread = threading.Thread(target=self._scheduler, name="daguerre-delivery-scheduler", daemon=True)
         self._thread.start()
-        self.log: list[tuple[str, str, int | str]] = []  # (kind, task_uuid, status or error): the last 1000
 
     def webhook(self, url: str, payload: dict, *, secret: str, task_uuid: str) -> None:
         """POST `payload` as JSON to `url`, signed; called once per finished result (or job error)."""
@@ -138,7 +137,6 @@ class DeliveryService:
             final = ok or (a.kind == "upload" and resp.status < 500)  # an upload's 3xx/4xx is final
         except OutboundError as e:
             outcome, ok, final = e.message, False, False
-        self._record(a.kind, a.task_uuid, outcome)
         if ok or final or a.attempt >= len(self.schedule):
             if not ok:
                 log.warning(
@@ -154,11 +152,6 @@ class DeliveryService:
         a.due = time.time() + self.schedule[a.attempt - 1]
         a.seq = next(self._seq)
         self._push(a)
-
-    def _record(self, kind: str, task_uuid: str, outcome) -> None:
-        with self._cv:
-            self.log.append((kind, task_uuid, outcome))
-            del self.log[:-1000]
 
     def stop(self) -> None:
         with self._cv:
