@@ -46,6 +46,7 @@ FLAGS = {
     "controlNet.model": "--controlnet",
     "controlNet.weight": "--controlnet",
     "controlNet.guideImage": "--controlnet",
+    "controlNet.controlType": "--controlnet",
     "ipAdapters": "--ip-adapter",
     "ipAdapters.model": "--ip-adapter",
     "ipAdapters.weight": "--ip-adapter",
@@ -111,7 +112,7 @@ def _default_model(engine) -> str:
 
 
 def _control_ref(value: str, limits):
-    """--controlnet REF,GUIDE[,weight=W][,start=PCT][,end=PCT][,mode=M][,canny]."""
+    """--controlnet REF,GUIDE[,weight=W][,start=PCT][,end=PCT][,mode=M][,type=T][,canny]."""
     from daguerre.imaging import load_image
     from daguerre.request import ControlRef
 
@@ -128,6 +129,7 @@ def _control_ref(value: str, limits):
         "start": ("start_percent", int),
         "end": ("end_percent", int),
         "mode": ("mode", str),
+        "type": ("control_type", str),
     }
     for option in parts[2:]:
         key, sep, raw = option.partition("=")
@@ -143,7 +145,7 @@ def _control_ref(value: str, limits):
                 ) from None
         else:
             raise DaguerreError(
-                f"--controlnet option {option!r} is not one of weight=, start=, end=, mode=, canny",
+                f"--controlnet option {option!r} is not one of weight=, start=, end=, mode=, type=, canny",
                 parameter="controlNet",
                 code="invalidParameter",
             )
@@ -279,7 +281,8 @@ def generate(
         typer.Option(
             "--controlnet",
             help="REF,GUIDE_IMAGE[,weight=W][,start=PCT][,end=PCT][,mode=balanced|prompt|"
-            "controlnet][,canny]: a ControlNet and its guide (repeatable)",
+            "controlnet][,type=canny|tile|depth|blur|pose|gray|lq (Union ControlNets)][,canny]: a ControlNet, "
+            "FLUX.1 control model or control LoRA, and its guide (repeatable)",
         ),
     ] = None,
     ip_adapter: Annotated[
@@ -433,6 +436,10 @@ def reproduce(
     guide: Annotated[
         list[str] | None, typer.Option("--guide", help="ControlNet guide images, in the recipe's order (repeatable)")
     ] = None,
+    ip_guide: Annotated[
+        list[str] | None,
+        typer.Option("--ip-guide", help="IP-Adapter image prompts, in the recipe's order (repeatable)"),
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output folder [./out]")] = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
@@ -449,7 +456,12 @@ def reproduce(
         seed_image = load_image(source, parameter="seedImage", limits=settings.image_limits) if source else None
         mask_image = load_image(mask, parameter="maskImage", limits=settings.image_limits, mask=True) if mask else None
         guides = [load_image(g, parameter="controlNet.guideImage", limits=settings.image_limits) for g in guide or ()]
-        req = recipes.to_request(r, model=model, seed_image=seed_image, mask_image=mask_image, guides=guides)
+        ip_guides = [
+            load_image(g, parameter="ipAdapters.guideImages", limits=settings.image_limits) for g in ip_guide or ()
+        ]
+        req = recipes.to_request(
+            r, model=model, seed_image=seed_image, mask_image=mask_image, guides=guides, ip_guides=ip_guides
+        )
         engine = _engine(settings)
         # The image's whole chunk runs again: batched results match single runs only to ~1e-5.
         [(path, im)] = _run(engine, req, out_dir or settings.output_dir, max_batch=r.batch_size, keep=r.batch_index)
@@ -459,7 +471,7 @@ def reproduce(
                 f"({im.recipe.model_hash[:10]} vs {r.model_hash[:10]})"
             )
     except DaguerreError as e:
-        _fail(e, {"controlNet.guideImage": "--guide"})
+        _fail(e, {"controlNet.guideImage": "--guide", "ipAdapters.guideImages": "--ip-guide"})
     same = path.read_bytes() == image_path.read_bytes()
     typer.echo(f"{path}\tseed={im.seed}\t{'identical' if same else 'DIFFERENT'} bytes")
     if not same:

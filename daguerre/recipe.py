@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from daguerre import __version__
-from daguerre.errors import RequestError, UnsupportedError
+from daguerre.errors import RequestError
 from daguerre.imaging import read_embedded
 
 FORMAT = "daguerre.recipe/1"
@@ -123,13 +123,17 @@ def to_request(
     seed_image: Image.Image | None = None,
     mask_image: Image.Image | None = None,
     guides: list[Image.Image] = (),
+    ip_guides: list[Image.Image] = (),
 ):
     """The GenerationRequest that re-runs this image's chunk (the image is number `r.batch_index` of it).
+
+    guides: the ControlNet guide images in the recipe's order; ip_guides: every IP-Adapter's image
+    prompts, adapter after adapter, in the recipe's order.
 
     The input images the recipe only names by pixel hash must be given back, and must be the same
     pixels: a RequestError names the one that is missing or different.
     """
-    from daguerre.request import ControlRef, GenerationRequest, LoraRef, Outpaint, OutputSpec
+    from daguerre.request import ControlRef, GenerationRequest, IpAdapterRef, LoraRef, Outpaint, OutputSpec
 
     for name, img, want in (
         ("seedImage", seed_image, r.seed_image_sha256),
@@ -139,12 +143,24 @@ def to_request(
             raise RequestError(f"this {r.workflow} recipe needs the original {name}", parameter=name)
         if want and pixels_sha256(img) != want:
             raise RequestError(f"{name} is not the image the recipe was made from (pixel hash differs)", parameter=name)
-    if r.ip_adapters:
-        raise UnsupportedError(
-            "reproducing an IP-Adapter recipe is not supported yet (its image prompts are not "
-            "stored, only their hashes)",
-            parameter="ipAdapters",
+    wanted = [h for ip in r.ip_adapters for h in ip["guide_sha256"]]
+    if len(ip_guides) != len(wanted):
+        raise RequestError(
+            f"this recipe used {len(wanted)} IP-Adapter image prompt(s), {len(ip_guides)} given; give each, in order",
+            parameter="ipAdapters.guideImages",
         )
+    if any(pixels_sha256(g) != h for g, h in zip(ip_guides, wanted, strict=True)):
+        raise RequestError(
+            "an IP-Adapter image prompt is not the one the recipe was made from (pixel hash differs)",
+            parameter="ipAdapters.guideImages",
+        )
+    adapters, at = [], 0
+    for ip in r.ip_adapters:
+        n = len(ip["guide_sha256"])
+        adapters.append(
+            IpAdapterRef(model=ip["model"], guide_images=tuple(ip_guides[at : at + n]), weight=ip["weight"])
+        )
+        at += n
     if len(guides) != len(r.controlnets):
         raise RequestError(
             f"this recipe used {len(r.controlnets)} ControlNet guide image(s), {len(guides)} given; "
@@ -159,7 +175,9 @@ def to_request(
                 parameter="controlNet.guideImage",
             )
         controls.append(
-            ControlRef(guide_image=g, **{k: v for k, v in c.items() if k not in ("start", "end", "guide_sha256")})
+            ControlRef(
+                guide_image=g, **{k: v for k, v in c.items() if k not in ("start", "end", "guide_sha256", "kind")}
+            )
         )
     return GenerationRequest(
         model=model or r.model,
@@ -182,4 +200,5 @@ def to_request(
         mask_margin=r.mask_margin,
         prompt_weighting=r.prompt_weighting,
         controlnets=tuple(controls),
+        ip_adapters=tuple(adapters),
     )

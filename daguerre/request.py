@@ -68,6 +68,9 @@ MAX_CONTROLNETS = 4
 MAX_IP_ADAPTERS = 4
 CONTROL_MODES = ("balanced", "prompt", "controlnet")
 PREPROCESSORS = ("canny",)
+# Union ControlNets (InstantX / Shakker-Labs FLUX.1-dev-Controlnet-Union) embed the condition type as
+# a mode id; these are their published ids, in order.
+CONTROL_TYPES = ("canny", "tile", "depth", "blur", "pose", "gray", "lq")
 MASK_MARGIN = (32, 128)
 OUTPAINT_DEFAULT_BLUR = 8
 
@@ -106,6 +109,7 @@ class ControlRef:
     preprocessor: str | None = None  # None: the guide is already a control image; "canny": edges from a photo
     canny_low: int = 100  # Canny hysteresis thresholds, 0-255, low < high
     canny_high: int = 200
+    control_type: str | None = None  # Union ControlNets only: one of CONTROL_TYPES
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,11 @@ def _check_control(c: ControlRef, steps: int | None) -> None:
         raise RequestError(
             "controlNet.lowThresholdCanny must be less than highThresholdCanny",
             parameter="controlNet.lowThresholdCanny",
+        )
+    if c.control_type is not None and c.control_type not in CONTROL_TYPES:
+        raise RequestError(
+            f"controlNet.controlType must be one of {', '.join(CONTROL_TYPES)}, got {c.control_type!r}",
+            parameter="controlNet.controlType",
         )
 
 

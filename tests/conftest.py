@@ -172,6 +172,13 @@ def tiny_kontext(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_control(tmp_path_factory):
+    from daguerre.testing.tiny import build
+
+    return build(tmp_path_factory.mktemp("tiny-canny"), layout="folder", seed=0, kind="control")
+
+
+@pytest.fixture(scope="session")
 def tiny_controlnets(tmp_path_factory):
     from daguerre.testing.tiny import build_controlnet
 

@@ -301,7 +301,12 @@ def test_ip_adapter_flag(tiny_folder, tiny_ip_adapter, tmp_path, env):
         env,
     )
     assert out.returncode == 0, out.stderr
-    [rec] = recipe.read(Path(out.stdout.split("\t")[0])).ip_adapters
+    made = Path(out.stdout.split("\t")[0])
+    [rec] = recipe.read(made).ip_adapters
     assert rec["weight"] == 0.6
+    again = run(["reproduce", str(made), "--ip-guide", str(face), "--out", str(tmp_path / "again")], env)
+    assert again.returncode == 0 and "identical" in again.stdout, again.stderr
+    missing = run(["reproduce", str(made), "--out", str(tmp_path / "again")], env)
+    assert missing.returncode == 2 and "--ip-guide" in missing.stderr
     bad = run(["generate", "a portrait", "--model", str(tiny_folder.model_path), "--ip-adapter", f"{path}"], env)
     assert bad.returncode == 2 and "--ip-adapter" in bad.stderr

@@ -144,13 +144,63 @@ def test_controlnet_errors(engine, tiny_folder, tiny_controlnets, guide, tmp_pat
     with pytest.raises(RequestError) as e:
         _gen(engine, tiny_folder.model_path, [ControlRef(str(tiny_controlnets[0]), guide, end_step=9)])
     assert "at most steps" in e.value.message
-    union = tmp_path / "union"
-    import json
-    import shutil
+    with pytest.raises(RequestError) as e:
+        validate(GenerationRequest(**base, controlnets=(ControlRef("x", guide, control_type="edges"),)))
+    assert e.value.parameter == "controlNet.controlType" and "canny, tile, depth" in e.value.message
+    with pytest.raises(RequestError) as e:
+        _gen(engine, tiny_folder.model_path, [ControlRef(str(tiny_controlnets[0]), guide, control_type="canny")])
+    assert e.value.parameter == "controlNet.controlType" and "Union ControlNets only" in e.value.message
 
-    shutil.copytree(tiny_controlnets[0], union)
-    cfg = json.loads((union / "config.json").read_text())
-    (union / "config.json").write_text(json.dumps({**cfg, "num_mode": 10}))
-    with pytest.raises(UnsupportedError) as e:
+
+def _reference(folder, net, guide, **kw):
+    from diffusers import FluxControlNetPipeline
+
+    pipe = FluxControlNetPipeline.from_pretrained(folder, controlnet=net)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        "a house",
+        control_image=guide,
+        width=128,
+        height=128,
+        num_inference_steps=4,
+        guidance_scale=3.5,
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(2),
+        **kw,
+    ).images[0]
+
+
+def test_union_controlnet_follows_its_control_type(engine, tiny_folder, guide, tmp_path):
+    from daguerre.testing.tiny import build_controlnet, tiny_controlnet
+
+    union = build_controlnet(tmp_path / "union", seed=5, union_modes=7)
+    depth = _gen(engine, tiny_folder.model_path, [ControlRef(str(union), guide, control_type="depth")])
+    ref = _reference(tiny_folder.model_path, tiny_controlnet(seed=5, union_modes=7), guide, control_mode=2)
+    assert np.abs(depth.pixels - ref).max() <= TOL
+    canny = _gen(engine, tiny_folder.model_path, [ControlRef(str(union), guide, control_type="canny")])
+    ref0 = _reference(tiny_folder.model_path, tiny_controlnet(seed=5, union_modes=7), guide, control_mode=0)
+    assert np.abs(canny.pixels - ref0).max() <= TOL
+    assert not np.array_equal(depth.pixels, canny.pixels)  # the type is an input, not a label
+    assert depth.recipe.controlnets[0]["control_type"] == "depth"
+    with pytest.raises(RequestError) as e:
         _gen(engine, tiny_folder.model_path, [ControlRef(str(union), guide)])
-    assert "Union" in e.value.message
+    assert e.value.parameter == "controlNet.controlType" and "Union" in e.value.message
+
+
+def test_xlabs_controlnet_file_equals_the_diffusers_model(engine, tiny_folder, tiny_controlnets, guide, tmp_path):
+    from daguerre.engine.checkpoints import inspect
+    from daguerre.testing.tiny import build_xlabs_controlnet, tiny_controlnet
+
+    path = build_xlabs_controlnet(tmp_path / "flux-canny-controlnet-v3.safetensors", seed=6)
+    assert inspect(path).kind == "controlnet"
+    out = _gen(engine, tiny_folder.model_path, [ControlRef(str(path), guide, weight=0.7)])
+    ref = _reference(
+        tiny_folder.model_path, tiny_controlnet(seed=6, xlabs=True), guide, controlnet_conditioning_scale=0.7
+    )
+    assert np.abs(out.pixels - ref).max() <= TOL
+    assert np.abs(out.pixels - _gen(engine, tiny_folder.model_path, []).pixels).max() > 1e-3
+    with pytest.raises(UnsupportedError) as e:  # diffusers applies one residual layout to all nets
+        _gen(
+            engine, tiny_folder.model_path, [ControlRef(str(path), guide), ControlRef(str(tiny_controlnets[0]), guide)]
+        )
+    assert "XLabs" in e.value.message

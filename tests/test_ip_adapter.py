@@ -121,3 +121,49 @@ def test_ip_adapter_errors(engine, tiny_folder, tiny_ip_adapter, guides, tmp_pat
     with pytest.raises(RequestError) as e:
         _gen(engine, tiny_folder.model_path, [IpAdapterRef(str(tiny_folder.model_path), (guides[0],))])
     assert "not a FLUX.1 IP-Adapter" in e.value.message
+
+
+def test_ip_adapter_with_a_controlnet_equals_diffusers(engine, tiny_folder, tiny_ip_adapter, tiny_controlnets, guides):
+    from diffusers import FluxControlNetModel, FluxControlNetPipeline
+
+    from daguerre.request import ControlRef
+
+    path, encoder = tiny_ip_adapter
+    edge = Image.new("RGB", (128, 128), (0, 0, 0))
+    edge.paste((255, 255, 255), (30, 30, 90, 90))
+    control = ControlRef(str(tiny_controlnets[0]), edge, weight=0.7)
+    out = _gen(engine, tiny_folder.model_path, [IpAdapterRef(str(path), (guides[0],), 0.8)], controlnets=(control,))
+    pipe = FluxControlNetPipeline.from_pretrained(
+        tiny_folder.model_path, controlnet=FluxControlNetModel.from_pretrained(tiny_controlnets[0])
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter(
+        str(path.parent),
+        weight_name=path.name,
+        image_encoder_pretrained_model_name_or_path=str(encoder),
+        image_encoder_dtype=torch.float32,
+    )
+    pipe.set_ip_adapter_scale(0.8)
+    ref = pipe(
+        "a portrait",
+        ip_adapter_image=guides[0],
+        control_image=edge,
+        controlnet_conditioning_scale=0.7,
+        guidance_scale=3.5,  # this pipeline's own default is 7
+        width=128,
+        height=128,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(5),
+    ).images[0]
+    assert np.abs(out.pixels - ref).max() <= TOL
+    assert np.abs(out.pixels - _gen(engine, tiny_folder.model_path, controlnets=(control,)).pixels).max() > 1e-3
+
+
+def test_ip_adapter_with_kontext(engine, tiny_kontext, tiny_ip_adapter, guides):
+    path, _ = tiny_ip_adapter
+    src = Image.new("RGB", (128, 128), (120, 80, 40))
+    plain = _gen(engine, tiny_kontext.model_path, seed_image=src)
+    out = _gen(engine, tiny_kontext.model_path, [IpAdapterRef(str(path), (guides[1],), 1.0)], seed_image=src)
+    assert np.isfinite(out.pixels).all() and np.abs(out.pixels - plain.pixels).max() > 1e-3
+    assert out.recipe.ip_adapters[0]["weight"] == 1.0

@@ -106,6 +106,26 @@ def test_adapter_cache_is_bounded(engine, tiny_folder, tmp_path):
         model.max_adapters = 8
 
 
+def test_kohya_text_encoder_layers_apply_to_clip(engine, tiny_folder, reference_pipes, tmp_path):
+    from daguerre.testing.loras import merged_clip_state_dict
+
+    path = build_lora(tmp_path / "te.safetensors", tiny_folder.model_path, "kohya", seed=7, text_encoder=True)
+    before = _gen(engine, tiny_folder.model_path)
+    out = _gen(engine, tiny_folder.model_path, [LoraRef(str(path), 0.6)])
+    pipe = reference_pipes["txt2img"]
+    clip = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    pipe.text_encoder.load_state_dict(merged_clip_state_dict(tiny_folder.model_path, path, 0.6))
+    try:
+        want = _reference(pipe, merged_state_dict(tiny_folder.model_path, [(path, "kohya", 0.6)]))
+        pipe.text_encoder.load_state_dict(clip)
+        transformer_only = _reference(pipe, merged_state_dict(tiny_folder.model_path, [(path, "kohya", 0.6)]))
+    finally:
+        pipe.text_encoder.load_state_dict(clip)
+    assert np.abs(out.pixels - want).max() <= TOL
+    assert np.abs(out.pixels - transformer_only).max() > 1e-4  # the CLIP layers really act
+    assert np.array_equal(_gen(engine, tiny_folder.model_path).pixels, before.pixels)
+
+
 def test_lora_errors(engine, tiny_folder, tmp_path):
     bad = tmp_path / "bad.safetensors"
     save_file({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(2, 2)}, bad)  # an SDXL-style LoRA
@@ -113,7 +133,7 @@ def test_lora_errors(engine, tiny_folder, tmp_path):
     save_file(
         {
             "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(2, 32),
-            "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 2),
+            "lora_te2_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight": torch.zeros(2, 2),
         },
         te,
     )
@@ -121,7 +141,7 @@ def test_lora_errors(engine, tiny_folder, tmp_path):
     ckpt.write_bytes(b"pickle")
     cases = [
         (bad, ModelLoadError, "not for FLUX.1"),
-        (te, UnsupportedError, "text-encoder"),
+        (te, UnsupportedError, "T5"),
         (ckpt, ModelLoadError, "pickle"),
     ]
     for path, error, needle in cases:

@@ -354,3 +354,62 @@ def test_ip_adapter_through_the_runware_05_sdk(make_server, tiny_ip_adapter, png
 
         img = asyncio.run(asyncio.wait_for(run(), 120))
         assert img.imageURL and img.seed == 6
+
+
+def test_control_lora_and_union_controlnet_through_the_runware_05_sdk(make_server, tiny_folder, png, tmp_path):
+    """A BFL control LoRA given as a controlNet model, and a Union ControlNet with our controlType field."""
+    import httpx
+    from runware import IControlNetGeneral, IImageInference, Runware
+
+    from daguerre.testing.loras import build_control_lora
+    from daguerre.testing.tiny import build_controlnet
+
+    lora = build_control_lora(tmp_path / "canny-lora.safetensors", tiny_folder.model_path, seed=2)
+    union = build_controlnet(tmp_path / "union", seed=3, union_modes=7)
+    extra = {
+        "canny": {"id": "test:canny-lora@1", "path": str(lora)},
+        "union": {"id": "test:union@1", "path": str(union)},
+    }
+    with make_server(api_keys=[KEY], extra_models=extra) as s:
+
+        async def run():
+            rw = Runware(api_key=KEY, url=s.ws_url)
+            await rw.connect()
+            [img] = await rw.imageInference(
+                requestImage=IImageInference(
+                    positivePrompt="a house",
+                    model="daguerre:tiny@1",
+                    width=128,
+                    height=128,
+                    steps=2,
+                    seed=8,
+                    controlNet=[IControlNetGeneral(model="test:canny-lora@1", guideImage=str(png), weight=0.9)],
+                )
+            )
+            await rw.disconnect()
+            return img
+
+        img = asyncio.run(asyncio.wait_for(run(), 180))
+        assert img.imageURL and img.seed == 8
+        task = {
+            "taskType": "imageInference",
+            "taskUUID": "6f1d3c1e-5a0b-4c41-9d55-7d2a3c4b5e6f",
+            "positivePrompt": "a house",
+            "model": "daguerre:tiny@1",
+            "width": 128,
+            "height": 128,
+            "steps": 2,
+            "controlNet": [{"model": "test:union@1", "guideImage": _b64(png), "controlType": "depth"}],
+        }
+        r = httpx.post(s.url, json=[task], headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+        assert r.status_code == 200, r.text
+        missing = {**task, "taskUUID": "7f1d3c1e-5a0b-4c41-9d55-7d2a3c4b5e6f"}
+        missing["controlNet"] = [{"model": "test:union@1", "guideImage": _b64(png)}]
+        r = httpx.post(s.url, json=[missing], headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+        assert r.status_code == 400 and r.json()["errors"][0]["parameter"] == "controlNet.controlType"
+
+
+def _b64(path) -> str:
+    import base64
+
+    return base64.b64encode(path.read_bytes()).decode()

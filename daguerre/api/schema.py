@@ -202,7 +202,8 @@ def _parse_loras(value: Any) -> tuple[LoraRef, ...]:
 CONTROL_FIELDS = {"model": "model", "guideImage": None, "weight": "weight", "startStep": "start_step",
                   "endStep": "end_step", "startStepPercentage": "start_percent", "endStepPercentage": "end_percent",
                   "controlMode": "mode", "preprocessor": "preprocessor", "lowThresholdCanny": "canny_low",
-                  "highThresholdCanny": "canny_high", "includeHandsAndFaceOpenPose": None}  # fmt: skip
+                  "highThresholdCanny": "canny_high", "controlType": "control_type",
+                  "includeHandsAndFaceOpenPose": None}  # fmt: skip
 
 
 def _parse_controlnets(value: Any, resolve_image: ImageResolver) -> tuple[ControlRef, ...]:

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 AIR_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9._/+-]+@[A-Za-z0-9._-]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-KINDS = ("dev", "schnell", "fill", "control", "kontext", "lora", "controlnet", "ipadapter")
+KINDS = ("dev", "schnell", "fill", "control", "kontext", "lora", "controllora", "controlnet", "ipadapter")
 COMFY_SUBDIRS = ("diffusion_models", "unet", "checkpoints", "loras", "controlnet", "ipadapter")
 # AIR ids the hosted API uses for the Black Forest Labs originals, given to the same
 # models when they are found in the Hugging Face cache.
@@ -194,7 +194,7 @@ def discover_model_dirs(dirs: list[Path], *, base: str | None) -> list[ModelSpec
                         continue
                     specs.append(
                         ModelSpec(
-                            id=f"{'lora' if info.kind == 'lora' else 'comfyui'}:{f.stem}@1",
+                            id=f"{'lora' if info.kind in ('lora', 'controllora') else 'comfyui'}:{f.stem}@1",
                             name=slug(f.stem),
                             path=f.resolve(),
                             format="single-file",

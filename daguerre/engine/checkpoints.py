@@ -89,13 +89,28 @@ def inspect(path: Path) -> CheckpointInfo:
             dtype=_dominant_dtype(header),
             size_bytes=path.stat().st_size,
         )
+    if any(k.startswith(("input_hint_block.", "controlnet_blocks.")) for k in names) and "img_in.weight" in names:
+        return CheckpointInfo(
+            path=path,
+            layout="xlabs-controlnet",
+            kind="controlnet",
+            dtype=_dominant_dtype(header),
+            size_bytes=path.stat().st_size,
+        )
     if any(k.endswith(("lora_A.weight", ".lora_down.weight", ".down.weight")) for k in names):
         if not any(t in k for k in names for t in ("double_blocks", "single_blocks", "transformer_blocks")):
             raise ModelLoadError(
                 f"{path}: a LoRA, but not for FLUX.1 (no FLUX block names in its layers)", parameter="lora"
             )
+        # BFL's Canny/Depth control LoRAs widen the input layer to take the control latents (and carry
+        # full norm scales); they drive FluxControlPipeline, so they are control models, not style LoRAs.
+        control = any(k.endswith("query_norm.scale") for k in names)
         return CheckpointInfo(
-            path=path, layout="lora", kind="lora", dtype=_dominant_dtype(header), size_bytes=path.stat().st_size
+            path=path,
+            layout="lora",
+            kind="controllora" if control else "lora",
+            dtype=_dominant_dtype(header),
+            size_bytes=path.stat().st_size,
         )
     if any(k.startswith("double_blocks.") for k in names):
         layout = "bfl"
@@ -254,8 +269,9 @@ def bfl_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     for a, b in _TOP:
         move(a, b)
-    for suffix in (".weight", ".bias"):
-        out["norm_out.linear" + suffix] = _swap_halves(src.pop("final_layer.adaLN_modulation.1" + suffix))
+    for suffix in (".weight", ".bias"):  # absent from ControlNets, which have no output layer
+        if "final_layer.adaLN_modulation.1" + suffix in src:
+            out["norm_out.linear" + suffix] = _swap_halves(src.pop("final_layer.adaLN_modulation.1" + suffix))
     for i in range(_block_count(src, "double_blocks.")):
         p, q = f"double_blocks.{i}.", f"transformer_blocks.{i}."
         for a, b in _DOUBLE:
@@ -295,7 +311,8 @@ def diffusers_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for a, b in _TOP:
         move(b, a)
     for suffix in (".weight", ".bias"):
-        out["final_layer.adaLN_modulation.1" + suffix] = _swap_halves(src.pop("norm_out.linear" + suffix))
+        if "norm_out.linear" + suffix in src:
+            out["final_layer.adaLN_modulation.1" + suffix] = _swap_halves(src.pop("norm_out.linear" + suffix))
     for i in range(_block_count(src, "transformer_blocks.")):
         p, q = f"double_blocks.{i}.", f"transformer_blocks.{i}."
         for a, b in _DOUBLE:
@@ -316,3 +333,60 @@ def diffusers_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if src:
         raise ValueError(f"diffusers state dict has tensors with no BFL name: {sorted(src)[:5]}")
     return out
+
+
+# XLabs ControlNets (x-flux `ControlNetFlux`): a few BFL double blocks plus a pixel-space hint encoder.
+# diffusers' FluxControlNetModel has the same architecture (conditioning_embedding_channels=16,
+# no single blocks, residuals repeated over the base blocks) but no loader for the file layout.
+# XLabs' input_hint_block is one Sequential of 8 convs with SiLUs between (even indices = convs).
+_XLABS_HINT = {0: "conv_in", **{2 * i + 2: f"blocks.{i}" for i in range(6)}, 14: "conv_out"}
+_XLABS_TOP = [("pos_embed_input", "controlnet_x_embedder")]
+
+
+def xlabs_controlnet_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An XLabs ControlNet state dict in diffusers' FluxControlNetModel layout."""
+    src = dict(sd)
+    out: dict[str, torch.Tensor] = {}
+    for suffix in (".weight", ".bias"):
+        for i, name in _XLABS_HINT.items():
+            out[f"input_hint_block.{name}{suffix}"] = src.pop(f"input_hint_block.{i}{suffix}")
+        for a, b in _XLABS_TOP:
+            out[b + suffix] = src.pop(a + suffix)
+        for k in [k for k in src if k.startswith("controlnet_blocks.") and k.endswith(suffix)]:
+            out[k] = src.pop(k)
+    out.update(bfl_to_diffusers(src))
+    return out
+
+
+def diffusers_to_xlabs_controlnet(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `xlabs_controlnet_to_diffusers` (how XLabs files lay out a ControlNet)."""
+    src = dict(sd)
+    out: dict[str, torch.Tensor] = {}
+    for suffix in (".weight", ".bias"):
+        for i, name in _XLABS_HINT.items():
+            out[f"input_hint_block.{i}{suffix}"] = src.pop(f"input_hint_block.{name}{suffix}")
+        for a, b in _XLABS_TOP:
+            out[a + suffix] = src.pop(b + suffix)
+        for k in [k for k in src if k.startswith("controlnet_blocks.") and k.endswith(suffix)]:
+            out[k] = src.pop(k)
+    out.update(diffusers_to_bfl(src))
+    return out
+
+
+def xlabs_controlnet_config(sd: dict[str, torch.Tensor], axes_dims_rope) -> dict:
+    """FluxControlNetModel config for a converted XLabs state dict (RoPE axes come from the base model)."""
+    inner = sd["x_embedder.weight"].shape[0]
+    head_dim = sd["transformer_blocks.0.attn.norm_q.weight"].shape[0]
+    return {
+        "patch_size": 2,  # the hint features are packed 2x2, like the latents
+        "in_channels": sd["x_embedder.weight"].shape[1],
+        "num_layers": _block_count(sd, "transformer_blocks."),
+        "num_single_layers": 0,
+        "attention_head_dim": head_dim,
+        "num_attention_heads": inner // head_dim,
+        "joint_attention_dim": sd["context_embedder.weight"].shape[1],
+        "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
+        "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in sd,
+        "axes_dims_rope": tuple(axes_dims_rope),
+        "conditioning_embedding_channels": sd["input_hint_block.conv_out.weight"].shape[0],
+    }

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +34,7 @@ from daguerre.errors import Cancelled, OutOfMemory, RequestError, UnsupportedErr
 from daguerre.imaging import encode, to_pil
 from daguerre.prompts.weighting import parse as parse_prompt
 from daguerre.recipe import Recipe, pixels_sha256
-from daguerre.request import DEFAULT_STRENGTH, GenerationRequest, OutputSpec, validate
+from daguerre.request import CONTROL_TYPES, DEFAULT_STRENGTH, GenerationRequest, OutputSpec, validate
 
 # FLUX.1 latent -> RGB projection for previews: ComfyUI's published factors for the 16-channel
 # FLUX VAE latent (comfy/latent_formats.py, class Flux), applied to the scaled latent.
@@ -181,17 +180,22 @@ class Engine:
     ) -> tuple[list[GeneratedImage], list[int]]:
         # 1. Resolve model-dependent defaults and check what depends on the model's kind.
         plan = _plan(model, req)
+        structural, plan = self._structural_control(model, req, plan)
 
         # 2. Activate the request's LoRAs (hot-swapped; none = the base model, bit for bit).
         loras = self._resolve_loras(req)
-        set_loras(model, [(f"lora_{digest[:16]}", spec.path, w) for spec, digest, w in loras])
+        set_loras(
+            model,
+            [(f"lora_{digest[:16]}", spec.path, w) for spec, digest, w in loras],
+            structural.lora if structural is not None else None,
+        )
         lora_recipe = tuple({"model": spec.id, "sha256": digest, "weight": w} for spec, digest, w in loras)
 
         # 3. Encode the prompts once for every chunk; prepare the image inputs once.
         ip_kwargs, ip_recipe = self._ip_adapters(model, req, plan)
-        control = self._resolve_controlnets(req, plan)
+        control = self._resolve_controlnets(model, req, plan)
         pipe = (
-            model.controlnet_pipeline(plan.pipeline, [c.folder for c in control])
+            model.controlnet_pipeline(plan.pipeline, [c.net for c in control])
             if control
             else (model.pipeline(plan.pipeline))
         )
@@ -211,6 +215,15 @@ class Engine:
             }
             for c in control
         )
+        if structural is not None:
+            control_recipe += (
+                {
+                    **{k: v for k, v in asdict(structural.ref).items() if k not in ("guide_image", "model")},
+                    "model": structural.spec.id,
+                    "kind": structural.spec.kind,
+                    "guide_sha256": pixels_sha256(structural.ref.guide_image),
+                },
+            )
 
         # 4. Denoise chunk by chunk; every image keeps its own generator (seed + index).
         images: list[GeneratedImage] = []
@@ -240,6 +253,8 @@ class Engine:
                 kwargs["strength"] = plan.strength
             if control:
                 kwargs.update(_control_kwargs(control, single=len(control) == 1))
+            if structural is not None:
+                kwargs["control_image"] = structural.image
             kwargs.update(ip_kwargs)
             if plan.pipeline == "kontext":  # Kontext would rescale the output to 1 MP otherwise
                 kwargs["max_area"] = req.width * req.height
@@ -273,7 +288,78 @@ class Engine:
                     on_image(images[-1])
         return images, chunks
 
-    def _resolve_controlnets(self, req: GenerationRequest, plan: _Plan) -> list[_Control]:
+    def _structural_control(self, model: LoadedModel, req: GenerationRequest, plan: _Plan):
+        """(the FLUX.1 control checkpoint or BFL control LoRA entry, updated plan), or (None, plan).
+
+        FLUX.1 Canny/Depth models take the control image's latents as extra input channels
+        (FluxControlPipeline*): a full control checkpoint is the request's model, a control LoRA
+        widens a dev model's input layer. Either is given as a controlNet entry with its guide.
+        """
+        entries = [(c, self.models.catalog.get(c.model)) for c in req.controlnets]
+        found = [(c, s) for c, s in entries if s.kind in ("control", "controllora")]
+        if model.kind == "control" and not any(s.id == model.spec.id for _, s in found):
+            raise RequestError(
+                f"model {model.spec.name} is a FLUX.1 control model (Canny/Depth): give its guide image as "
+                f'controlNet: [{{"model": "{model.spec.name}", "guideImage": ...}}]',
+                parameter="controlNet",
+            )
+        if not found:
+            return None, plan
+        c, spec = found[0]
+        if len(entries) > 1:
+            raise UnsupportedError(
+                "a FLUX.1 control model or control LoRA runs alone: it cannot be combined with other controlNet "
+                "entries yet",
+                parameter="controlNet",
+            )
+        if spec.kind == "control" and spec.id != model.spec.id:
+            raise RequestError(
+                f"controlNet.model {c.model!r} is a full FLUX.1 control checkpoint: use it as the request's model "
+                "(with this controlNet entry for its guide image)",
+                parameter="controlNet.model",
+            )
+        if spec.kind == "controllora" and model.kind != "dev":
+            raise RequestError(
+                f"controlNet.model {c.model!r} is a FLUX.1 control LoRA for dev-type models; {model.spec.name} "
+                f"is a {model.kind} model",
+                parameter="controlNet.model",
+            )
+        if plan.pipeline not in ("txt2img", "img2img", "inpaint") or req.workflow == "outpaint" or req.mask_margin:
+            raise UnsupportedError(
+                "FLUX.1 control models work for txt2img, img2img and inpaint (not outpaint or maskMargin yet)",
+                parameter="controlNet",
+            )
+        if plan.true_cfg is not None:
+            raise UnsupportedError(
+                "trueCFGScale is not supported with FLUX.1 control models (their pipeline has no negative branch)",
+                parameter="trueCFGScale",
+            )
+        windows = (c.start_step, c.end_step, c.start_percent, c.end_percent)
+        if any(v is not None for v in windows) or c.mode != "balanced" or c.control_type is not None:
+            raise UnsupportedError(
+                "FLUX.1 control models read the guide at every step as input channels: startStep/endStep, "
+                "their percentages, controlMode and controlType do not apply to them",
+                parameter="controlNet",
+            )
+        if spec.kind == "control" and c.weight != 1:
+            raise UnsupportedError(
+                f"controlNet.weight {c.weight}: a full FLUX.1 control checkpoint has no strength input, so the "
+                "weight must be 1 (a control LoRA takes a weight as its LoRA scale)",
+                parameter="controlNet.weight",
+            )
+        guide = c.guide_image.convert("RGB").resize((req.width, req.height), Image.Resampling.LANCZOS)
+        if c.preprocessor == "canny":
+            guide = canny(guide, c.canny_low, c.canny_high)
+        lora = None
+        if spec.kind == "controllora":
+            lora = (f"control_{self.models.hashes.sha256([spec.path])[:16]}", spec.path, c.weight)
+        guidance = plan.guidance
+        if req.guidance is None:
+            guidance = DEFAULT_GUIDANCE["control-depth" if "depth" in spec.name.lower() else "control"]
+        plan = replace(plan, pipeline=f"control-{plan.pipeline}", guidance=guidance)
+        return _Structural(spec=spec, image=guide, lora=lora, ref=c), plan
+
+    def _resolve_controlnets(self, model: LoadedModel, req: GenerationRequest, plan: _Plan) -> list[_Control]:
         """Each requested ControlNet with its folder, prepared guide image and active step window."""
         out = []
         # A weight-0 ControlNet adds nothing, so it is not run: that keeps "weight 0 = no ControlNet"
@@ -281,6 +367,14 @@ class Engine:
         # generators first, shifting the noise).
         for c in (c for c in req.controlnets if c.weight != 0):
             spec = self.models.catalog.get(c.model)
+            if spec.kind in ("control", "controllora"):
+                continue  # handled by _structural_control
+            if model.kind not in ("dev", "schnell") or req.workflow == "outpaint" or req.mask_margin:
+                raise UnsupportedError(
+                    f"controlNet works with dev/schnell models for txt2img, img2img and inpaint (not with "
+                    f"{model.kind} models, outpaint or maskMargin yet)",
+                    parameter="controlNet",
+                )
             if spec.kind != "controlnet":
                 raise RequestError(
                     f"controlNet.model {c.model!r} is a {spec.kind} model, not a FLUX.1 ControlNet",
@@ -297,13 +391,32 @@ class Engine:
                 if c.end_step is not None
                 else (c.end_percent / 100 if c.end_percent is not None else 1.0)
             )
+            net = model.controlnet(spec.path)
+            if net.union and c.control_type is None:
+                raise RequestError(
+                    f"controlNet.model {c.model!r} is a Union ControlNet: give controlNet.controlType "
+                    f"(one of {', '.join(CONTROL_TYPES)})",
+                    parameter="controlNet.controlType",
+                )
+            if not net.union and c.control_type is not None:
+                raise RequestError(
+                    f"controlNet.controlType applies to Union ControlNets only; {c.model!r} follows one "
+                    "condition type, so omit it",
+                    parameter="controlNet.controlType",
+                )
+            if out and (net.input_hint_block is None) != (out[0].net.input_hint_block is None):
+                raise UnsupportedError(
+                    "XLabs-format ControlNets cannot be combined with InstantX/Union ControlNets in one "
+                    "request (their residuals are added to the transformer differently); use one family",
+                    parameter="controlNet.model",
+                )
             guide = c.guide_image.convert("RGB").resize((req.width, req.height), Image.Resampling.LANCZOS)
             if c.preprocessor == "canny":
                 guide = canny(guide, c.canny_low, c.canny_high)
             out.append(
                 _Control(
                     spec=spec,
-                    folder=spec.path,
+                    net=net,
                     image=guide,
                     scale=c.weight * CONTROL_MODE_SCALE[c.mode],
                     start=start,
@@ -328,12 +441,17 @@ class Engine:
                     parameter="ipAdapters.model",
                 )
             specs.append(spec)
-        if specs and plan.pipeline not in ("txt2img", "img2img", "inpaint"):
+        # diffusers' pipelines that take image-prompt embeddings: txt2img/img2img/inpaint, Kontext, and
+        # the txt2img ControlNet pipeline.
+        if specs and plan.pipeline not in ("txt2img", "img2img", "inpaint", "kontext"):
             raise UnsupportedError(
                 f"ipAdapters are not supported with {plan.pipeline} models/workflows yet", parameter="ipAdapters"
             )
-        if specs and req.controlnets:
-            raise UnsupportedError("ipAdapters together with controlNet is not supported yet", parameter="ipAdapters")
+        if specs and req.controlnets and plan.pipeline != "txt2img":
+            raise UnsupportedError(
+                f"ipAdapters together with controlNet work for txt2img only (not {plan.pipeline} yet)",
+                parameter="ipAdapters",
+            )
         set_ip_adapters(model, specs)
         if not specs:
             return {}, ()
@@ -442,14 +560,29 @@ CONTROL_MODE_SCALE = {"balanced": 1.0, "prompt": 0.5, "controlnet": 1.5}
 
 
 @dataclass(frozen=True)
+class _Structural:
+    """A FLUX.1 control checkpoint or control LoRA for this request, with its prepared guide."""
+
+    spec: object  # the control model's or control LoRA's ModelSpec
+    image: Image.Image  # guide at the output size, preprocessed
+    lora: tuple | None  # (adapter name, file, weight) for a control LoRA
+    ref: object  # the ControlRef as requested
+
+
+@dataclass(frozen=True)
 class _Control:
     spec: object  # the ControlNet's ModelSpec
-    folder: Path
+    net: object  # the loaded FluxControlNetModel
     image: Image.Image  # prepared guide: output size, preprocessed
     scale: float  # weight x controlMode factor
     start: float  # fraction of the run's steps where it starts acting
     end: float  # fraction where it stops
     ref: object  # the ControlRef as requested
+
+    @property
+    def mode_id(self) -> int | None:
+        """The Union ControlNet's condition id (None for single-condition ControlNets)."""
+        return CONTROL_TYPES.index(self.ref.control_type) if self.ref.control_type else None
 
 
 def canny(image: Image.Image, low: int, high: int) -> Image.Image:
@@ -469,12 +602,14 @@ def _control_kwargs(control: list[_Control], *, single: bool) -> dict:
             "controlnet_conditioning_scale": c.scale,
             "control_guidance_start": c.start,
             "control_guidance_end": c.end,
+            "control_mode": c.mode_id,
         }
     return {
         "control_image": [c.image for c in control],
         "controlnet_conditioning_scale": [c.scale for c in control],
         "control_guidance_start": [c.start for c in control],
         "control_guidance_end": [c.end for c in control],
+        "control_mode": [c.mode_id for c in control],
     }
 
 
@@ -482,22 +617,21 @@ def _plan(model: LoadedModel, req: GenerationRequest) -> _Plan:
     """Model-dependent defaults and the checks that need the model's kind."""
     kind = model.kind
     workflow = req.workflow
-    if kind not in ("dev", "schnell", "fill", "kontext"):
+    if kind not in ("dev", "schnell", "fill", "kontext", "control"):
         raise RequestError(
-            f"model {model.spec.name} is a FLUX.1 {kind} model; this build runs dev, schnell, fill and kontext models",
+            f"model {model.spec.name} is a {kind} model, not a FLUX.1 base model (dev, schnell, fill, kontext "
+            "or control)",
             parameter="model",
+        )
+    if kind == "control" and workflow == "outpaint":
+        raise UnsupportedError(
+            f"outpaint is not supported with FLUX.1 control model {model.spec.name}", parameter="model"
         )
     if kind == "kontext" and workflow not in ("txt2img", "img2img"):
         raise UnsupportedError(
             f"model {model.spec.name} is a FLUX.1 Kontext model: it edits a seedImage used as a reference "
             f"({workflow} is not supported with it yet)",
             parameter="model",
-        )
-    if req.controlnets and (kind not in ("dev", "schnell") or workflow == "outpaint" or req.mask_margin):
-        raise UnsupportedError(
-            f"controlNet works with dev/schnell models for txt2img, img2img and inpaint (not with {kind} models, "
-            "outpaint or maskMargin yet)",
-            parameter="controlNet",
         )
     if kind == "kontext" and req.strength is not None:
         raise RequestError(

@@ -33,10 +33,11 @@ log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Default sampling settings of the FLUX.1 families (BFL's reference CLI and diffusers' docs):
 # schnell is timestep-distilled for 4 steps and was trained with 256 T5 tokens; dev with 512.
-DEFAULT_STEPS = {"schnell": 4, "dev": 28, "fill": 28, "kontext": 28}
-# Fill was distilled at guidance 30, Kontext at 2.5 (BFL's reference settings).
-DEFAULT_GUIDANCE = {"dev": 3.5, "fill": 30.0, "kontext": 2.5}
-MAX_SEQUENCE_LENGTH = {"schnell": 256, "dev": 512, "fill": 512, "kontext": 512}
+DEFAULT_STEPS = {"schnell": 4, "dev": 28, "fill": 28, "kontext": 28, "control": 28}
+# Fill was distilled at guidance 30, Kontext at 2.5, Canny at 30 and Depth at 10 (BFL's reference
+# settings); a control model's default is Depth's when its name says depth, else Canny's.
+DEFAULT_GUIDANCE = {"dev": 3.5, "fill": 30.0, "kontext": 2.5, "control": 30.0, "control-depth": 10.0}
+MAX_SEQUENCE_LENGTH = {"schnell": 256, "dev": 512, "fill": 512, "kontext": 512, "control": 512}
 
 
 def resolve_device(preference: str | None = None) -> torch.device:
@@ -100,6 +101,7 @@ class LoadedModel:
     controlnets: OrderedDict = field(default_factory=OrderedDict)  # ControlNet folder -> module, LRU order
     max_controlnets: int = 4
     ip_adapters: tuple = ()  # IP-Adapter files loaded now, in order (diffusers holds one set at a time)
+    control_lora: tuple | None = None  # (adapter name, file) of the BFL control LoRA loaded now
 
     @property
     def kind(self) -> str:
@@ -114,6 +116,9 @@ class LoadedModel:
         """The diffusers pipeline for a workflow, built once from the same loaded components."""
         if workflow not in self.pipelines:
             from diffusers import (
+                FluxControlImg2ImgPipeline,
+                FluxControlInpaintPipeline,
+                FluxControlPipeline,
                 FluxFillPipeline,
                 FluxImg2ImgPipeline,
                 FluxInpaintPipeline,
@@ -127,6 +132,9 @@ class LoadedModel:
                 "inpaint": FluxInpaintPipeline,
                 "fill": FluxFillPipeline,
                 "kontext": FluxKontextPipeline,
+                "control-txt2img": FluxControlPipeline,
+                "control-img2img": FluxControlImg2ImgPipeline,
+                "control-inpaint": FluxControlInpaintPipeline,
             }[workflow]
             accepted = inspect.signature(cls.__init__).parameters
             pipe = cls(**{k: v for k, v in self.pipe.components.items() if k in accepted})
@@ -134,7 +142,7 @@ class LoadedModel:
             self.pipelines[workflow] = pipe
         return self.pipelines[workflow]
 
-    def controlnet_pipeline(self, workflow: str, folders: list[Path]):
+    def controlnet_pipeline(self, workflow: str, nets: list):
         """A ControlNet pipeline for txt2img / img2img / inpaint with these ControlNets (loaded once, cached).
 
         Built per request (it only holds references), around the same resident components.
@@ -146,7 +154,6 @@ class LoadedModel:
             FluxMultiControlNetModel,
         )
 
-        nets = [self._controlnet(f) for f in folders]
         cls = {
             "txt2img": FluxControlNetPipeline,
             "img2img": FluxControlNetImg2ImgPipeline,
@@ -158,67 +165,95 @@ class LoadedModel:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def _controlnet(self, folder: Path):
+    def controlnet(self, path: Path):
+        """The ControlNet module for a diffusers folder or an XLabs file, loaded on first use and kept
+        (LRU, max_controlnets)."""
         from diffusers import FluxControlNetModel
 
-        if folder in self.controlnets:
-            self.controlnets.move_to_end(folder)
-            return self.controlnets[folder]
+        if path in self.controlnets:
+            self.controlnets.move_to_end(path)
+            return self.controlnets[path]
         try:
-            config = FluxControlNetModel.load_config(folder)
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"{folder}: not a FLUX.1 ControlNet folder ({e})", parameter="controlNet.model") from e
-        if config.get("num_mode") is not None:
-            raise UnsupportedError(
-                f"{folder}: Union ControlNets need a control type, which the request has no "
-                "field for yet; use a single-condition ControlNet",
-                parameter="controlNet.model",
-            )
-        try:
-            net = FluxControlNetModel.from_pretrained(folder, torch_dtype=self.dtype).to(self.device).eval()
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ModelLoadError(f"{folder}: cannot load the ControlNet: {e}", parameter="controlNet.model") from e
-        self.controlnets[folder] = net
+            if Path(path).is_file():
+                net = self._xlabs_controlnet(Path(path))
+            else:
+                FluxControlNetModel.load_config(path)
+                net = FluxControlNetModel.from_pretrained(path, torch_dtype=self.dtype)
+            net = net.to(self.device).eval()
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise ModelLoadError(f"{path}: cannot load the FLUX.1 ControlNet: {e}", parameter="controlNet.model") from e
+        self.controlnets[path] = net
         while len(self.controlnets) > self.max_controlnets:
             self.controlnets.popitem(last=False)
         return net
 
+    def _xlabs_controlnet(self, path: Path):
+        from diffusers import FluxControlNetModel
+        from safetensors.torch import load_file
 
-def set_loras(model: LoadedModel, loras: list[tuple[str, Path, float]]) -> None:
-    """Make exactly these (adapter name, file, weight) LoRAs active on the model's transformer.
+        sd = checkpoints.xlabs_controlnet_to_diffusers(load_file(str(path)))
+        config = checkpoints.xlabs_controlnet_config(sd, self.pipe.transformer.config.axes_dims_rope)
+        with torch.device("meta"):
+            net = FluxControlNetModel(**config)
+        net.load_state_dict({k: v.to(self.dtype) for k, v in sd.items()}, strict=True, assign=True)
+        return net
+
+
+def set_loras(
+    model: LoadedModel, loras: list[tuple[str, Path, float]], control: tuple[str, Path, float] | None = None
+) -> None:
+    """Make exactly these (adapter name, file, weight) LoRAs active on the model's transformer,
+    plus an optional BFL control LoRA (Canny/Depth) for the control pipelines.
 
     The base weights are never touched: PEFT layers add the low-rank update, and with no LoRA
     requested they are disabled, which gives the base output bit for bit. Loaded adapters stay
     cached (LRU) so switching sets between requests costs no reload of the base or the LoRA.
+    A control LoRA widens the transformer's input layer and replaces some norm scales, so it is
+    not cached beside the others: switching it on or off unloads every adapter and restores the
+    original layers (diffusers keeps them), and the plain LoRAs are loaded again on next use.
     """
-    from daguerre.engine import loras as lora_files
-
     pipe = model.pipe
+    control_path = control[1] if control is not None else None
+    current = model.control_lora[1] if model.control_lora is not None else None
+    if control_path != current and (current is not None or model.adapters):
+        pipe.unload_lora_weights(reset_to_overwritten_params=True)
+        model.adapters.clear()
+        model.control_lora = None
+    if control is not None and model.control_lora is None:
+        _load_lora(model, control[0], control[1], parameter="controlNet.model")
+        model.control_lora = control[:2]
     for name, path, _ in loras:
         if name in model.adapters:
             model.adapters.move_to_end(name)
             continue
-        sd = lora_files.read(path)
-        converted = lora_files.to_peft(sd, lora_files.detect(sd, path), pipe.transformer.config, path)
-        try:
-            pipe.load_lora_weights(
-                {k: v.to(model.device, model.dtype) for k, v in converted.items()}, adapter_name=name
-            )
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise ModelLoadError(f"{path}: LoRA does not fit {model.spec.name}: {e}", parameter="lora") from e
+        _load_lora(model, name, path)
         model.adapters[name] = path
     wanted = {name for name, _, _ in loras}
     while len(model.adapters) > model.max_adapters:
         old = next(n for n in model.adapters if n not in wanted)
         pipe.delete_adapters(old)
         del model.adapters[old]
-    if not model.adapters:
+    active = [*loras, *([control] if control is not None else [])]
+    if not model.adapters and model.control_lora is None:
         return
-    if loras:
+    if active:
         pipe.enable_lora()
-        pipe.set_adapters([n for n, _, _ in loras], [w for _, _, w in loras])
+        pipe.set_adapters([n for n, _, _ in active], [w for _, _, w in active])
     else:
         pipe.disable_lora()
+
+
+def _load_lora(model: LoadedModel, name: str, path: Path, parameter: str = "lora") -> None:
+    from daguerre.engine import loras as lora_files
+
+    pipe = model.pipe
+    sd = lora_files.read(path)
+    clip = tuple(n for n, m in pipe.text_encoder.named_modules() if isinstance(m, torch.nn.Linear))
+    converted = lora_files.to_peft(sd, lora_files.detect(sd, path), pipe.transformer.config, path, clip)
+    try:
+        pipe.load_lora_weights({k: v.to(model.device, model.dtype) for k, v in converted.items()}, adapter_name=name)
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise ModelLoadError(f"{path}: LoRA does not fit {model.spec.name}: {e}", parameter=parameter) from e
 
 
 def set_ip_adapters(model: LoadedModel, specs: list) -> None:

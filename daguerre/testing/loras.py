@@ -19,6 +19,14 @@ KOHYA_LAYERS = ("double_blocks.0.img_attn.qkv", "double_blocks.0.txt_attn.proj",
                 "single_blocks.1.linear2", "final_layer.adaLN_modulation.1")  # fmt: skip
 XLABS_LAYERS = {"qkv_lora1": "img_attn.qkv", "proj_lora2": "txt_attn.proj"}
 PEFT_MODULES = ("transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.proj_out", "proj_out")
+# CLIP text-encoder layers a kohya file with `text_encoder=True` also trains (lora_te1_*).
+CLIP_LAYERS = ("encoder.layers.0.self_attn.q_proj", "encoder.layers.0.mlp.fc1")  # kohya: lora_te1_text_model_*
+
+
+def _clip_sd(model_folder: Path) -> dict[str, torch.Tensor]:
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel.from_pretrained(model_folder, subfolder="text_encoder").state_dict()
 
 
 def _transformer_sd(model_folder: Path) -> dict[str, torch.Tensor]:
@@ -28,9 +36,18 @@ def _transformer_sd(model_folder: Path) -> dict[str, torch.Tensor]:
 
 
 def build_lora(
-    path: Path, model_folder: Path, fmt: str, *, seed: int = 0, rank: int = 4, scale: float = 0.2, alpha: float = 2.0
+    path: Path,
+    model_folder: Path,
+    fmt: str,
+    *,
+    seed: int = 0,
+    rank: int = 4,
+    scale: float = 0.2,
+    alpha: float = 2.0,
+    text_encoder: bool = False,
 ) -> Path:
-    """Write a random LoRA for the model in `model_folder` in format peft | kohya | xlabs."""
+    """Write a random LoRA for the model in `model_folder` in format peft | kohya | xlabs
+    (kohya with text_encoder=True: also CLIP text-encoder layers, `lora_te1_*`)."""
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(seed)
@@ -50,6 +67,12 @@ def build_lora(
             down, up = pair(*bfl[name + ".weight"].shape)
             stem = "lora_unet_" + name.replace(".", "_")
             out[stem + ".lora_down.weight"], out[stem + ".lora_up.weight"] = down, up
+            out[stem + ".alpha"] = torch.tensor(alpha)
+        clip = _clip_sd(model_folder) if text_encoder else {}
+        for name in CLIP_LAYERS if text_encoder else ():
+            down, up = pair(*clip[name + ".weight"].shape)
+            stem = "lora_te1_text_model_" + name.replace(".", "_")
+            out[stem + ".lora_down.weight"], out[stem + ".lora_up.weight"] = down * 4, up * 4
             out[stem + ".alpha"] = torch.tensor(alpha)
     elif fmt == "xlabs":
         for layer, name in XLABS_LAYERS.items():
@@ -90,4 +113,63 @@ def merged_state_dict(model_folder: Path, loras: list[tuple[Path, str, float]]) 
                 key = f"double_blocks.0.{name}.weight"
                 bfl[key] = bfl[key] + weight * (up @ down)
         sd = bfl_to_diffusers(bfl)
+    return sd
+
+
+CONTROL_LAYERS = ("img_in", "double_blocks.0.img_attn.qkv", "single_blocks.0.linear2")
+CONTROL_NORMS = ("double_blocks.0.img_attn.norm.query_norm.scale", "single_blocks.1.norm.key_norm.scale")
+
+
+def build_control_lora(path: Path, model_folder: Path, *, seed: int = 0, rank: int = 4, scale: float = 0.2) -> Path:
+    """A tiny BFL-format control LoRA (like FLUX.1-Canny-dev-lora): it widens `img_in` to 128 inputs
+    (latents + control-image latents), has `lora_B.bias` terms and replaces two norm scales."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    bfl = diffusers_to_bfl(dict(_transformer_sd(model_folder)))
+    out: dict[str, torch.Tensor] = {}
+    for name in CONTROL_LAYERS:
+        out_f, in_f = bfl[name + ".weight"].shape
+        in_f = 2 * in_f if name == "img_in" else in_f
+        out[name + ".lora_A.weight"] = torch.randn(rank, in_f, generator=g) * scale
+        out[name + ".lora_B.weight"] = torch.randn(out_f, rank, generator=g) * scale
+        out[name + ".lora_B.bias"] = torch.randn(out_f, generator=g) * scale
+    for name in CONTROL_NORMS:
+        out[name] = 1 + torch.randn(bfl[name].shape, generator=g) * 0.1
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+    return path
+
+
+def merged_control_state_dict(model_folder: Path, path: Path, weight: float) -> dict[str, torch.Tensor]:
+    """Transformer weights with a control LoRA merged in: img_in zero-padded to the wider input, then
+    W += weight * up @ down and b += weight * up_bias; norm scales replaced. Load it into a transformer
+    with in_channels = 2x the base's."""
+    from safetensors.torch import load_file
+
+    lora = load_file(str(path))
+    bfl = diffusers_to_bfl(dict(_transformer_sd(model_folder)))
+    w = bfl["img_in.weight"]
+    bfl["img_in.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)
+    for name in CONTROL_LAYERS:
+        a, b = lora[name + ".lora_A.weight"], lora[name + ".lora_B.weight"]
+        bfl[name + ".weight"] = bfl[name + ".weight"] + weight * (b @ a)
+        bfl[name + ".bias"] = bfl[name + ".bias"] + weight * lora[name + ".lora_B.bias"]
+    for name in CONTROL_NORMS:
+        bfl[name] = lora[name]
+    return bfl_to_diffusers(bfl)
+
+
+def merged_clip_state_dict(model_folder: Path, path: Path, weight: float) -> dict[str, torch.Tensor]:
+    """The CLIP text encoder's weights with a kohya file's `lora_te1_*` layers merged in."""
+    from safetensors.torch import load_file
+
+    lora = load_file(str(path))
+    sd = _clip_sd(model_folder)
+    for name in CLIP_LAYERS:
+        stem = "lora_te1_text_model_" + name.replace(".", "_")
+        down, up = lora[stem + ".lora_down.weight"], lora[stem + ".lora_up.weight"]
+        k = float(lora[stem + ".alpha"]) / down.shape[0]
+        sd[name + ".weight"] = sd[name + ".weight"] + weight * k * (up @ down)
     return sd

@@ -1,7 +1,7 @@
 """Tiny random FLUX.1-architecture checkpoints, built offline and deterministically from a seed.
 
-    python -m daguerre.testing.tiny OUT_DIR [--layout folder|single-file] [--seed N] [--kind dev|schnell|fill|kontext]
-                                            [--fp8]
+    python -m daguerre.testing.tiny OUT_DIR [--layout folder|single-file] [--seed N] [--fp8]
+                                            [--kind dev|schnell|fill|kontext|control]
 
 The parts are the real classes at toy sizes: diffusers' FluxTransformer2DModel (1 double and
 2 single blocks, 2 heads of 16), CLIP and T5 encoders from transformers, an AutoencoderKL
@@ -26,7 +26,7 @@ import torch
 
 from daguerre.engine.schedulers import FLUX_SCHEDULE_CONFIGS as SCHEDULER_CONFIGS
 
-KINDS = ("dev", "schnell", "fill", "kontext")
+KINDS = ("dev", "schnell", "fill", "kontext", "control")
 
 # Sizes of the tiny parts. The transformer's rope axes must sum to its head dim.
 HEAD_DIM, HEADS, DOUBLE, SINGLE = 16, 2, 1, 2
@@ -56,7 +56,7 @@ class TinySpec:
 
     root: Path
     layout: str  # folder | single-file
-    kind: str  # dev | schnell | fill | kontext
+    kind: str  # dev | schnell | fill | kontext | control
     model_path: Path  # the diffusers folder, or the single .safetensors file
     base_path: Path | None  # for single-file: the folder with encoders/VAE/tokenizers
 
@@ -116,7 +116,8 @@ def build_components(
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=384 if kind == "fill" else 64,  # Fill: + masked-image latents + packed 8x8 mask
+        # Fill: + masked-image latents + packed 8x8 mask; Control (Canny/Depth): + control-image latents
+        in_channels={"fill": 384, "control": 128}.get(kind, 64),
         out_channels=64,
         num_layers=double,
         num_single_layers=single,
@@ -188,7 +189,11 @@ def build_components(
 
 def _model_index(kind: str = "dev") -> dict:
     return {
-        "_class_name": {"fill": "FluxFillPipeline", "kontext": "FluxKontextPipeline"}.get(kind, "FluxPipeline"),
+        "_class_name": {
+            "fill": "FluxFillPipeline",
+            "kontext": "FluxKontextPipeline",
+            "control": "FluxControlPipeline",
+        }.get(kind, "FluxPipeline"),
         "_diffusers_version": "0.42.1",
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
@@ -254,32 +259,56 @@ if __name__ == "__main__":
     main()
 
 
-def build_controlnet(folder: Path, *, seed: int = 0) -> Path:
-    """A tiny random FluxControlNetModel (diffusers folder) matching the tiny transformer's sizes.
+def tiny_controlnet(*, seed: int = 0, union_modes: int | None = None, xlabs: bool = False):
+    """A tiny random FluxControlNetModel matching the tiny transformer's sizes.
 
-    Its zero-initialised output projections are re-drawn, so the control really changes the image.
+    union_modes: a Union ControlNet with that many condition types. xlabs: the XLabs architecture
+    (pixel-space hint encoder, double blocks only). Its zero-initialised output projections are
+    re-drawn, so the control really changes the image.
     """
     from diffusers import FluxControlNetModel
 
     torch.manual_seed(seed)
     net = FluxControlNetModel(
-        patch_size=1,
+        patch_size=2 if xlabs else 1,  # XLabs packs its hint features 2x2 (diffusers reads it from patch_size)
         in_channels=64,
         num_layers=DOUBLE,
-        num_single_layers=SINGLE,
+        num_single_layers=0 if xlabs else SINGLE,
         attention_head_dim=HEAD_DIM,
         num_attention_heads=HEADS,
         joint_attention_dim=TEXT_DIM,
         pooled_projection_dim=TEXT_DIM,
         guidance_embeds=True,
         axes_dims_rope=AXES_DIMS_ROPE,
+        num_mode=union_modes,
+        conditioning_embedding_channels=16 if xlabs else None,
     )
     with torch.no_grad():
         for name, p in net.named_parameters():
-            if name.startswith(("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder")):
+            if name.startswith(
+                ("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder", "input_hint_block.conv_out")
+            ):
                 p.normal_(0, 0.2)
-    net.save_pretrained(folder)
+    return net.eval()
+
+
+def build_controlnet(folder: Path, *, seed: int = 0, union_modes: int | None = None) -> Path:
+    """A tiny random ControlNet saved as a diffusers folder (InstantX layout; Union with union_modes)."""
+    tiny_controlnet(seed=seed, union_modes=union_modes).save_pretrained(folder)
     return Path(folder)
+
+
+def build_xlabs_controlnet(path: Path, *, seed: int = 0) -> Path:
+    """A tiny random XLabs-architecture ControlNet saved as one .safetensors file in XLabs' key layout."""
+    from safetensors.torch import save_file
+
+    from daguerre.engine.checkpoints import diffusers_to_xlabs_controlnet
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = diffusers_to_xlabs_controlnet(tiny_controlnet(seed=seed, xlabs=True).state_dict())
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return path
 
 
 def build_ip_adapter(folder: Path, *, seed: int = 0) -> tuple[Path, Path]:
