@@ -51,6 +51,17 @@ FLAGS = {
     "ipAdapters.model": "--ip-adapter",
     "ipAdapters.weight": "--ip-adapter",
     "ipAdapters.guideImages": "--ip-adapter",
+    "character": "--character",
+    "acceleratorOptions": "--tea-cache/--db-cache",
+    "acceleratorOptions.teaCache": "--tea-cache",
+    "acceleratorOptions.teaCacheDistance": "--tea-cache",
+    "acceleratorOptions.dbCache": "--db-cache",
+    "acceleratorOptions.dbCacheThreshold": "--db-cache",
+    "acceleratorOptions.dbCacheSkipInterval": "--db-cache-interval",
+    "acceleratorOptions.cacheStartStepPercentage": "--cache-start",
+    "acceleratorOptions.cacheEndStepPercentage": "--cache-end",
+    "acceleratorOptions.cacheMaxConsecutiveSteps": "--cache-max-consecutive",
+    "enhancePrompt": "--enhance-prompt",
 }
 EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -96,7 +107,7 @@ def _engine(settings):
         memory_budget_gb=settings.memory_budget_gb,
         cache_dir=settings.cache_dir,
     )
-    return Engine(models=manager, max_batch=settings.max_batch)
+    return Engine(models=manager, max_batch=settings.max_batch, default_negative=settings.default_negative_prompt)
 
 
 def _default_model(engine) -> str:
@@ -299,6 +310,26 @@ def generate(
         int | None,
         typer.Option("--mask-margin", help="32-128: inpaint a crop around --mask at full resolution, paste back"),
     ] = None,
+    tea_cache: Annotated[
+        float | None, typer.Option("--tea-cache", help="TeaCache with this distance, 0-1 (higher: faster) [off]")
+    ] = None,
+    db_cache: Annotated[
+        float | None, typer.Option("--db-cache", help="first-block DB Cache with this threshold, 0-1 [off]")
+    ] = None,
+    db_cache_interval: Annotated[
+        int | None, typer.Option("--db-cache-interval", help="DB Cache: force a full pass every N steps [5]")
+    ] = None,
+    cache_start: Annotated[int | None, typer.Option("--cache-start", help="caching starts at this % of steps")] = None,
+    cache_end: Annotated[int | None, typer.Option("--cache-end", help="caching stops at this % of steps")] = None,
+    cache_max_consecutive: Annotated[
+        int | None, typer.Option("--cache-max-consecutive", help="at most N cached steps in a row, 1-5 [3]")
+    ] = None,
+    enhance: Annotated[
+        bool, typer.Option("--enhance-prompt", help="expand the prompt along the photographic formula (seeded)")
+    ] = False,
+    character: Annotated[
+        str | None, typer.Option(help="a saved character: prepends its anchor, locks its seed (daguerre characters)")
+    ] = None,
     weighting: Annotated[
         str | None,
         typer.Option(
@@ -315,6 +346,7 @@ def generate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ):
     """Generate images and print their paths and seeds."""
+    from daguerre.engine.accel import AccelOptions
     from daguerre.imaging import load_image
     from daguerre.request import GenerationRequest, OutputSpec
 
@@ -336,8 +368,32 @@ def generate(
                 "but not used for this image",
                 highlight=False,
             )
+        if character is not None:
+            from daguerre.cli_studio import LOCAL_OWNER, _store
+
+            saved = _store(config, None).get(LOCAL_OWNER, character)
+            if seed is not None and seed != saved.seed:
+                raise DaguerreError(
+                    f"character {character!r} locks seed {saved.seed}; omit --seed or give that one",
+                    parameter="seed",
+                    code="invalidParameter",
+                )
+            prompt, seed = saved.apply(prompt), saved.seed
         engine = _engine(settings)
+        accel = AccelOptions(
+            tea_cache=tea_cache is not None,
+            tea_cache_distance=tea_cache,
+            db_cache=db_cache is not None,
+            db_cache_threshold=db_cache,
+            db_cache_skip_interval=db_cache_interval,
+            cache_start_percent=cache_start,
+            cache_end_percent=cache_end,
+            cache_max_consecutive=cache_max_consecutive,
+        )
         req = GenerationRequest(
+            accelerator=accel,
+            enhance_prompt=enhance,
+            character=character,
             model=model or _default_model(engine),
             positive_prompt=prompt,
             negative_prompt=negative,
@@ -360,7 +416,10 @@ def generate(
             controlnets=tuple(_control_ref(v, settings.image_limits) for v in controlnet or ()),
             ip_adapters=tuple(_ip_ref(v, settings.image_limits) for v in ip_adapter or ()),
         )
-        for path, im in _run(engine, req, out_dir or settings.output_dir, quiet=quiet):
+        written = _run(engine, req, out_dir or settings.output_dir, quiet=quiet)
+        for w in written[0][1].warnings if written else ():
+            err.print(f"[yellow]warning[/]: {w}", highlight=False)
+        for path, im in written:
             typer.echo(f"{path}\tseed={im.seed}")  # plain: scripts parse these lines
     except DaguerreError as e:
         _fail(e)
@@ -627,6 +686,8 @@ def keys_list(
     for key_id, label, _created in KeyStore((data_dir or settings.server.data_dir) / "keys.sqlite3").list():
         typer.echo(f"{key_id}\t{label}")
 
+
+from daguerre import cli_studio  # noqa: E402,F401 - registers `prompt` and `characters`
 
 if __name__ == "__main__":
     app()

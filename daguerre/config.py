@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from daguerre.errors import RequestError
+from daguerre.prompts.studio import DEFAULT_NEGATIVE
 
 
 class ImageLimits(BaseModel):
@@ -101,6 +102,10 @@ class Settings(BaseSettings):
     image_limits: ImageLimits = Field(default_factory=ImageLimits)
     output_dir: Path = Field(Path("out"), description="where the CLI writes images by default")
     server: ServerSettings = Field(default_factory=ServerSettings)
+    default_negative_prompt: str = Field(
+        DEFAULT_NEGATIVE,
+        description="unconditional prompt when true CFG is on and a request has no negative prompt ('' = empty)",
+    )
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "daguerre")
 
     @field_validator("hf_cache", "output_dir", "cache_dir", "catalog_root", mode="after")

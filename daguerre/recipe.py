@@ -57,6 +57,9 @@ class Recipe:
     prompt_weighting: str | None = None  # compel | sdEmbeds when the prompts carry weights
     controlnets: tuple = ()  # per ControlNet: its ControlRef fields, start/end fractions, guide_sha256
     ip_adapters: tuple = ()  # per IP-Adapter: {"model", "sha256", "weight", "guide_sha256": [...]}
+    original_prompt: str | None = None  # the prompt as sent, when enhancePrompt expanded it into positive_prompt
+    accelerator: dict | None = None  # acceleratorOptions as run, with the computed/skipped pass counts
+    character: str | None = None  # the saved character it was made with (anchor and seed are already applied)
     version: str = __version__  # Daguerre version that made it
     format: str = FORMAT
 
@@ -116,6 +119,14 @@ def pixels_sha256(image: Image.Image) -> str:
     return h.hexdigest()
 
 
+def _accel_fields() -> tuple[str, ...]:
+    from dataclasses import fields as dc_fields
+
+    from daguerre.engine.accel import AccelOptions
+
+    return tuple(f.name for f in dc_fields(AccelOptions))
+
+
 def to_request(
     r: Recipe,
     *,
@@ -133,7 +144,10 @@ def to_request(
     The input images the recipe only names by pixel hash must be given back, and must be the same
     pixels: a RequestError names the one that is missing or different.
     """
+    from daguerre.engine.accel import AccelOptions
     from daguerre.request import ControlRef, GenerationRequest, IpAdapterRef, LoraRef, Outpaint, OutputSpec
+
+    ACCEL_FIELDS = _accel_fields()
 
     for name, img, want in (
         ("seedImage", seed_image, r.seed_image_sha256),
@@ -201,4 +215,5 @@ def to_request(
         prompt_weighting=r.prompt_weighting,
         controlnets=tuple(controls),
         ip_adapters=tuple(adapters),
+        accelerator=AccelOptions(**{k: v for k, v in (r.accelerator or {}).items() if k in ACCEL_FIELDS}),
     )

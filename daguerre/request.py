@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 
+from daguerre.engine.accel import AccelOptions, validate_accel
 from daguerre.engine.schedulers import check_name
 from daguerre.errors import RequestError
 
@@ -146,6 +147,9 @@ class GenerationRequest:
     prompt_weighting: str | None = None  # "compel" | "sdEmbeds": weights in the prompt text; None = plain text
     controlnets: tuple[ControlRef, ...] = ()  # structure guidance; several at once
     ip_adapters: tuple[IpAdapterRef, ...] = ()  # image prompts; several at once
+    accelerator: AccelOptions = field(default_factory=AccelOptions)  # step caching (acceleratorOptions)
+    enhance_prompt: bool = False  # expand the prompt along the photographic formula (prompts/studio.py)
+    character: str | None = None  # saved character whose anchor and seed the adapter already applied
 
     @property
     def workflow(self) -> str:
@@ -344,6 +348,13 @@ def validate(req: GenerationRequest) -> GenerationRequest:
         if not ip.guide_images:
             raise RequestError("ipAdapters.guideImages needs at least one image", parameter="ipAdapters.guideImages")
         _check_range("ipAdapters.weight", ip.weight, integer=False)
+    if not isinstance(req.accelerator, AccelOptions):
+        raise RequestError("acceleratorOptions must be an object", parameter="acceleratorOptions")
+    validate_accel(req.accelerator, req.steps)
+    if not isinstance(req.enhance_prompt, bool):
+        raise RequestError(
+            f"enhancePrompt must be true or false, got {req.enhance_prompt!r}", parameter="enhancePrompt"
+        )
     if req.prompt_weighting is not None:
         from daguerre.prompts.weighting import parse
 

@@ -310,3 +310,37 @@ def test_ip_adapter_flag(tiny_folder, tiny_ip_adapter, tmp_path, env):
     assert missing.returncode == 2 and "--ip-guide" in missing.stderr
     bad = run(["generate", "a portrait", "--model", str(tiny_folder.model_path), "--ip-adapter", f"{path}"], env)
     assert bad.returncode == 2 and "--ip-adapter" in bad.stderr
+
+
+def test_prompt_command_and_characters_with_generate(tiny_folder, tmp_path, env):
+    env = {**env, "DAGUERRE_SERVER__DATA_DIR": str(tmp_path / "data")}
+    out = run(["prompt", "portrait of a woman with red hair", "-n", "2", "--seed", "3"], env)
+    lines = out.stdout.strip().splitlines()
+    assert (
+        out.returncode == 0
+        and len(lines) == 2
+        and all(ln.startswith("portrait of a woman with red hair") for ln in lines)
+    )
+    lint = run(["prompt", "beautiful photorealistic anime girl"], env)
+    assert "style_conflict" in lint.stderr and "vague_quality" in lint.stderr
+    built = run(["prompt", "a man", "--build", "--lighting", "rembrandt", "--lens", "85mm-f1.4"], env)
+    assert built.stdout.startswith("a man, Rembrandt lighting")
+    add = run(["characters", "add", "anna", "--anchor", "30-year-old woman, olive skin", "--seed", "777"], env)
+    assert add.returncode == 0, add.stderr
+    assert "anna\tseed=777" in run(["characters", "list"], env).stdout
+    gen = run(
+        ["generate", "coffee shop window", "--character", "anna", "--model", str(tiny_folder.model_path), "-W", "128",
+         "-H", "128", "--steps", "2", "--out", str(tmp_path / "o"), "-q"],
+        env,
+    )  # fmt: skip
+    assert gen.returncode == 0, gen.stderr
+    r = recipe.read(Path(gen.stdout.split("\t")[0]))
+    assert (
+        r.seed == 777
+        and r.character == "anna"
+        and r.positive_prompt == "30-year-old woman, olive skin, coffee shop window"
+    )
+    clash = run(["generate", "x y", "--character", "anna", "--seed", "1", "--model", str(tiny_folder.model_path)], env)
+    assert clash.returncode == 2 and "--seed" in clash.stderr
+    assert run(["characters", "delete", "anna"], env).returncode == 0
+    assert run(["characters", "show", "anna"], env).returncode == 2

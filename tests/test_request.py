@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from daguerre.errors import RequestError, UnsupportedError
+from daguerre.errors import RequestError
 from daguerre.request import GenerationRequest, OutputSpec, validate
 
 BASE = GenerationRequest(model="m", positive_prompt="a cat", width=1024, height=1024)
@@ -117,11 +117,14 @@ def test_model_is_required():
 
 
 def test_scheduler_names():
-    for name in ("Default", "FlowMatchEulerDiscreteScheduler", "Euler"):
+    from daguerre.engine.schedulers import REFERENCE_NAMES
+
+    assert len(REFERENCE_NAMES) == 75
+    for name in REFERENCE_NAMES:
         validate(replace(BASE, scheduler=name))
-    with pytest.raises(UnsupportedError) as e:
-        validate(replace(BASE, scheduler="DPM++ 2M Karras"))
-    assert e.value.code == "unsupportedParameter" and "not supported yet" in e.value.message
     with pytest.raises(RequestError) as e:
         validate(replace(BASE, scheduler="Eulr"))
     assert e.value.parameter == "scheduler" and "Euler" in e.value.message
+    with pytest.raises(RequestError) as e:
+        validate(replace(BASE, scheduler="DPM++ 2M Karas"))
+    assert "closest valid names: DPM++ 2M Karras" in e.value.message

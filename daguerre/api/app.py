@@ -36,6 +36,7 @@ from daguerre.config import Settings
 from daguerre.engine.generate import Engine
 from daguerre.engine.worker import Worker
 from daguerre.errors import DaguerreError
+from daguerre.jobs.characters import CharacterStore
 from daguerre.jobs.delivery import DeliveryService, derived_webhook_secret
 from daguerre.jobs.outbound import OutboundClient, OutboundPolicy
 from daguerre.jobs.queue import InProcessQueue
@@ -86,6 +87,7 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
     jobs = JobService(store=store, queue=InProcessQueue(server.max_queue))
     results = LocalResultStore(data / "images")
     keys = KeyStore(data / "keys.sqlite3", extra_keys=server.api_keys)
+    characters = CharacterStore(data / "jobs.sqlite3")
     public = server.public_url or f"http://{server.host}:{server.port}"
     secret_key = _url_secret(data)
     signer = UrlSigner(secret_key, public)
@@ -104,6 +106,7 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
         anonymous=anonymous,
         is_draining=lambda: state["draining"],
         outbound=outbound,
+        characters=characters,
     )
 
     def deliver(job: Job, result: dict | None) -> None:
@@ -128,6 +131,7 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
         jobs=jobs,
         results=results,
         resolver_for=protocol.resolver_for,
+        characters_for=protocol.characters_for,
         default_ttl=server.default_ttl,
         on_result=deliver,
     )
@@ -321,6 +325,8 @@ async def _rest_task(protocol: Protocol, sync_wait: float, owner: str, task: dic
         reply.data.append({"taskType": "ping", "pong": True})
     elif task_type == "imageUpload":
         reply.data.append(await run_in_threadpool(protocol.upload, owner, task))
+    elif task_type == "promptEnhance":
+        reply.data.extend(protocol.prompt_enhance(task))
     elif task_type == "getResponse":
         job, delivery = await run_in_threadpool(protocol.lookup, owner, task)
         _add_job(protocol, job, delivery, reply, with_status=True)
@@ -402,6 +408,8 @@ class _Connection:
         if task_type == "imageUpload":
             item = await run_in_threadpool(self.protocol.upload, owner, task)
             return await self.send({"data": [item]})
+        if task_type == "promptEnhance":
+            return await self.send({"data": self.protocol.prompt_enhance(task)})
         if task_type == "getResponse":
             job, delivery = await run_in_threadpool(self.protocol.lookup, owner, task)
             if job.status == "error":

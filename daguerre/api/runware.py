@@ -1,6 +1,6 @@
 """The Runware task protocol, shared by REST (POST /v1) and WebSocket (/v1).
 
-Tasks: authentication, ping, imageInference, getResponse, imageUpload. Replies are
+Tasks: authentication, ping, imageInference, getResponse, imageUpload, promptEnhance. Replies are
 `{"data": [...]}` and `{"errors": [...]}` routed by taskUUID; a success item never carries
 `error`/`code` keys. Error codes are listed in docs/api.md.
 """
@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from daguerre.api.keys import ANONYMOUS, KeyStore
 from daguerre.api.schema import parse_image_inference
 from daguerre.config import ServerSettings, Settings
-from daguerre.errors import DaguerreError, ImageInputError, RequestError
+from daguerre.errors import DaguerreError, ImageInputError, RequestError, UnsupportedError
 from daguerre.imaging import load_image, open_image, read_source
+from daguerre.jobs.characters import CharacterStore
 from daguerre.jobs.outbound import OutboundClient
 from daguerre.jobs.queue import QueueFull
 from daguerre.jobs.service import JobService, check_task_uuid
@@ -38,7 +39,7 @@ HTTP_STATUS = {
     "serverShuttingDown": 503,
     "internalError": 500,
 }
-TASK_TYPES = ("authentication", "ping", "imageInference", "getResponse", "imageUpload")
+TASK_TYPES = ("authentication", "ping", "imageInference", "getResponse", "imageUpload", "promptEnhance")
 
 
 class ProtocolError(DaguerreError):
@@ -86,6 +87,7 @@ class Protocol:
         anonymous: bool,
         is_draining: Callable[[], bool],
         outbound: OutboundClient,
+        characters: CharacterStore | None = None,
     ):
         self.settings = settings
         self.server: ServerSettings = settings.server
@@ -96,6 +98,13 @@ class Protocol:
         self.anonymous = anonymous
         self.is_draining = is_draining
         self.outbound = outbound
+        self.characters = characters
+
+    def characters_for(self, owner: str):
+        """This owner's saved-character lookup for parse_image_inference (None: no store)."""
+        if self.characters is None:
+            return None
+        return lambda name: self.characters.get(owner, name)
 
     # ---- authentication
     def authenticate(self, api_key: str | None) -> str:
@@ -183,6 +192,50 @@ class Protocol:
         self.results.put(StoredObject(uuid=image_uuid, owner=owner, ext=ext, kind="upload", expires_at=expires), data)
         return image_uuid, ext, expires
 
+    # ---- prompt studio
+    def prompt_enhance(self, task: dict) -> list[dict]:
+        """promptEnhance: up to promptVersions distinct photographic expansions of a prompt (no model needed).
+
+        Fields: prompt (required), promptMaxLength 12-400 (default 380, characters; the prompt itself is
+        never cut), promptVersions 1-5 (default 1), seed (a Daguerre extension; default 0: the same
+        prompt gives the same variants), includeCost (cost 0: it runs no model).
+        """
+        from daguerre.prompts.studio import enhance_variants, lint
+
+        task_uuid = check_task_uuid(task.get("taskUUID"))
+        known = {"taskType", "taskUUID", "prompt", "promptMaxLength", "promptVersions", "seed", "includeCost",
+                 "webhookURL"}  # fmt: skip
+        unknown = sorted(set(task) - known)
+        if unknown:
+            raise RequestError(f"unknown field {unknown[0]!r} in promptEnhance", parameter=unknown[0])
+        if task.get("webhookURL") is not None:
+            raise UnsupportedError("webhookURL is not supported for promptEnhance (it answers at once)",
+                                   parameter="webhookURL")  # fmt: skip
+        prompt = task.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RequestError("prompt is required (text) for promptEnhance", parameter="prompt")
+        checks = (("promptMaxLength", 380, 12, 400), ("promptVersions", 1, 1, 5), ("seed", 0, 0, 2**63 - 1))
+        values = {}
+        for name, default, lo, hi in checks:
+            v = task.get(name, default)
+            v = int(v) if isinstance(v, float) and v.is_integer() else v
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise RequestError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}", parameter=name)
+            values[name] = v
+        variants = enhance_variants(
+            prompt, values["seed"], values["promptVersions"], max_length=max(values["promptMaxLength"], len(prompt))
+        )
+        out = []
+        for v in variants:
+            item = {"taskType": "promptEnhance", "taskUUID": task_uuid, "text": v.text}
+            warnings = [*v.notes, *map(str, lint(v.text))]
+            if warnings:
+                item["warnings"] = warnings
+            if task.get("includeCost"):
+                item["cost"] = 0
+            out.append(item)
+        return out
+
     # ---- inference
     def submit(self, owner: str, task: dict) -> tuple[Job, DeliverySpec]:
         """Validate and enqueue an imageInference task (or find the identical one already submitted)."""
@@ -190,13 +243,15 @@ class Protocol:
             raise ProtocolError("the server is shutting down and takes no new tasks", code="serverShuttingDown")
         check_task_uuid(task.get("taskUUID"))
         captured: dict[str, tuple[str, bytes]] = {}
-        req, delivery = parse_image_inference(task, self.resolver_for(owner, captured))
+        req, delivery = parse_image_inference(task, self.resolver_for(owner, captured), self.characters_for(owner))
         for name, url in (("webhookURL", delivery.webhook_url), ("uploadEndpoint", delivery.upload_endpoint)):
             if url is not None:
                 self.outbound.check_url(url, parameter=name)  # refused now, and re-checked when sent
         # Inline and URL images are stored once; the job refers to them by UUID (small rows, one fetch).
         stored = {value: self.store_upload(owner, data, name)[0] for value, (name, data) in captured.items()}
         payload = _with_images(task, stored)
+        if req.character is not None:  # the character's locked seed, not a random one, is what the job runs
+            payload["seed"] = req.seed
         try:
             job, _ = self.jobs.submit(owner, task, req.number_results, payload=payload)
         except QueueFull as e:
@@ -250,6 +305,8 @@ class Protocol:
                 item["imageDataURI"] = f"data:{CONTENT_TYPES[obj.ext]};base64,{base64.b64encode(data).decode()}"
         if delivery.include_cost:
             item["cost"] = round(r["seconds"] * self.server.price_per_second, 6)
+        if r.get("warnings"):  # prompt lint (a Daguerre extension; SDKs ignore unknown fields)
+            item["warnings"] = r["warnings"]
         return item
 
     def job_error(self, job: Job) -> dict:

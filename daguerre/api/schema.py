@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 
+from daguerre.engine.accel import AccelOptions
 from daguerre.errors import RequestError, UnsupportedError
 from daguerre.request import (
     DELIVERY_METHODS,
@@ -30,8 +31,7 @@ from daguerre.request import (
 )
 
 # Reference fields whose feature is not built yet: refused while present and not empty.
-NOT_YET = ( "ultralytics", "hiresFix", "layerDiffuse", "puLID",
-           "acceleratorOptions")  # fmt: skip
+NOT_YET = ("ultralytics", "hiresFix", "layerDiffuse", "puLID")
 # Spellings the SDKs send for the same field.
 ALIASES = {"pulid": "puLID", "PuLID": "puLID", "checkNSFW": "checkNsfw"}
 KNOWN = {
@@ -39,7 +39,7 @@ KNOWN = {
     "CFGScale", "trueCFGScale", "seed", "numberResults", "strength", "inputs", "seedImage", "maskImage",
     "outputType", "outputFormat", "outputQuality", "deliveryMethod", "includeCost", "ttl", "safety",
     "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", "outpaint", "maskMargin",
-    "promptWeighting", "controlNet", "ipAdapters", *NOT_YET,
+    "promptWeighting", "controlNet", "ipAdapters", "enhancePrompt", "character", "acceleratorOptions", *NOT_YET,
 }  # fmt: skip
 IMAGE_FIELDS = ("seedImage", "maskImage")
 
@@ -58,8 +58,15 @@ def _int(task: dict, name: str) -> Any:
     return v
 
 
-def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[GenerationRequest, DeliverySpec]:
-    """Translate one imageInference task; raises RequestError/UnsupportedError naming the field."""
+CharacterLookup = Callable[[str], Any]  # name -> jobs.characters.Character (raises RequestError if unknown)
+
+
+def parse_image_inference(
+    task: dict, resolve_image: ImageResolver, characters: CharacterLookup | None = None
+) -> tuple[GenerationRequest, DeliverySpec]:
+    """Translate one imageInference task; raises RequestError/UnsupportedError naming the field.
+
+    characters looks up the `character` a task names (this API key's saved characters)."""
     task = {ALIASES.get(k, k): v for k, v in task.items()}
     # 1. Unknown and not-yet-supported fields.
     unknown = sorted(set(task) - KNOWN)
@@ -140,7 +147,26 @@ def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[Gen
     scheduler = task.get("scheduler", "Default")
     if not isinstance(scheduler, str):
         raise RequestError(f"scheduler must be a string, got {scheduler!r}", parameter="scheduler")
+    prompt, seed = task["positivePrompt"], _int(task, "seed")
+    character = task.get("character")
+    if character is not None:
+        if not isinstance(character, str) or not character:
+            raise RequestError(f"character must be a saved character's name, got {character!r}", parameter="character")
+        if characters is None:
+            raise RequestError("characters are not available here", parameter="character")
+        saved = characters(character)
+        if seed is not None and seed != saved.seed:
+            raise RequestError(
+                f"character {character!r} locks seed {saved.seed}; omit seed or send that one", parameter="seed"
+            )
+        if not isinstance(prompt, str):
+            raise RequestError("positivePrompt must be text", parameter="positivePrompt")
+        prompt, seed = saved.apply(prompt), saved.seed
+    enhance = task.get("enhancePrompt", False)
     req = GenerationRequest(
+        accelerator=_parse_accel(task.get("acceleratorOptions")),
+        enhance_prompt=enhance,
+        character=character,
         loras=_parse_loras(task.get("lora")),
         outpaint=_parse_outpaint(task.get("outpaint")),
         mask_margin=_int(task, "maskMargin"),
@@ -148,14 +174,14 @@ def parse_image_inference(task: dict, resolve_image: ImageResolver) -> tuple[Gen
         controlnets=_parse_controlnets(task.get("controlNet"), resolve_image),
         ip_adapters=_parse_ip_adapters(task.get("ipAdapters"), resolve_image),
         model=model,
-        positive_prompt=task["positivePrompt"],
+        positive_prompt=prompt,
         negative_prompt=task.get("negativePrompt"),
         width=_int(task, "width"),
         height=_int(task, "height"),
         steps=_int(task, "steps"),
         guidance=task.get("CFGScale"),
         true_cfg_scale=task.get("trueCFGScale"),
-        seed=_int(task, "seed"),
+        seed=seed,
         number_results=_int(task, "numberResults") if task.get("numberResults") is not None else 1,
         scheduler=scheduler,
         seed_image=images.get("seedImage"),
@@ -232,6 +258,32 @@ def _parse_controlnets(value: Any, resolve_image: ImageResolver) -> tuple[Contro
         guide = resolve_image(entry["guideImage"], "controlNet.guideImage", False)
         out.append(ControlRef(guide_image=guide, **kwargs))
     return tuple(out)
+
+
+ACCEL_FIELDS = {"teaCache": "tea_cache", "teaCacheDistance": "tea_cache_distance", "dbCache": "db_cache",
+                "dbCacheThreshold": "db_cache_threshold", "dbCacheSkipInterval": "db_cache_skip_interval",
+                "cacheStartStep": "cache_start_step", "cacheEndStep": "cache_end_step",
+                "cacheStartStepPercentage": "cache_start_percent", "cacheEndStepPercentage": "cache_end_percent",
+                "cacheMaxConsecutiveSteps": "cache_max_consecutive"}  # fmt: skip
+
+
+def _parse_accel(value: Any) -> AccelOptions:
+    """`acceleratorOptions`: teaCache/teaCacheDistance or dbCache/dbCacheThreshold/dbCacheSkipInterval, with the
+    cache window (cacheStartStep/EndStep or percentages) and cacheMaxConsecutiveSteps; nulls are ignored."""
+    if value is None:
+        return AccelOptions()
+    if not isinstance(value, dict):
+        raise RequestError("acceleratorOptions must be an object", parameter="acceleratorOptions")
+    value = {k: v for k, v in value.items() if v is not None}
+    extra = sorted(set(value) - set(ACCEL_FIELDS))
+    if extra:
+        raise RequestError(f"unknown field acceleratorOptions.{extra[0]}", parameter=f"acceleratorOptions.{extra[0]}")
+    return AccelOptions(
+        **{
+            ACCEL_FIELDS[k]: (int(v) if isinstance(v, float) and v.is_integer() and "Step" in k else v)
+            for k, v in value.items()
+        }
+    )
 
 
 def _parse_ip_adapters(value: Any, resolve_image: ImageResolver) -> tuple[IpAdapterRef, ...]:

@@ -9,6 +9,7 @@ batch size and on any device. numberResults is run in chunks of `max_batch` imag
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from daguerre.engine.accel import StepCache
 from daguerre.engine.compose import composite, feather_alpha, outpaint_canvas
 from daguerre.engine.models import (
     DEFAULT_GUIDANCE,
@@ -29,9 +31,12 @@ from daguerre.engine.models import (
     set_ip_adapters,
     set_loras,
 )
+from daguerre.engine.samplers import NOISE_SALT
+from daguerre.engine.schedulers import make_scheduler
 from daguerre.engine.weighting import encode as weighted_encode
 from daguerre.errors import Cancelled, OutOfMemory, RequestError, UnsupportedError
 from daguerre.imaging import encode, to_pil
+from daguerre.prompts.studio import DEFAULT_NEGATIVE, enhance_prompt, lint
 from daguerre.prompts.weighting import parse as parse_prompt
 from daguerre.recipe import Recipe, pixels_sha256
 from daguerre.request import CONTROL_TYPES, DEFAULT_STRENGTH, GenerationRequest, OutputSpec, validate
@@ -96,6 +101,7 @@ class GeneratedImage:
     image: Image.Image  # 8-bit RGB
     recipe: Recipe
     seconds: float = 0.0  # compute time of its forward pass, shared equally by the images in it
+    warnings: tuple[str, ...] = ()  # prompt lint and enhancement notes (never blocking)
 
     def encode(self, output: OutputSpec | None = None) -> bytes:
         output = output or OutputSpec(self.recipe.output_format, self.recipe.output_quality)
@@ -115,6 +121,7 @@ class GenerationResult:
     model_id: str
     seconds: float = 0.0
     chunks: list[int] = field(default_factory=list)  # images per forward pass, in order
+    warnings: tuple[str, ...] = ()  # prompt lint and enhancement notes (never blocking)
 
 
 def latent_preview(latents: torch.Tensor, pipe, height: int, width: int) -> Image.Image:
@@ -127,8 +134,10 @@ def latent_preview(latents: torch.Tensor, pipe, height: int, width: int) -> Imag
 class Engine:
     """Runs GenerationRequests on resident models. One request at a time per device."""
 
-    def __init__(self, *, models: ModelManager, max_batch: int | None = None):
+    def __init__(self, *, models: ModelManager, max_batch: int | None = None, default_negative: str = DEFAULT_NEGATIVE):
         self.models = models
+        # The unconditional prompt of true CFG when a request gives none (settings.default_negative_prompt).
+        self.default_negative = default_negative
         # Batching fills a GPU; on the CPU a step is already compute-bound (measured in bench/overhead).
         self.max_batch = max_batch or (1 if models.device.type == "cpu" else 4)
 
@@ -152,9 +161,17 @@ class Engine:
         validate(req)
         max_batch = max_batch or self.max_batch
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+        original = req.positive_prompt
+        notes: tuple[str, ...] = ()
+        if req.enhance_prompt:  # deterministic for the request's seed, so a seed reproduces the prompt too
+            enhanced = enhance_prompt(req.positive_prompt, seed)
+            req = replace(req, positive_prompt=enhanced.text)
+            notes = tuple(f"enhance_prompt: {n}" for n in enhanced.notes)
         with self.models.lease(req.model) as model:
             try:
-                images, chunks = self._run(model, req, seed, t0, on_progress, cancel, preview, max_batch, on_image)
+                images, chunks = self._run(
+                    model, req, seed, t0, on_progress, cancel, preview, max_batch, on_image, original, notes
+                )
             except torch.OutOfMemoryError as e:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -163,7 +180,12 @@ class Engine:
                     "lower numberResults, the size, or max_batch"
                 ) from e
         return GenerationResult(
-            images=images, seed=seed, model_id=model.spec.id, seconds=time.perf_counter() - t0, chunks=chunks
+            images=images,
+            seed=seed,
+            model_id=model.spec.id,
+            seconds=time.perf_counter() - t0,
+            chunks=chunks,
+            warnings=images[0].warnings if images else (),
         )
 
     def _run(
@@ -177,9 +199,11 @@ class Engine:
         preview: bool,
         max_batch: int,
         on_image: Callable[[GeneratedImage], None] | None,
+        original_prompt: str,
+        notes: tuple[str, ...],
     ) -> tuple[list[GeneratedImage], list[int]]:
         # 1. Resolve model-dependent defaults and check what depends on the model's kind.
-        plan = _plan(model, req)
+        plan = _plan(model, req, self.default_negative)
         structural, plan = self._structural_control(model, req, plan)
 
         # 2. Activate the request's LoRAs (hot-swapped; none = the base model, bit for bit).
@@ -205,6 +229,18 @@ class Engine:
                 pipe, plan.negative, req.prompt_weighting, model.device, plan.max_seq, parameter="negativePrompt"
             )
         image_kwargs, output_type, finish = _image_inputs(req, plan)
+        warnings = notes + tuple(
+            str(w)
+            for w in lint(
+                req.positive_prompt,
+                negative_prompt=req.negative_prompt,
+                true_cfg=plan.true_cfg is not None,
+                default_negative=plan.negative if not req.negative_prompt else None,
+                clip_tokenizer=pipe.tokenizer,
+                t5_tokenizer=pipe.tokenizer_2,
+                max_sequence_length=plan.max_seq,
+            )
+        )
         control_recipe = tuple(
             {
                 **{k: v for k, v in asdict(c.ref).items() if k not in ("guide_image", "model")},
@@ -260,9 +296,21 @@ class Engine:
                 kwargs["max_area"] = req.width * req.height
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("generation cancelled before it started")
+            # A fresh scheduler per chunk; stochastic samplers draw their per-step noise per image
+            # from a generator seeded (image seed + NOISE_SALT), so a seed reproduces at any batch size.
+            noise_gens = [torch.Generator("cpu").manual_seed((seed + i + NOISE_SALT) % 2**64) for i in idx]
+            pipe.scheduler = make_scheduler(req.scheduler, dict(model.pipe.scheduler.config), model.kind, noise_gens)
             t_chunk = time.perf_counter()
-            with torch.inference_mode():
+            cache = StepCache(pipe.transformer, req.accelerator, plan.steps, pipe.scheduler.order)
+            with torch.inference_mode(), cache if req.accelerator.enabled else contextlib.nullcontext():
                 out = pipe(**kwargs).images
+            accel_recipe = None
+            if req.accelerator.enabled:
+                accel_recipe = {
+                    **{k: v for k, v in asdict(req.accelerator).items() if v not in (None, False)},
+                    "computed": cache.stats.computed,
+                    "skipped": cache.stats.skipped,
+                }
             if output_type == "pil":  # mask-crop inpainting pastes back in PIL
                 out = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in out]
             per_image = (time.perf_counter() - t_chunk) / len(idx)
@@ -278,10 +326,20 @@ class Engine:
                     loras=lora_recipe,
                     controlnets=control_recipe,
                     ip_adapters=ip_recipe,
+                    negative_prompt=plan.negative if plan.negative is not None else req.negative_prompt,
+                    original_prompt=original_prompt if original_prompt != req.positive_prompt else None,
+                    character=req.character,
+                    accelerator=accel_recipe,
                 )
                 images.append(
                     GeneratedImage(
-                        index=i, seed=seed + i, pixels=pixels, image=to_pil(pixels), recipe=recipe, seconds=per_image
+                        index=i,
+                        seed=seed + i,
+                        pixels=pixels,
+                        image=to_pil(pixels),
+                        recipe=recipe,
+                        seconds=per_image,
+                        warnings=warnings,
                     )
                 )
                 if on_image is not None:
@@ -613,7 +671,7 @@ def _control_kwargs(control: list[_Control], *, single: bool) -> dict:
     }
 
 
-def _plan(model: LoadedModel, req: GenerationRequest) -> _Plan:
+def _plan(model: LoadedModel, req: GenerationRequest, default_negative: str = "") -> _Plan:
     """Model-dependent defaults and the checks that need the model's kind."""
     kind = model.kind
     workflow = req.workflow
@@ -652,7 +710,8 @@ def _plan(model: LoadedModel, req: GenerationRequest) -> _Plan:
             parameter="CFGScale",
         )
     # True CFG follows the reference API: the negative prompt only acts when guidance is on
-    # (trueCFGScale > 1); with no negative prompt, the unconditional branch is the empty prompt.
+    # (trueCFGScale > 1); with no negative prompt, the unconditional branch is the configured default
+    # photoreal negative prompt (settings.default_negative_prompt; "" = the empty prompt).
     true_cfg = req.true_cfg_scale if (req.true_cfg_scale or 0) > 1 else None
     if true_cfg is not None and kind == "fill":
         raise UnsupportedError("trueCFGScale is not supported with FLUX.1 Fill models", parameter="trueCFGScale")
@@ -671,7 +730,7 @@ def _plan(model: LoadedModel, req: GenerationRequest) -> _Plan:
         max_seq=MAX_SEQUENCE_LENGTH[kind],
         strength=strength,
         true_cfg=true_cfg,
-        negative=(req.negative_prompt or "") if true_cfg else None,
+        negative=(req.negative_prompt or default_negative or "") if true_cfg else None,
     )
 
 

@@ -1,16 +1,20 @@
-"""Scheduler names of the task API -> the sampler that runs them on a FLUX.1 flow model.
+"""Scheduler names of the task API -> the sampler and sigma schedule that run them on FLUX.1.
 
-The reference API accepts 75 names. This build runs the flow-matching Euler sampler FLUX.1 was
-distilled for (diffusers' FlowMatchEulerDiscreteScheduler with FLUX's resolution-dependent
-shift); the other names are recognised and rejected as not supported yet, and an unknown
-name gets the closest valid ones. docs/schedulers.md lists what runs for each name.
+Every one of the reference API's 75 names runs a real sampler on FLUX's flow-matching model with
+its resolution-dependent shift (samplers.py explains the math). `Default`, `Euler`,
+`EulerDiscreteScheduler`, `FlowMatchEulerDiscreteScheduler` and `DDIM*` run diffusers'
+FlowMatchEulerDiscreteScheduler exactly as FluxPipeline does (deterministic DDIM on a flow path is
+that Euler step). The exponential integrators come from diffusers with `use_flow_sigmas`; the rest
+are small functions in samplers.FlowSampler. An unknown name gets the closest valid ones.
+docs/schedulers.md lists, per name, what runs.
 """
 
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass, replace
 
-from daguerre.errors import RequestError, UnsupportedError
+from daguerre.errors import RequestError
 
 # Schedule configs of the published FLUX.1 repos: dev-type models shift the schedule by
 # image size (dynamic shifting); schnell, timestep-distilled, uses the plain schedule.
@@ -36,7 +40,84 @@ FLUX_SCHEDULE_CONFIGS = {
 }
 
 # Names that run FLUX's own flow-matching Euler sampler, exactly as diffusers' FluxPipeline does.
-FLOW_EULER = ("Default", "FlowMatchEulerDiscreteScheduler", "Euler", "EulerDiscreteScheduler")
+FLOW_EULER = ("Default", "FlowMatchEulerDiscreteScheduler", "Euler", "EulerDiscreteScheduler", "DDIM", "DDIMScheduler")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """What a name runs: an engine ("diffusers-euler", "dpmsolver", "dpmsolver-single", "unipc", "deis",
+    "lcm", or "flow" = samplers.FlowSampler), its algorithm/order, and the sigma schedule."""
+
+    engine: str
+    algorithm: str = ""
+    order: int = 1
+    schedule: str = "default"
+
+
+_SPACINGS = {"": "default", " Karras": "karras", " Exponential": "exponential", " Beta": "beta",
+             " Uniform": "uniform", " Uniform Karras": "uniform karras",
+             " Uniform Exponential": "uniform exponential", " Uniform Beta": "uniform beta"}  # fmt: skip
+
+
+def _family(prefix: str, sampler: Sampler, suffixes) -> dict[str, Sampler]:
+    return {prefix + sfx: replace(sampler, schedule=_SPACINGS[sfx]) for sfx in suffixes}
+
+
+SAMPLERS: dict[str, Sampler] = {
+    **{name: Sampler("diffusers-euler") for name in FLOW_EULER},
+    **_family("Euler", Sampler("flow", "euler"), (" Karras", " Exponential", " Beta")),
+    "EDMEulerScheduler": Sampler("flow", "euler", schedule="karras"),
+    "Euler a": Sampler("flow", "euler_ancestral"),
+    "EulerAncestralDiscreteScheduler": Sampler("flow", "euler_ancestral"),
+    "DDPMScheduler": Sampler("flow", "ddpm"),
+    **_family("Heun", Sampler("flow", "heun"), ("", " Karras")),
+    "HeunDiscreteScheduler": Sampler("flow", "heun"),
+    "KDPM2DiscreteScheduler": Sampler("flow", "dpm2"),
+    "KDPM2AncestralDiscreteScheduler": Sampler("flow", "dpm2_ancestral"),
+    **_family("LMS", Sampler("flow", "lms"), ("", " Karras")),
+    "LMSDiscreteScheduler": Sampler("flow", "lms"),
+    **_family(
+        "IPNDM", Sampler("flow", "ipndm"), (" Uniform", " Uniform Beta", " Uniform Exponential", " Uniform Karras")
+    ),
+    "IPNDMScheduler": Sampler("flow", "ipndm"),
+    "PNDMScheduler": Sampler("flow", "ipndm"),
+    "TCDScheduler": Sampler("flow", "tcd"),
+    "LCM": Sampler("lcm"),
+    "LCMScheduler": Sampler("lcm"),
+    **_family(
+        "DPM++",
+        Sampler("dpmsolver", "dpmsolver++", 2),
+        (
+            "",
+            " Karras",
+            " Exponential",
+            " Beta",
+            " Uniform",
+            " Uniform Karras",
+            " Uniform Exponential",
+            " Uniform Beta",
+        ),
+    ),
+    **_family("DPM++ 2M", Sampler("dpmsolver", "dpmsolver++", 2), ("", " Karras", " Exponential", " Beta", " Uniform")),
+    **_family(
+        "DPM++ 2M SDE", Sampler("dpmsolver", "sde-dpmsolver++", 2), ("", " Karras", " Exponential", " Beta", " Uniform")
+    ),
+    **_family("DPM++ 3M", Sampler("dpmsolver", "dpmsolver++", 3), ("", " Karras", " Exponential", " Beta", " Uniform")),
+    "DPM++ 3M SDE Uniform": Sampler("flow", "dpmpp_3m_sde", schedule="uniform"),
+    **_family("DPM++ SDE", Sampler("flow", "dpmpp_sde"), ("", " Karras", " Exponential", " Beta")),
+    "DPMSolverMultistepScheduler": Sampler("dpmsolver", "dpmsolver++", 2),
+    "DPMSolverMultistepInverse": Sampler("dpmsolver", "dpmsolver++", 2),
+    "EDMDPMSolverMultistepScheduler": Sampler("dpmsolver", "dpmsolver++", 2, "karras"),
+    "DPMSolverSinglestepScheduler": Sampler("dpmsolver-single", "dpmsolver++", 2),
+    "DEISMultistepScheduler": Sampler("deis", "deis", 2),
+    **_family(
+        "UniPC",
+        Sampler("unipc", "bh2", 2),
+        ("", " Karras", " Uniform", " Uniform Beta", " Uniform Exponential", " Uniform Karras"),
+    ),
+    **_family("UniPC 2M", Sampler("unipc", "bh2", 2), ("", " Karras", " Uniform")),
+    **_family("UniPC 3M", Sampler("unipc", "bh2", 3), ("", " Karras", " Uniform")),
+}
 
 REFERENCE_NAMES = (
     "DDIM",
@@ -118,30 +199,76 @@ REFERENCE_NAMES = (
 
 
 def check_name(name: str) -> str:
-    """Validate a scheduler name; returns it unchanged when it runs in this build."""
-    if name in FLOW_EULER:
+    """Validate a scheduler name; returns it unchanged."""
+    if name in SAMPLERS:
         return name
-    if name in REFERENCE_NAMES:
-        raise UnsupportedError(
-            f"scheduler {name!r} is not supported yet; supported now: {', '.join(FLOW_EULER)}",
-            parameter="scheduler",
-        )
     close = difflib.get_close_matches(name, REFERENCE_NAMES, n=3, cutoff=0.4)
     hint = f"; closest valid names: {', '.join(close)}" if close else ""
-    raise RequestError(f"scheduler {name!r} is not a known scheduler name{hint}", parameter="scheduler")
+    raise RequestError(
+        f"scheduler {name!r} is not a known scheduler name{hint} (see docs/schedulers.md for all 75)",
+        parameter="scheduler",
+    )
 
 
-def make_scheduler(name: str, base_config: dict, kind: str):
-    """The scheduler instance for a name, from the model folder's scheduler config.
+def family_config(base_config: dict, kind: str) -> dict:
+    """The model folder's scheduler config with the schedule of the transformer's own family.
 
-    A schnell-type transformer loaded with a dev-type base folder (or the reverse) gets its
-    own family's schedule: the base folder only lends text encoders and the VAE.
+    A schnell-type transformer loaded with a dev-type base folder (or the reverse) gets its own
+    family's schedule: the base folder only lends text encoders and the VAE.
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    check_name(name)
     config = dict(base_config)
     family = "schnell" if kind == "schnell" else "dev"
     if bool(config.get("use_dynamic_shifting")) != (family == "dev"):
         config.update(FLUX_SCHEDULE_CONFIGS[family])
-    return FlowMatchEulerDiscreteScheduler.from_config(config)
+    return config
+
+
+def make_scheduler(name: str, base_config: dict, kind: str, generators: list | None = None):
+    """The scheduler instance for a name, from the model folder's scheduler config.
+
+    generators: one torch.Generator per image of the batch, for the per-step noise of stochastic
+    samplers (the engine seeds them from each image's seed).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from daguerre.engine.samplers import FlowSampler
+
+    spec = SAMPLERS[check_name(name)]
+    config = family_config(base_config, kind)
+    if spec.engine == "diffusers-euler":
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
+    if spec.engine == "flow":
+        sampler = FlowSampler(spec.algorithm, config, spec.schedule)
+        sampler.generators = generators
+        return sampler
+    sched = _diffusers_flow_scheduler(spec)
+    sched.daguerre_family = config
+    sched.daguerre_schedule = spec.schedule
+    sched.generators = generators
+    return sched
+
+
+def _diffusers_flow_scheduler(spec: Sampler):
+    """diffusers' DPM-Solver++ / UniPC / DEIS / LCM in flow mode, on FLUX's sigma schedule."""
+    import diffusers
+
+    from daguerre.engine.samplers import FluxSigmas
+
+    flow = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+    cls_name, kwargs = {
+        "dpmsolver": ("DPMSolverMultistepScheduler", {**flow, "algorithm_type": spec.algorithm,
+                                                      "solver_order": spec.order, "final_sigmas_type": "zero"}),
+        "dpmsolver-single": ("DPMSolverSinglestepScheduler", {**flow, "algorithm_type": spec.algorithm,
+                                                              "solver_order": spec.order, "final_sigmas_type": "zero",
+                                                              "lower_order_final": True}),
+        "unipc": ("UniPCMultistepScheduler", {**flow, "solver_type": spec.algorithm, "solver_order": spec.order,
+                                              "final_sigmas_type": "zero"}),
+        "deis": ("DEISMultistepScheduler", {**flow, "solver_order": spec.order}),
+        "lcm": ("FlowMatchLCMScheduler", {}),
+    }[spec.engine]  # fmt: skip
+    base = getattr(diffusers, cls_name)
+    cls = _SUBCLASSES.setdefault(cls_name, type(f"Flux{cls_name}", (FluxSigmas, base), {}))
+    return cls(**kwargs)
+
+
+_SUBCLASSES: dict[str, type] = {}

@@ -34,6 +34,7 @@ class Worker:
         results: ResultStore,
         resolver_for: Callable[[str], ImageResolver],
         default_ttl: int,
+        characters_for: Callable[[str], object] | None = None,
         on_result: Callable[[Job, dict | None], None] | None = None,
     ):
         self.engine = engine
@@ -41,6 +42,7 @@ class Worker:
         self.results = results
         self.resolver_for = resolver_for  # owner -> image resolver (uploads are per key)
         self.default_ttl = default_ttl
+        self.characters_for = characters_for  # owner -> saved-character lookup (or None)
         self.on_result = on_result  # (job, result) after each stored image; (job, None) when the job ends
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,7 +80,8 @@ class Worker:
         self.jobs.changed(job)
         t0 = time.perf_counter()
         try:
-            req, delivery = parse_image_inference(job.payload, self.resolver_for(job.owner))
+            characters = self.characters_for(job.owner) if self.characters_for is not None else None
+            req, delivery = parse_image_inference(job.payload, self.resolver_for(job.owner), characters)
             ttl = delivery.ttl or self.default_ttl
             ext = EXT[req.output.format]
 
@@ -89,6 +92,8 @@ class Worker:
                     im.encode(req.output),
                 )
                 result = {"imageUUID": uuid, "seed": im.seed, "ext": ext, "seconds": im.seconds, "index": im.index}
+                if im.warnings:
+                    result["warnings"] = list(im.warnings)
                 job.results.append(result)
                 self.jobs.changed(job)
                 self._announce(job, result)

@@ -1,0 +1,309 @@
+"""Speed benchmark: the diffusers baseline and Daguerre's speed profiles on one random-weight model.
+
+    .venv/bin/python bench/speed [--config tiny|mid|full] [--size PX] [--steps N] [--runs N]
+                                 [--queue 1,4,16] [--out bench/results/speed.json] [--smoke]
+
+Not a test: it prints a table and writes JSON. Speed does not depend on weight values, so the
+model is built in memory with random weights: `full` is FLUX.1-dev's transformer (19 double + 38
+single blocks, 24 heads of 128) and VAE at full size with the tiny text encoders (they run once per
+image); `mid` is a CPU-sized model; `tiny` is the test model (--smoke: tiny, 128 px, 2 steps, 1 run).
+Default: full on a GPU, mid on the CPU.
+
+Paths, all in one process on the same weights, warm-up excluded, interleaved, median of N runs:
+  diffusers  FluxPipeline eager (the baseline)
+  exact      Daguerre's engine; on CUDA with fused QKV projections and torch.compile of the transformer
+  turbo      exact + TeaCache (acceleratorOptions teaCache, distance 0.4)
+  dbcache    exact + first-block DB Cache (threshold 0.25), for information
+  fast       exact + torchao float8 dynamic per-row quantization of the transformer linears (CUDA with
+             compute capability >= 8.9 and torchao only; otherwise the row says why it was skipped)
+Columns: seconds per image, speed-up over the baseline, fraction of the compute floor (the model's
+FLOPs at the device's peak rate), peak device memory, and fidelity against `exact` on the same seed:
+relative error of the final latents and pixel PSNR. Throughput: images per minute with 1, 4 and 16
+requests queued on the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROMPT = "portrait of a woman in her 30s, soft studio lighting, 85mm f/1.4"
+CONFIGS = {
+    "tiny": {"double": 1, "single": 2, "heads": 2, "head_dim": 16, "axes": (4, 6, 6), "vae": (8, 16, 16, 16)},
+    "mid": {"double": 4, "single": 8, "heads": 4, "head_dim": 64, "axes": (16, 24, 24), "vae": (16, 32, 32, 32)},
+    "full": {"double": 19, "single": 38, "heads": 24, "head_dim": 128, "axes": (16, 56, 56),
+             "vae": (128, 256, 512, 512)},
+}  # fmt: skip
+# Dense bf16 rates FLUX-size matmuls reach (the issue's anchors for H100/H200); fp8 doubles them.
+GPU_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 280.0, "L40S": 330.0, "RTX 4090": 150.0}
+
+
+def build(folder: Path, config: str, seed: int = 0) -> None:
+    from daguerre.testing import tiny
+
+    c = CONFIGS[config]
+    parts = tiny.build_components(
+        seed=seed,
+        double=c["double"],
+        single=c["single"],
+        heads=c["heads"],
+        head_dim=c["head_dim"],
+        axes_dims_rope=c["axes"],
+        vae_channels=c["vae"],
+    )
+    tiny.save_folder(parts, folder, with_transformer_weights=True)
+
+
+def flops_per_step(config, size: int, text_tokens: int) -> float:
+    """Transformer FLOPs of one step: 2 x tokens x per-token linear weights + 4 x L^2 x D per block.
+
+    Double blocks send image and text tokens through separate weights (12 D^2 per stream: qkv,
+    out, 4D MLP); single blocks send all tokens through 3D + 4D in and 5D out (12 D^2 as well).
+    For FLUX.1-dev at 1024^2 (4096 + 512 tokens) this gives 59.5 + 14.9 TFLOP.
+    """
+    d = config.num_attention_heads * config.attention_head_dim
+    image_tokens = (size // 16) ** 2
+    tokens = image_tokens + text_tokens
+    blocks = config.num_layers + config.num_single_layers
+    linear = 2 * tokens * 12 * d * d * blocks
+    attention = 4 * tokens * tokens * d * blocks
+    return float(linear + attention)
+
+
+def device_peak(device: torch.device) -> tuple[float | None, str]:
+    """(peak FLOP/s, how it was obtained)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12, f"table: {key} bf16 {tflops:g} TFLOP/s"
+        return None, f"no peak known for {name}"
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t, reps = time.perf_counter(), 0
+    while time.perf_counter() - t < 0.5:
+        a @ b
+        reps += 1
+    rate = 2 * n**3 * reps / (time.perf_counter() - t)
+    return rate, f"measured fp32 {n}^3 matmul: {rate / 1e9:.0f} GFLOP/s"
+
+
+def interleaved(fns: dict, runs: int) -> dict[str, list[float]]:
+    for fn in fns.values():
+        fn()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            out[name].append(time.perf_counter() - t)
+    return out
+
+
+@contextlib.contextmanager
+def capture_latents(vae, into: dict):
+    """Keep the latents the VAE decodes (the final latents of a run)."""
+    original = vae.decode
+
+    def decode(z, *a, **kw):
+        into["latents"] = z.detach().float().cpu()
+        return original(z, *a, **kw)
+
+    vae.decode = decode
+    try:
+        yield
+    finally:
+        del vae.decode
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def fast_profile(transformer, device: torch.device) -> str | None:
+    """float8 dynamic per-row quantization of the transformer's linears; returns why not, or None."""
+    if device.type != "cuda":
+        return "needs a CUDA GPU"
+    if torch.cuda.get_device_capability(device) < (8, 9):
+        return "needs compute capability >= 8.9 (Ada/Hopper) for fp8 matmuls"
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    except ImportError:
+        return "torchao is not installed (pip install torchao)"
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return None
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", choices=tuple(CONFIGS), default=None)
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--queue", default="1,4,16", help="queued requests for the throughput rows ('' skips them)")
+    p.add_argument("--out", type=Path, default=Path("bench/results/speed.json"))
+    p.add_argument("--smoke", action="store_true", help="tiny model, 128 px, 2 steps, 1 run: checks it runs")
+    a = p.parse_args(argv)
+
+    from diffusers import FluxPipeline
+
+    from daguerre.config import Settings
+    from daguerre.engine.accel import AccelOptions
+    from daguerre.engine.catalog import Catalog
+    from daguerre.engine.generate import Engine
+    from daguerre.engine.models import ModelManager
+    from daguerre.request import GenerationRequest
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    config = "tiny" if a.smoke else a.config or ("full" if cuda else "mid")
+    size = 128 if a.smoke else a.size or (1024 if config == "full" else 256 if config == "mid" else 128)
+    steps = 2 if a.smoke else a.steps or (28 if config == "full" else 8)
+    runs = 1 if a.smoke else a.runs
+    queue = [] if a.smoke else [int(x) for x in a.queue.split(",") if x]
+    dtype = torch.bfloat16 if cuda else torch.float32
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        build(folder, config)
+        settings = Settings(discover=False, cache_dir=Path(tmp) / "cache", device=device.type,
+                            dtype="bfloat16" if cuda else "float32")  # fmt: skip
+        engine = Engine(models=ModelManager(catalog=Catalog.from_settings(settings), cache_dir=settings.cache_dir))
+        base = FluxPipeline.from_pretrained(folder, dtype=dtype).to(device)
+        base.set_progress_bar_config(disable=True)
+        with engine.models.lease(str(folder)) as model:
+            transformer = model.pipe.transformer
+            vae = model.pipe.vae
+        text_tokens = 512
+
+        def request(**kw):
+            return GenerationRequest(model=str(folder), positive_prompt=PROMPT, width=size, height=size, steps=steps,
+                                     seed=7, **kw)  # fmt: skip
+
+        def diffusers_run():
+            base(PROMPT, width=size, height=size, num_inference_steps=steps, max_sequence_length=text_tokens,
+                 generator=torch.Generator("cpu").manual_seed(7), output_type="np")  # fmt: skip
+
+        outputs: dict[str, dict] = {}
+
+        def engine_run(name, **kw):
+            def run():
+                into: dict = {}
+                with capture_latents(vae, into):
+                    img = engine.generate(request(**kw)).images[0]
+                outputs[name] = {"pixels": img.pixels, "latents": into["latents"]}
+
+            return run
+
+        notes: dict[str, str] = {}
+        if cuda:  # the exact profile's GPU half: fused QKV, compiled transformer
+            try:
+                transformer.fuse_qkv_projections()
+                transformer.compile(mode="max-autotune-no-cudagraphs", dynamic=False)
+                notes["exact"] = "fused QKV + torch.compile(max-autotune-no-cudagraphs)"
+            except Exception as e:  # noqa: BLE001 - a benchmark reports what failed and goes on
+                notes["exact"] = f"compile failed: {e!r}"[:200]
+        else:
+            notes["exact"] = "eager (torch.compile is not applied on the CPU)"
+        paths = {
+            "diffusers": diffusers_run,
+            "exact": engine_run("exact"),
+            "turbo": engine_run("turbo", accelerator=AccelOptions(tea_cache=True, tea_cache_distance=0.4)),
+            "dbcache": engine_run("dbcache", accelerator=AccelOptions(db_cache=True, db_cache_threshold=0.25)),
+        }
+        times = interleaved(paths, runs)
+        peaks = {}
+        if cuda:
+            for name, fn in paths.items():
+                torch.cuda.reset_peak_memory_stats()
+                fn()
+                peaks[name] = torch.cuda.max_memory_allocated() / 2**30
+        why = fast_profile(transformer, device)
+        if why is None:
+            fast = engine_run("fast")
+            times["fast"] = interleaved({"fast": fast}, runs)["fast"]
+            notes["fast"] = "float8 dynamic activation + weight, per-row (torchao)"
+        else:
+            notes["fast"] = f"skipped: {why}"
+
+        throughput = {}
+        for n in queue:
+            t = time.perf_counter()
+            for i in range(n):
+                engine.generate(request(seed=100 + i))
+            throughput[n] = 60 * n / (time.perf_counter() - t)
+
+    flops = flops_per_step(transformer.config, size, text_tokens) * steps
+    peak, peak_how = device_peak(device)
+    base_s = statistics.median(times["diffusers"])
+    ref = outputs.get("exact")
+    rows = []
+    for name, ts in times.items():
+        s = statistics.median(ts)
+        row = {"path": name, "s_per_image": s, "speedup": base_s / s, "note": notes.get(name, "")}
+        if peak:
+            rate = peak * (2 if name == "fast" else 1)
+            row["compute_floor_fraction"] = (flops / rate) / s
+        if name in peaks:
+            row["peak_gib"] = peaks[name]
+        if ref is not None and name in outputs and name != "exact":
+            o = outputs[name]
+            row["latent_rel_error"] = float((o["latents"] - ref["latents"]).norm() / ref["latents"].norm())
+            row["psnr_db"] = psnr(o["pixels"], ref["pixels"])
+        rows.append(row)
+    for name in ("fast",):
+        if name not in times:
+            rows.append({"path": name, "note": notes[name]})
+
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "config": config,
+        "size": size,
+        "steps": steps,
+        "runs": runs,
+        "dtype": str(dtype).removeprefix("torch."),
+        "transformer_tflop_per_image": flops / 1e12,
+        "peak": peak_how,
+        "rows": rows,
+        "throughput_images_per_minute": throughput,
+        "python": sys.version.split()[0],
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2))
+    print(f"{result['device']} | {config} model | {size}px | {steps} steps | median of {runs} | {peak_how}")
+    print(f"{'path':10} {'s/img':>8} {'x base':>7} {'floor':>6} {'GiB':>6} {'lat err':>8} {'PSNR':>6}  note")
+    for r in rows:
+        if "s_per_image" not in r:
+            print(f"{r['path']:10} {'-':>8} {'-':>7} {'-':>6} {'-':>6} {'-':>8} {'-':>6}  {r['note']}")
+            continue
+        floor = f"{r['compute_floor_fraction']:.0%}" if "compute_floor_fraction" in r else "-"
+        gib = f"{r['peak_gib']:.1f}" if "peak_gib" in r else "-"
+        err = f"{r['latent_rel_error']:.2e}" if "latent_rel_error" in r else "-"
+        ps = f"{r['psnr_db']:.1f}" if "psnr_db" in r else "-"
+        speed = f"{r['s_per_image']:8.3f} {r['speedup']:7.2f}"
+        print(f"{r['path']:10} {speed} {floor:>6} {gib:>6} {err:>8} {ps:>6}  {r['note']}")
+    for n, ipm in throughput.items():
+        print(f"throughput with {n:>2} queued: {ipm:.1f} images/min")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""Step caching for the FLUX.1 transformer: TeaCache and a first-block DB Cache (acceleratorOptions).
+
+Both skip whole transformer passes on steps where the input has barely changed, and then rebuild
+the output from the current step's embeddings plus the residual the blocks added at the last
+computed step (hidden state entering norm_out minus the x_embedder output), so a skipped step
+still tracks the current timestep's modulation:
+
+  teaCache  TeaCache for FLUX (Liu et al. 2024, "Timestep Embedding Tells: It's Time to Cache for
+            Video Diffusion Model"; ali-vilab/TeaCache, TeaCache4FLUX): the relative L1 change of the
+            first block's modulated input, rescaled by the authors' published polynomial for
+            FLUX.1, is accumulated; a step is skipped while the sum stays under teaCacheDistance,
+            and a computed step resets it.
+  dbCache   "dual block" cache in the cache-dit sense with one probe block (F1B0, i.e. First Block
+            Cache, chengzeyi/ParaAttention): the first double block runs every step; when its
+            output residual changed by less than dbCacheThreshold (relative mean absolute
+            difference) the remaining blocks are skipped. A full pass is forced every
+            dbCacheSkipInterval steps since the last one.
+
+Common rules: the first step of a run always computes; caching acts only inside
+[cacheStartStep, cacheEndStep) (or the percentage forms); at most cacheMaxConsecutiveSteps
+steps are skipped in a row. With true CFG the positive and negative passes keep separate caches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from daguerre.errors import RequestError
+
+# TeaCache4FLUX's rescaling polynomial (highest power first), from the TeaCache authors' repository.
+TEACACHE_FLUX_COEFFICIENTS = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)
+
+
+@dataclass(frozen=True)
+class AccelOptions:
+    """acceleratorOptions, normalized. Defaults follow the reference API."""
+
+    tea_cache: bool = False
+    tea_cache_distance: float | None = None  # 0-1, default 0.5
+    db_cache: bool = False
+    db_cache_threshold: float | None = None  # 0-1, default 0.25
+    db_cache_skip_interval: int | None = None  # >= 1, default 5
+    cache_start_step: int | None = None
+    cache_end_step: int | None = None
+    cache_start_percent: int | None = None  # 0-99
+    cache_end_percent: int | None = None  # 1-100
+    cache_max_consecutive: int | None = None  # 1-5, default 3
+
+    @property
+    def enabled(self) -> bool:
+        return self.tea_cache or self.db_cache
+
+    def window(self, steps: int) -> tuple[int, int]:
+        """[start, end) step indices where caching may act."""
+        start = self.cache_start_step if self.cache_start_step is not None else 0
+        if self.cache_start_percent is not None:
+            start = int(steps * self.cache_start_percent / 100)
+        end = self.cache_end_step if self.cache_end_step is not None else steps
+        if self.cache_end_percent is not None:
+            end = int(round(steps * self.cache_end_percent / 100))
+        return start, end
+
+
+def _number(name, value, lo, hi, integer: bool):
+    if value is None:
+        return
+    bad = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
+    if bad or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise RequestError(
+            f"acceleratorOptions.{name} must be {kind} in [{lo:g}, {hi:g}], got {value!r}",
+            parameter=f"acceleratorOptions.{name}",
+        )
+
+
+def validate_accel(a: AccelOptions, steps: int | None) -> None:
+    """Ranges and combinations; errors name the fields."""
+    for name, value in (("teaCache", a.tea_cache), ("dbCache", a.db_cache)):
+        if not isinstance(value, bool):
+            raise RequestError(
+                f"acceleratorOptions.{name} must be true or false, got {value!r}",
+                parameter=f"acceleratorOptions.{name}",
+            )
+    _number("teaCacheDistance", a.tea_cache_distance, 0, 1, False)
+    _number("dbCacheThreshold", a.db_cache_threshold, 0, 1, False)
+    _number("dbCacheSkipInterval", a.db_cache_skip_interval, 1, 1000, True)
+    _number("cacheStartStep", a.cache_start_step, 0, 1000, True)
+    _number("cacheEndStep", a.cache_end_step, 1, 1000, True)
+    _number("cacheStartStepPercentage", a.cache_start_percent, 0, 99, True)
+    _number("cacheEndStepPercentage", a.cache_end_percent, 1, 100, True)
+    _number("cacheMaxConsecutiveSteps", a.cache_max_consecutive, 1, 5, True)
+    if a.tea_cache and a.db_cache:
+        raise RequestError(
+            "acceleratorOptions.teaCache and acceleratorOptions.dbCache are two caches of the same passes: turn on one",
+            parameter="acceleratorOptions.dbCache",
+        )
+    for name, value, owner in (
+        ("teaCacheDistance", a.tea_cache_distance, a.tea_cache),
+        ("dbCacheThreshold", a.db_cache_threshold, a.db_cache),
+        ("dbCacheSkipInterval", a.db_cache_skip_interval, a.db_cache),
+    ):
+        if value is not None and not owner:
+            cache = "teaCache" if name.startswith("tea") else "dbCache"
+            raise RequestError(
+                f"acceleratorOptions.{name} is set but acceleratorOptions.{cache} is off",
+                parameter=f"acceleratorOptions.{name}",
+            )
+    window = (a.cache_start_step, a.cache_end_step, a.cache_start_percent, a.cache_end_percent, a.cache_max_consecutive)
+    if any(v is not None for v in window) and not a.enabled:
+        raise RequestError(
+            "acceleratorOptions cache window/limits are set but neither teaCache nor dbCache is on",
+            parameter="acceleratorOptions",
+        )
+    if a.cache_start_step is not None and a.cache_start_percent is not None:
+        raise RequestError(
+            "give acceleratorOptions.cacheStartStep or cacheStartStepPercentage, not both",
+            parameter="acceleratorOptions.cacheStartStep",
+        )
+    if a.cache_end_step is not None and a.cache_end_percent is not None:
+        raise RequestError(
+            "give acceleratorOptions.cacheEndStep or cacheEndStepPercentage, not both",
+            parameter="acceleratorOptions.cacheEndStep",
+        )
+    if a.cache_start_step is not None and a.cache_end_step is not None and a.cache_start_step >= a.cache_end_step:
+        raise RequestError(
+            f"acceleratorOptions.cacheStartStep ({a.cache_start_step}) must be less than cacheEndStep "
+            f"({a.cache_end_step})",
+            parameter="acceleratorOptions.cacheStartStep",
+        )
+    percents = (a.cache_start_percent, a.cache_end_percent)
+    if None not in percents and percents[0] >= percents[1]:
+        raise RequestError(
+            f"acceleratorOptions.cacheStartStepPercentage ({a.cache_start_percent}) must be less than "
+            f"cacheEndStepPercentage ({a.cache_end_percent})",
+            parameter="acceleratorOptions.cacheStartStepPercentage",
+        )
+    if steps is not None and a.cache_end_step is not None and a.cache_end_step > steps:
+        raise RequestError(
+            f"acceleratorOptions.cacheEndStep ({a.cache_end_step}) must be at most steps ({steps})",
+            parameter="acceleratorOptions.cacheEndStep",
+        )
+
+
+@dataclass
+class _Branch:
+    """Cache state of one pass kind (the positive pass, or true CFG's negative pass)."""
+
+    residual: torch.Tensor | None = None  # blocks' contribution at the last computed step
+    probe: torch.Tensor | None = None  # TeaCache: modulated input; DB Cache: first-block residual
+    accumulated: float = 0.0
+    consecutive: int = 0  # skipped in a row
+    since_refresh: int = 0
+
+
+@dataclass
+class CacheStats:
+    computed: int = 0
+    skipped: int = 0
+    skipped_steps: list[int] = field(default_factory=list)
+
+
+class StepCache:
+    """Wraps one FLUX transformer's forward for the duration of a pipeline call (a context manager)."""
+
+    def __init__(self, transformer, options: AccelOptions, steps: int, order: int = 1):
+        self.t = transformer
+        self.o = options
+        self.steps = steps
+        self.order = max(order, 1)  # model calls per step (2-call samplers)
+        self.start, self.end = options.window(steps)
+        self.max_consecutive = options.cache_max_consecutive or 3
+        self.stats = CacheStats()
+        self._branches: dict[int, _Branch] = {}
+        self._timesteps: list[float] = []
+        self._calls_this_t = 0
+        self._captured: dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> StepCache:
+        self._own = self.t.__dict__.get("forward")  # an instance-level forward (another hook) to restore
+        self._forward = self.t.forward
+        self.t.forward = self._wrapped
+        self._hooks = [
+            self.t.x_embedder.register_forward_hook(lambda m, i, o: self._captured.__setitem__("embedded", o)),
+            self.t.norm_out.register_forward_pre_hook(lambda m, args: self._captured.__setitem__("final", args[0])),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        if self._own is not None:
+            self.t.forward = self._own
+        else:
+            del self.t.forward  # back to the class's forward
+
+    # ---- the wrapped forward
+    def _wrapped(
+        self,
+        hidden_states,
+        encoder_hidden_states=None,
+        pooled_projections=None,
+        timestep=None,
+        img_ids=None,
+        txt_ids=None,
+        guidance=None,
+        joint_attention_kwargs=None,
+        return_dict=True,
+        **kw,
+    ):
+        t_value = float(timestep.flatten()[0])
+        if not self._timesteps or self._timesteps[-1] != t_value:
+            self._timesteps.append(t_value)
+            self._calls_this_t = 0
+        branch_id = self._calls_this_t
+        self._calls_this_t += 1
+        branch = self._branches.setdefault(branch_id, _Branch())
+        step = (len(self._timesteps) - 1) // self.order
+        args = dict(
+            hidden_states=hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+            timestep=timestep,
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            guidance=guidance,
+            joint_attention_kwargs=joint_attention_kwargs,
+            return_dict=False,
+            **kw,
+        )
+        temb = self._temb(timestep, guidance, pooled_projections, hidden_states.dtype)
+        embedded = self.t.x_embedder(hidden_states)
+        allowed = (
+            branch.residual is not None
+            and self.start <= step < self.end
+            and branch.consecutive < self.max_consecutive
+            and not kw.get("controlnet_block_samples")  # ControlNet residuals differ every step
+        )
+        skip = self._decide(branch, embedded, temb, encoder_hidden_states, img_ids, txt_ids, allowed)
+        if skip:
+            branch.consecutive += 1
+            branch.since_refresh += 1
+            self.stats.skipped += 1
+            self.stats.skipped_steps.append(step)
+            out = self.t.proj_out(self.t.norm_out(embedded + branch.residual, temb))
+        else:
+            branch.consecutive = 0
+            branch.accumulated = 0.0
+            branch.since_refresh = 0
+            self.stats.computed += 1
+            out = self._forward(**args)[0]
+            branch.residual = self._captured["final"] - self._captured["embedded"]
+        if not return_dict:
+            return (out,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=out)
+
+    def _temb(self, timestep, guidance, pooled, dtype):
+        ts = timestep.to(dtype) * 1000
+        if guidance is None:
+            return self.t.time_text_embed(ts, pooled)
+        return self.t.time_text_embed(ts, guidance.to(dtype) * 1000, pooled)
+
+    def _decide(self, branch: _Branch, embedded, temb, encoder_hidden_states, img_ids, txt_ids, allowed: bool) -> bool:
+        if self.o.tea_cache:
+            modulated = self.t.transformer_blocks[0].norm1(embedded, emb=temb)[0]
+            skip = False
+            if branch.probe is not None:
+                rel = ((modulated - branch.probe).abs().mean() / branch.probe.abs().mean().clamp_min(1e-12)).item()
+                branch.accumulated += float(np.polyval(TEACACHE_FLUX_COEFFICIENTS, rel))
+                skip = allowed and self._distance > 0 and branch.accumulated < self._distance
+            branch.probe = modulated
+            return skip
+        # dbCache: run the first double block as the probe.
+        block = self.t.transformer_blocks[0]
+        context = self.t.context_embedder(encoder_hidden_states)
+        ids = torch.cat((txt_ids if txt_ids.ndim == 2 else txt_ids[0], img_ids if img_ids.ndim == 2 else img_ids[0]))
+        rotary = self.t.pos_embed(ids)
+        _, first = block(hidden_states=embedded, encoder_hidden_states=context, temb=temb, image_rotary_emb=rotary)
+        residual = first - embedded
+        skip = False
+        if branch.probe is not None:
+            rel = ((residual - branch.probe).abs().mean() / branch.probe.abs().mean().clamp_min(1e-12)).item()
+            interval = self.o.db_cache_skip_interval or 5
+            skip = allowed and self._threshold > 0 and rel < self._threshold and branch.since_refresh + 1 < interval
+        branch.probe = residual
+        return skip
+
+    @property
+    def _distance(self) -> float:
+        return 0.5 if self.o.tea_cache_distance is None else self.o.tea_cache_distance
+
+    @property
+    def _threshold(self) -> float:
+        return 0.25 if self.o.db_cache_threshold is None else self.o.db_cache_threshold

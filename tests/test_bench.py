@@ -1,0 +1,23 @@
+"""bench/speed runs end to end on the CPU (a smoke run: tiny model, no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_speed_benchmark_smoke(tmp_path):
+    out = tmp_path / "speed.json"
+    root = Path(__file__).parents[1]
+    r = subprocess.run([sys.executable, "bench/speed", "--smoke", "--out", str(out)], cwd=root, capture_output=True,
+                       text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    rows = {row["path"]: row for row in data["rows"]}
+    assert {"diffusers", "exact", "turbo", "dbcache", "fast"} <= set(rows)
+    assert all(rows[p]["s_per_image"] > 0 and rows[p]["speedup"] > 0 for p in ("diffusers", "exact", "turbo"))
+    assert "psnr_db" in rows["turbo"] and "latent_rel_error" in rows["turbo"]
+    assert data["transformer_tflop_per_image"] > 0 and "skipped" in rows["fast"]["note"]
+    assert "s/img" in r.stdout  # the table is printed
