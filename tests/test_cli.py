@@ -184,6 +184,11 @@ def test_readme_examples_run(tmp_path, env):
     from daguerre.testing.loras import build_lora
 
     build_lora(tmp_path / "style.safetensors", tiny, "kohya")
+    studio = (".venv/bin/daguerre prompt", ".venv/bin/daguerre characters")
+    for line in [ln for b in blocks for ln in b.splitlines() if ln.startswith(studio)]:
+        out = subprocess.run(line.replace(".venv/bin/", ""), shell=True, capture_output=True, text=True, env=e,
+                             cwd=tmp_path, timeout=600)  # fmt: skip
+        assert out.returncode == 0 and out.stdout.strip(), f"{line}\n{out.stderr}"
     examples = [ln for b in blocks for ln in b.splitlines() if ln.startswith(".venv/bin/daguerre generate")]
     assert examples, "README has generate examples"
     for line in examples:
