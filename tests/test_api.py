@@ -262,6 +262,8 @@ def test_health(srv):
     inference = body["items"]["oneOf"][0]["properties"]
     assert inference["width"] == {"type": "integer", "minimum": 128, "maximum": 2048, "multipleOf": 64}
     assert "lora" in inference and {"429", "413", "401"} <= set(spec["paths"]["/v1"]["post"]["responses"])
+    assert {"controlNet", "ipAdapters", "acceleratorOptions", "enhancePrompt", "character"} <= set(inference)
+    assert any(t["properties"]["taskType"] == {"const": "promptEnhance"} for t in body["items"]["oneOf"])
 
 
 def test_draining_refuses_new_tasks_and_is_not_ready(srv):

@@ -401,15 +401,28 @@ def openapi_tasks_schema() -> dict:
                     },
                 },
             },
+            "controlNet": {"type": "array", "maxItems": 4,
+                           "items": {"type": "object", "required": ["model", "guideImage"],
+                                     "properties": {k: {} for k in CONTROL_FIELDS}}},
+            "ipAdapters": {"type": "array", "maxItems": 4, "items": {"type": "object", "required": ["model"],
+                           "properties": {"model": {"type": "string"}, "guideImages": {"type": "array"},
+                                          "guideImage": image, "weight": {"type": "number"}}}},
+            "enhancePrompt": {"type": "boolean"},
+            "character": {"type": "string", "description": "a saved character's name (this API key's)"},
+            "acceleratorOptions": {"type": "object", "properties": {k: {} for k in ACCEL_FIELDS}},
             **{name: {"description": "not supported yet: refused with unsupportedParameter"} for name in NOT_YET},
         },
-    }
+    }  # fmt: skip
     simple = {
         "authentication": {"apiKey": {"type": "string"}, "connectionSessionUUID": {"type": "string"}},
         "ping": {"ping": {"type": "boolean"}},
         "getResponse": {"taskUUID": {"type": "string", "format": "uuid"}},
         "imageUpload": {"taskUUID": {"type": "string", "format": "uuid"}, "image": image},
-    }
+        "promptEnhance": {"taskUUID": {"type": "string", "format": "uuid"}, "prompt": {"type": "string"},
+                          "promptMaxLength": {"type": "integer", "minimum": 12, "maximum": 400},
+                          "promptVersions": {"type": "integer", "minimum": 1, "maximum": 5},
+                          "seed": {"type": "integer", "minimum": 0}, "includeCost": {"type": "boolean"}},
+    }  # fmt: skip
     others = [
         {"type": "object", "required": ["taskType"], "properties": {"taskType": {"const": t}, **props}}
         for t, props in simple.items()
