@@ -21,3 +21,4 @@ def test_speed_benchmark_smoke(tmp_path):
     assert "psnr_db" in rows["turbo"] and "latent_rel_error" in rows["turbo"]
     assert data["transformer_tflop_per_image"] > 0 and "skipped" in rows["fast"]["note"]
     assert "s/img" in r.stdout  # the table is printed
+    assert data["throughput_images_per_minute"]["1"] > 0

@@ -176,7 +176,7 @@ def main(argv=None) -> None:
     size = 128 if a.smoke else a.size or (1024 if config == "full" else 256 if config == "mid" else 128)
     steps = 2 if a.smoke else a.steps or (28 if config == "full" else 8)
     runs = 1 if a.smoke else a.runs
-    queue = [] if a.smoke else [int(x) for x in a.queue.split(",") if x]
+    queue = [1] if a.smoke else [int(x) for x in a.queue.split(",") if x]
     dtype = torch.bfloat16 if cuda else torch.float32
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,9 +192,10 @@ def main(argv=None) -> None:
             vae = model.pipe.vae
         text_tokens = 512
 
-        def request(**kw):
-            return GenerationRequest(model=str(folder), positive_prompt=PROMPT, width=size, height=size, steps=steps,
-                                     seed=7, **kw)  # fmt: skip
+        def request(seed: int = 7, **kw):
+            return GenerationRequest(
+                model=str(folder), positive_prompt=PROMPT, width=size, height=size, steps=steps, seed=seed, **kw
+            )
 
         def diffusers_run():
             base(PROMPT, width=size, height=size, num_inference_steps=steps, max_sequence_length=text_tokens,
