@@ -52,6 +52,7 @@ FLAGS = {
     "ipAdapters.weight": "--ip-adapter",
     "ipAdapters.guideImages": "--ip-adapter",
     "character": "--character",
+    "profile": "--profile",
     "acceleratorOptions": "--tea-cache/--db-cache",
     "acceleratorOptions.teaCache": "--tea-cache",
     "acceleratorOptions.teaCacheDistance": "--tea-cache",
@@ -106,6 +107,8 @@ def _engine(settings):
         dtype=settings.dtype,
         memory_budget_gb=settings.memory_budget_gb,
         cache_dir=settings.cache_dir,
+        profile=settings.profile,
+        compile_=settings.compile,
     )
     return Engine(models=manager, max_batch=settings.max_batch, default_negative=settings.default_negative_prompt)
 
@@ -343,6 +346,10 @@ def generate(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     base: Annotated[str | None, typer.Option(help="folder lending text encoders/VAE to a single-file model")] = None,
+    profile: Annotated[str | None, typer.Option(help="speed profile: exact | fast | turbo [exact]")] = None,
+    compile_: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the transformer [on CUDA only]")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ):
     """Generate images and print their paths and seeds."""
@@ -351,7 +358,8 @@ def generate(
     from daguerre.request import GenerationRequest, OutputSpec
 
     try:
-        settings = _settings(config, device=device, dtype=dtype, base_model=base)
+        extra = {k: v for k, v in (("profile", profile), ("compile", compile_)) if v is not None}
+        settings = _settings(config, device=device, dtype=dtype, base_model=base, **extra)
         seed_image = load_image(image, parameter="seedImage", limits=settings.image_limits) if image else None
         mask_image = load_image(mask, parameter="maskImage", limits=settings.image_limits, mask=True) if mask else None
         extend = _outpaint(outpaint) if outpaint else None
@@ -569,6 +577,11 @@ def serve(
         ),
     ] = False,
     data_dir: Annotated[Path | None, typer.Option(help="jobs, keys, images [./daguerre-data]")] = None,
+    preload: Annotated[
+        list[str] | None,
+        typer.Option(help="load (and compile) this model before reporting ready (repeatable; --demo: the demo)"),
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="speed profile: exact | fast | turbo [settings: exact]")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     base: Annotated[str | None, typer.Option(help="folder lending text encoders/VAE to single-file models")] = None,
@@ -582,8 +595,16 @@ def serve(
 
     try:
         settings = _settings(config, device=device, dtype=dtype, base_model=base)
+        if profile is not None:
+            from daguerre.engine.profiles import check
+
+            settings = settings.model_copy(update={"profile": check(profile)})
         srv = settings.server.model_copy(
-            update={k: v for k, v in (("host", host), ("port", port), ("data_dir", data_dir)) if v is not None}
+            update={
+                k: v
+                for k, v in (("host", host), ("port", port), ("data_dir", data_dir), ("preload", preload))
+                if v is not None
+            }
         )
         env_keys = [k.strip() for k in os.environ.get("DAGUERRE_API_KEYS", "").split(",") if k.strip()]
         srv.api_keys = [*srv.api_keys, *env_keys, *(api_key or [])]

@@ -33,6 +33,10 @@ class ServerSettings(BaseModel):
     """The task API server (`daguerre serve`)."""
 
     host: str = Field("127.0.0.1", description="bind address")
+    preload: list[str] = Field(
+        default_factory=list,
+        description="models to load (and compile, per profile) at start-up; /health/ready waits for them",
+    )
     port: int = Field(8000, ge=0, le=65535)
     public_url: str | None = Field(None, description="base of image URLs; default http://HOST:PORT")
     data_dir: Path = Field(Path("daguerre-data"), description="jobs database, key store, images, uploads")
@@ -90,6 +94,14 @@ class Settings(BaseSettings):
     )
     memory_budget_gb: float | None = Field(
         None, gt=0, description="resident-model budget; default 90% of GPU memory or 60% of RAM on CPU"
+    )
+    profile: Literal["exact", "fast", "turbo"] = Field(
+        "exact",
+        description="speed profile: exact (eager numerics, compiled where `compile`), fast (+ fp8 transformer, "
+        "CUDA >= 8.9 only), turbo (+ TeaCache for requests without acceleratorOptions); per model: `profile`",
+    )
+    compile: bool | None = Field(
+        None, description="torch.compile the transformer at load (dynamic shapes, warmed up); default: on CUDA only"
     )
     max_batch: int | None = Field(
         None,

@@ -145,8 +145,9 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
             log.info("re-queued %d unfinished jobs", requeued)
         worker.start()
         sweeper = asyncio.create_task(_sweep_forever(results, server.sweep_interval_s))
-        state["ready"] = True
+        loader = asyncio.create_task(_preload(engine, server.preload, state))
         yield
+        loader.cancel()
         # 2. Drain: refuse new tasks, let the running job finish (bounded), stop.
         state["draining"] = True
         sweeper.cancel()
@@ -166,12 +167,19 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
     app.state.deliveries, app.state.secret_key, app.state.lifecycle = deliveries, secret_key, state
 
     def models_info() -> list[dict]:
+        loaded = {m.spec.id: m.applied for m in engine.models.resident()}
         return [
             {
                 "id": s.id,
                 "name": s.name,
                 "kind": s.kind,
                 "aliases": list(s.aliases),
+                "profile": s.profile or engine.models.profile,
+                **(
+                    {"resident": True, "compiled": loaded[s.id].compiled, "fp8": loaded[s.id].fp8}
+                    if s.id in loaded
+                    else {}
+                ),
                 **({"demo": True, "note": "random weights: images are noise"} if demo else {}),
             }
             for s in engine.models.catalog
@@ -192,6 +200,7 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
             "models": models,
             "queued": len(jobs.queue),
             "device": str(engine.models.device),
+            **({"preload_errors": state["preload_errors"]} if state.get("preload_errors") else {}),
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -297,6 +306,29 @@ def _parse_tasks(body: bytes | str) -> list[dict]:
     if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) for t in tasks):
         raise ProtocolError("body must be a non-empty JSON array of task objects", code="invalidJSON")
     return tasks
+
+
+async def _preload(engine: Engine, refs: list[str], state: dict) -> None:
+    """Load (and compile, per the profile) the `server.preload` models, then report ready.
+
+    Runs beside the server so /health/live answers at once; /health/ready says "starting" until
+    every listed model is resident. A model that fails to load is logged with its error (requests
+    for it will get that error) and does not keep the server from becoming ready.
+    """
+    for ref in refs:
+        t0 = time.perf_counter()
+        try:
+            await run_in_threadpool(_lease_once, engine, ref)
+            log.info("preloaded %s in %.1f s", ref, time.perf_counter() - t0)
+        except DaguerreError as e:
+            state.setdefault("preload_errors", []).append({"model": ref, "code": e.code, "message": e.message})
+            log.error("preload of %s failed: %s", ref, e.message)
+    state["ready"] = True
+
+
+def _lease_once(engine: Engine, ref: str) -> None:
+    with engine.models.lease(ref):
+        pass
 
 
 def _error_response(errors: list[dict], code: str, reply: Reply | None = None) -> JSONResponse:

@@ -47,6 +47,7 @@ class ModelSpec:
     base: str | None = None  # single-file: catalog id/name or folder lending encoders and VAE
     aliases: tuple[str, ...] = field(default_factory=tuple)
     image_encoder: str | None = None  # IP-Adapters: the local CLIP vision folder they need
+    profile: str | None = None  # speed profile for this model (exact | fast | turbo); None = the settings'
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -105,6 +106,7 @@ def spec_for_path(
     kind: str | None = None,
     aliases: tuple[str, ...] = (),
     image_encoder: str | None = None,
+    profile: str | None = None,
 ) -> ModelSpec:
     """Build a spec for a folder or single file, inspecting it (headers and configs only)."""
     path = Path(path).expanduser()
@@ -135,6 +137,7 @@ def spec_for_path(
             if found_kind == "ipadapter" and (path.parent / "image_encoder").is_dir()
             else None
         ),
+        profile=profile,
     )
 
 
@@ -290,13 +293,17 @@ class Catalog:
 def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
     if not NAME_RE.match(name):
         raise RequestError(f"catalog name {name!r} must be letters, digits, '.', '_' or '-'", parameter="models")
-    unknown = set(table) - {"id", "path", "base", "kind", "aliases", "image_encoder"}
+    unknown = set(table) - {"id", "path", "base", "kind", "aliases", "image_encoder", "profile"}
     if unknown:
         raise RequestError(
             f"catalog entry {name!r} has unknown keys {sorted(unknown)}; allowed: id, path, base, kind, aliases, "
-            "image_encoder",
+            "image_encoder, profile",
             parameter="models",
         )
+    if table.get("profile") is not None:
+        from daguerre.engine.profiles import check
+
+        check(table["profile"])
     if "path" not in table:
         raise RequestError(f"catalog entry {name!r} needs a path", parameter="models")
     air = table.get("id")
@@ -317,6 +324,7 @@ def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
         kind=table.get("kind"),
         aliases=tuple(table.get("aliases", ())),
         image_encoder=_resolve(table.get("image_encoder"), settings),
+        profile=table.get("profile"),
     )
 
 

@@ -31,6 +31,7 @@ from daguerre.engine.models import (
     set_ip_adapters,
     set_loras,
 )
+from daguerre.engine.profiles import request_cache
 from daguerre.engine.samplers import NOISE_SALT
 from daguerre.engine.schedulers import make_scheduler
 from daguerre.engine.weighting import encode as weighted_encode
@@ -301,13 +302,14 @@ class Engine:
             noise_gens = [torch.Generator("cpu").manual_seed((seed + i + NOISE_SALT) % 2**64) for i in idx]
             pipe.scheduler = make_scheduler(req.scheduler, dict(model.pipe.scheduler.config), model.kind, noise_gens)
             t_chunk = time.perf_counter()
-            cache = StepCache(pipe.transformer, req.accelerator, plan.steps, pipe.scheduler.order)
-            with torch.inference_mode(), cache if req.accelerator.enabled else contextlib.nullcontext():
+            accel = request_cache(model.applied.profile, req.accelerator)  # turbo: TeaCache by default
+            cache = StepCache(pipe.transformer, accel, plan.steps, pipe.scheduler.order)
+            with torch.inference_mode(), cache if accel.enabled else contextlib.nullcontext():
                 out = pipe(**kwargs).images
             accel_recipe = None
-            if req.accelerator.enabled:
+            if accel.enabled:
                 accel_recipe = {
-                    **{k: v for k, v in asdict(req.accelerator).items() if v not in (None, False)},
+                    **{k: v for k, v in asdict(accel).items() if v not in (None, False)},
                     "computed": cache.stats.computed,
                     "skipped": cache.stats.skipped,
                 }

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from daguerre.engine import checkpoints
+from daguerre.engine import checkpoints, profiles
 from daguerre.engine.catalog import Catalog, ModelSpec
 from daguerre.engine.schedulers import make_scheduler
 from daguerre.errors import ModelLoadError, RequestError, UnsupportedError
@@ -102,6 +102,7 @@ class LoadedModel:
     max_controlnets: int = 4
     ip_adapters: tuple = ()  # IP-Adapter files loaded now, in order (diffusers holds one set at a time)
     control_lora: tuple | None = None  # (adapter name, file) of the BFL control LoRA loaded now
+    applied: profiles.Applied = field(default_factory=profiles.Applied)  # the speed profile it runs with
 
     @property
     def kind(self) -> str:
@@ -365,8 +366,13 @@ class ModelManager:
         dtype: str | None = None,
         memory_budget_gb: float | None = None,
         cache_dir: Path,
+        profile: str = "exact",
+        compile_: bool | None = None,
     ):
         self.catalog = catalog
+        self.profile = profiles.check(profile)
+        self.compile = compile_  # None: on for CUDA, off on the CPU
+        self.cache_dir = Path(cache_dir)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, dtype)
         self.budget = int(memory_budget_gb * 2**30) if memory_budget_gb else default_budget_bytes(self.device)
@@ -463,8 +469,20 @@ class ModelManager:
         pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, **parts)
         pipe.set_progress_bar_config(disable=True)
         digest = self.hashes.sha256(transformer_files(spec))
+        applied = profiles.apply(
+            pipe,
+            spec.profile or self.profile,
+            device=self.device,
+            compile_=self.compile,
+            cache_dir=self.cache_dir,
+            kind=spec.kind,
+            max_seq=MAX_SEQUENCE_LENGTH.get(spec.kind, 512),
+        )
+        profiles.log_applied(spec.name, applied)
         log.info("loaded %s in %.1f s", spec.name, time.perf_counter() - t0)
-        return LoadedModel(spec=spec, pipe=pipe, checkpoint_hash=digest, device=self.device, dtype=self.dtype)
+        return LoadedModel(
+            spec=spec, pipe=pipe, checkpoint_hash=digest, device=self.device, dtype=self.dtype, applied=applied
+        )
 
     def _load_transformer(self, spec: ModelSpec, folder: Path) -> torch.nn.Module:
         from accelerate import init_empty_weights

@@ -1,0 +1,115 @@
+"""Speed profiles: how a loaded model is prepared for speed (settings `profile`, or per catalog entry).
+
+exact  the numerics of the eager model (no quantization, no caching), plus torch.compile of the
+       transformer where `compile` is on (default: on CUDA, off on the CPU where compiling costs
+       minutes). The compiled graph is made dynamic in the image-token dimension and warmed up
+       at two sizes when the model loads, so every allowed size then runs without recompiling
+       (strategy: one dynamic graph, not size buckets). Inductor's caches persist under
+       `cache_dir/inductor`, so a restart compiles from cache.
+fast   exact + float8 dynamic per-row quantization of the transformer's linear layers (torchao).
+       Needs a CUDA GPU with compute capability >= 8.9 (Ada, Hopper) and torchao; anywhere else
+       loading refuses with a message saying so.
+turbo  fast + step caching: requests without acceleratorOptions get TeaCache at distance 0.4.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from daguerre.engine.accel import AccelOptions
+from daguerre.errors import ModelLoadError, RequestError
+
+log = logging.getLogger(__name__)
+
+PROFILES = ("exact", "fast", "turbo")
+TURBO_CACHE = AccelOptions(tea_cache=True, tea_cache_distance=0.4)
+WARMUP_SIZES = ((256, 256), (320, 256))  # two shapes: the second marks the token dimension dynamic
+
+
+@dataclass
+class Applied:
+    """What a profile did to a model, reported by /health/ready and `daguerre models`."""
+
+    profile: str = "exact"
+    compiled: bool = False
+    fp8: bool = False
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def check(profile: str) -> str:
+    if profile not in PROFILES:
+        raise RequestError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}", parameter="profile")
+    return profile
+
+
+def fp8_unavailable(device: torch.device) -> str | None:
+    """Why fp8 quantization cannot run here, or None."""
+    if device.type != "cuda":
+        return f"the device is {device.type}, not a CUDA GPU"
+    if torch.cuda.get_device_capability(device) < (8, 9):
+        return "the GPU's compute capability is below 8.9 (fp8 matmuls need Ada or Hopper)"
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return "torchao is not installed (pip install torchao)"
+    return None
+
+
+def apply(
+    pipe, profile: str, *, device: torch.device, compile_: bool | None, cache_dir: Path, kind: str, max_seq: int
+) -> Applied:
+    """Prepare a freshly loaded FluxPipeline for a profile; raises ModelLoadError when it cannot run here."""
+    check(profile)
+    t0 = time.perf_counter()
+    done = Applied(profile=profile)
+    if profile in ("fast", "turbo"):
+        why = fp8_unavailable(device)
+        if why is not None:
+            raise ModelLoadError(
+                f"profile {profile!r} quantizes the transformer to fp8, which cannot run here: {why}; "
+                "use profile 'exact'",
+                parameter="profile",
+            )
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        quantize_(pipe.transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        done.fp8 = True
+    if compile_ if compile_ is not None else device.type == "cuda":
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir) / "inductor"))
+        mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else None
+        pipe.transformer.compile(mode=mode, dynamic=True)
+        done.compiled = True
+        if kind in ("dev", "schnell"):
+            warm_up(pipe, max_seq)
+            done.notes.append(f"torch.compile({mode or 'default'}, dynamic), warmed up at {len(WARMUP_SIZES)} sizes")
+        else:  # their inputs are built by other pipelines: the first request compiles
+            done.notes.append(f"torch.compile({mode or 'default'}, dynamic), compiled by the first request")
+    done.seconds = time.perf_counter() - t0
+    return done
+
+
+def warm_up(pipe, max_seq: int) -> None:
+    """Compile now (one step at two sizes, the model's text length), so the first request does not pay."""
+    for width, height in WARMUP_SIZES:
+        with torch.inference_mode():
+            pipe("warm-up", width=width, height=height, num_inference_steps=1, output_type="latent",
+                 max_sequence_length=max_seq, generator=torch.Generator("cpu").manual_seed(0))  # fmt: skip
+
+
+def request_cache(profile: str, requested: AccelOptions) -> AccelOptions:
+    """The step caching a request runs with: its own acceleratorOptions, else turbo's default."""
+    if requested.enabled or profile != "turbo":
+        return requested
+    return TURBO_CACHE
+
+
+def log_applied(name: str, applied: Applied) -> None:
+    log.info("profile %s for %s: compiled=%s fp8=%s (%.1f s) %s", applied.profile, name, applied.compiled,
+             applied.fp8, applied.seconds, "; ".join(applied.notes))  # fmt: skip

@@ -1,0 +1,87 @@
+"""Speed profiles: exact compiles (dynamic, warmed up) without changing images; fp8 profiles refuse off-GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from daguerre.engine.accel import AccelOptions
+from daguerre.engine.profiles import TURBO_CACHE, request_cache
+from daguerre.errors import ModelLoadError
+from daguerre.request import GenerationRequest, LoraRef
+
+
+def _manager(settings_factory, tmp_path, **kw):
+    from daguerre.engine.catalog import Catalog
+    from daguerre.engine.models import ModelManager
+
+    s = settings_factory()
+    return ModelManager(catalog=Catalog.from_settings(s), cache_dir=tmp_path / "cache", **kw)
+
+
+def _req(folder, size=128, **kw):
+    return GenerationRequest(model=str(folder), positive_prompt="a red door", width=size, height=size, steps=2,
+                             seed=4, **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize("profile", ["fast", "turbo"])
+def test_fp8_profiles_refuse_where_fp8_cannot_run(settings_factory, tiny_folder, tmp_path, profile):
+    from daguerre.engine.generate import Engine
+
+    engine = Engine(models=_manager(settings_factory, tmp_path, profile=profile))
+    with pytest.raises(ModelLoadError) as e:
+        engine.generate(_req(tiny_folder.model_path))
+    assert f"profile {profile!r}" in e.value.message and "not a CUDA GPU" in e.value.message
+    assert e.value.parameter == "profile"
+
+
+def test_turbo_caches_requests_that_do_not_say_otherwise():
+    own = AccelOptions(db_cache=True, db_cache_threshold=0.1)
+    assert request_cache("turbo", AccelOptions()) == TURBO_CACHE
+    assert request_cache("turbo", own) == own
+    assert request_cache("exact", AccelOptions()) == AccelOptions()
+
+
+def test_compiled_exact_profile_equals_eager_at_every_size_without_recompiling(
+    engine, settings_factory, tiny_folder, tmp_path
+):
+    """Compiled at load with dynamic shapes and warmed up at two sizes: later sizes reuse the graph,
+    images match the eager engine, and LoRA hot-swap still works on the compiled transformer."""
+    from torch._dynamo.utils import counters
+
+    from daguerre.engine.generate import Engine
+    from daguerre.testing.loras import build_lora
+
+    compiled = Engine(models=_manager(settings_factory, tmp_path, compile_=True))
+    with compiled.models.lease(str(tiny_folder.model_path)) as m:
+        assert m.applied.compiled and not m.applied.fp8
+    graphs = counters["stats"]["unique_graphs"]
+    for size in (128, 192, 384):
+        a = compiled.generate(_req(tiny_folder.model_path, size)).images[0]
+        b = engine.generate(_req(tiny_folder.model_path, size)).images[0]
+        assert np.abs(a.pixels - b.pixels).max() <= 1e-4, size
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompilation for new sizes
+    lora = build_lora(tmp_path / "style.safetensors", tiny_folder.model_path, "peft", seed=3)
+    a = compiled.generate(_req(tiny_folder.model_path, loras=(LoraRef(str(lora), 0.8),))).images[0]
+    b = engine.generate(_req(tiny_folder.model_path, loras=(LoraRef(str(lora), 0.8),))).images[0]
+    assert np.abs(a.pixels - b.pixels).max() <= 1e-4
+    base = compiled.generate(_req(tiny_folder.model_path)).images[0]
+    assert np.abs(base.pixels - engine.generate(_req(tiny_folder.model_path)).images[0].pixels).max() <= 1e-4
+
+
+def test_serve_preloads_before_ready_and_reports_failures(make_server):
+    import httpx
+
+    with make_server(preload=["daguerre:tiny@1", "no-such-model"]) as s:
+        for _ in range(100):
+            r = httpx.get(s.url.replace("/v1", "/health/ready"))
+            if r.status_code == 200:
+                break
+            assert r.json()["status"] == "starting"
+            import time
+
+            time.sleep(0.1)
+        body = r.json()
+        assert r.status_code == 200 and body["models"][0]["resident"] is True
+        assert body["models"][0]["profile"] == "exact" and body["models"][0]["compiled"] is False
+        assert body["preload_errors"][0]["model"] == "no-such-model"
