@@ -16,9 +16,9 @@ def test_speed_benchmark_smoke(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads(out.read_text())
     rows = {row["path"]: row for row in data["rows"]}
-    assert {"diffusers", "exact", "turbo", "dbcache", "fast"} <= set(rows)
-    assert all(rows[p]["s_per_image"] > 0 and rows[p]["speedup"] > 0 for p in ("diffusers", "exact", "turbo"))
-    assert "psnr_db" in rows["turbo"] and "latent_rel_error" in rows["turbo"]
+    assert {"diffusers", "exact", "exact+teacache", "exact+dbcache", "fast", "turbo"} <= set(rows)
+    assert all(rows[p]["s_per_image"] > 0 and rows[p]["speedup"] > 0 for p in ("diffusers", "exact", "exact+teacache"))
+    assert "psnr_db" in rows["exact+teacache"] and "latent_rel_error" in rows["exact+teacache"]
     assert data["transformer_tflop_per_image"] > 0 and "skipped" in rows["fast"]["note"]
     assert "s/img" in r.stdout  # the table is printed
     assert data["throughput_images_per_minute"]["1"] > 0

@@ -67,6 +67,9 @@ def test_compiled_exact_profile_equals_eager_at_every_size_without_recompiling(
     assert np.abs(a.pixels - b.pixels).max() <= 1e-4
     base = compiled.generate(_req(tiny_folder.model_path)).images[0]
     assert np.abs(base.pixels - engine.generate(_req(tiny_folder.model_path)).images[0].pixels).max() <= 1e-4
+    off = AccelOptions(tea_cache=True, tea_cache_distance=0.0)  # step caching wraps the compiled blocks
+    cached = compiled.generate(_req(tiny_folder.model_path, accelerator=off)).images[0]
+    assert np.abs(cached.pixels - base.pixels).max() <= 1e-6
 
 
 def test_serve_preloads_before_ready_and_reports_failures(make_server):

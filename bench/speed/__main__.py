@@ -10,12 +10,13 @@ image); `mid` is a CPU-sized model; `tiny` is the test model (--smoke: tiny, 128
 Default: full on a GPU, mid on the CPU.
 
 Paths, all in one process on the same weights, warm-up excluded, interleaved, median of N runs:
-  diffusers  FluxPipeline eager (the baseline)
-  exact      Daguerre's engine; on CUDA with fused QKV projections and torch.compile of the transformer
-  turbo      exact + TeaCache (acceleratorOptions teaCache, distance 0.4)
-  dbcache    exact + first-block DB Cache (threshold 0.25), for information
-  fast       exact + torchao float8 dynamic per-row quantization of the transformer linears (CUDA with
-             compute capability >= 8.9 and torchao only; otherwise the row says why it was skipped)
+  diffusers       FluxPipeline eager (the baseline)
+  exact           the engine with profile exact (compiled on CUDA, dynamic and warmed up at load)
+  exact+teacache  exact + acceleratorOptions TeaCache 0.4
+  exact+dbcache   exact + first-block DB Cache 0.25, for information
+  fast            the engine with profile fast (+ torchao fp8 per-row; CUDA >= 8.9 only, else skipped
+                  with the reason the profile gives)
+  turbo           fast + TeaCache 0.4 (what profile turbo adds to fast)
 Columns: seconds per image, speed-up over the baseline, fraction of the compute floor (the model's
 FLOPs at the device's peak rate), peak device memory, and fidelity against `exact` on the same seed:
 relative error of the final latents and pixel PSNR. Throughput: images per minute with 1, 4 and 16
@@ -136,20 +137,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def fast_profile(transformer, device: torch.device) -> str | None:
-    """float8 dynamic per-row quantization of the transformer's linears; returns why not, or None."""
-    if device.type != "cuda":
-        return "needs a CUDA GPU"
-    if torch.cuda.get_device_capability(device) < (8, 9):
-        return "needs compute capability >= 8.9 (Ada/Hopper) for fp8 matmuls"
-    try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-    except ImportError:
-        return "torchao is not installed (pip install torchao)"
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-    return None
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", choices=tuple(CONFIGS), default=None)
@@ -159,6 +146,8 @@ def main(argv=None) -> None:
     p.add_argument("--queue", default="1,4,16", help="queued requests for the throughput rows ('' skips them)")
     p.add_argument("--out", type=Path, default=Path("bench/results/speed.json"))
     p.add_argument("--smoke", action="store_true", help="tiny model, 128 px, 2 steps, 1 run: checks it runs")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="force torch.compile on or off for the engine paths [default: CUDA only]")  # fmt: skip
     a = p.parse_args(argv)
 
     from diffusers import FluxPipeline
@@ -168,6 +157,7 @@ def main(argv=None) -> None:
     from daguerre.engine.catalog import Catalog
     from daguerre.engine.generate import Engine
     from daguerre.engine.models import ModelManager
+    from daguerre.errors import DaguerreError
     from daguerre.request import GenerationRequest
 
     cuda = torch.cuda.is_available()
@@ -184,13 +174,31 @@ def main(argv=None) -> None:
         build(folder, config)
         settings = Settings(discover=False, cache_dir=Path(tmp) / "cache", device=device.type,
                             dtype="bfloat16" if cuda else "float32")  # fmt: skip
-        engine = Engine(models=ModelManager(catalog=Catalog.from_settings(settings), cache_dir=settings.cache_dir))
+
+        def engine_for(profile: str) -> Engine:
+            manager = ModelManager(catalog=Catalog.from_settings(settings), cache_dir=settings.cache_dir,
+                                   profile=profile, compile_=a.compile)  # fmt: skip
+            return Engine(models=manager)
+
         base = FluxPipeline.from_pretrained(folder, dtype=dtype).to(device)
         base.set_progress_bar_config(disable=True)
-        with engine.models.lease(str(folder)) as model:
+        text_tokens = 512
+        notes: dict[str, str] = {}
+        engines = {}
+        for profile in ("exact", "fast"):  # turbo = the fast engine + TeaCache 0.4 (what turbo adds)
+            t = time.perf_counter()
+            try:
+                engines[profile] = engine_for(profile)
+                with engines[profile].models.lease(str(folder)) as model:
+                    applied = model.applied
+                what = "compiled (dynamic, warmed up)" if applied.compiled else "eager (compile off)"
+                notes[profile] = f"{what}{', fp8 per-row' if applied.fp8 else ''}; load {time.perf_counter() - t:.0f} s"
+            except DaguerreError as e:
+                engines.pop(profile, None)
+                notes[profile] = notes["turbo"] = f"skipped: {e.message}"
+        with engines["exact"].models.lease(str(folder)) as model:
             transformer = model.pipe.transformer
             vae = model.pipe.vae
-        text_tokens = 512
 
         def request(seed: int = 7, **kw):
             return GenerationRequest(
@@ -203,31 +211,32 @@ def main(argv=None) -> None:
 
         outputs: dict[str, dict] = {}
 
-        def engine_run(name, **kw):
+        def engine_run(name, profile, **kw):
+            engine = engines[profile]
+            with engine.models.lease(str(folder)) as m:
+                decoder = m.pipe.vae
+
             def run():
                 into: dict = {}
-                with capture_latents(vae, into):
+                with capture_latents(decoder, into):
                     img = engine.generate(request(**kw)).images[0]
                 outputs[name] = {"pixels": img.pixels, "latents": into["latents"]}
 
             return run
 
-        notes: dict[str, str] = {}
-        if cuda:  # the exact profile's GPU half: fused QKV, compiled transformer
-            try:
-                transformer.fuse_qkv_projections()
-                transformer.compile(mode="max-autotune-no-cudagraphs", dynamic=False)
-                notes["exact"] = "fused QKV + torch.compile(max-autotune-no-cudagraphs)"
-            except Exception as e:  # noqa: BLE001 - a benchmark reports what failed and goes on
-                notes["exact"] = f"compile failed: {e!r}"[:200]
-        else:
-            notes["exact"] = "eager (torch.compile is not applied on the CPU)"
+        teacache = AccelOptions(tea_cache=True, tea_cache_distance=0.4)
         paths = {
             "diffusers": diffusers_run,
-            "exact": engine_run("exact"),
-            "turbo": engine_run("turbo", accelerator=AccelOptions(tea_cache=True, tea_cache_distance=0.4)),
-            "dbcache": engine_run("dbcache", accelerator=AccelOptions(db_cache=True, db_cache_threshold=0.25)),
+            "exact": engine_run("exact", "exact"),
+            "exact+teacache": engine_run("exact+teacache", "exact", accelerator=teacache),
+            "exact+dbcache": engine_run(
+                "exact+dbcache", "exact", accelerator=AccelOptions(db_cache=True, db_cache_threshold=0.25)
+            ),
         }
+        if "fast" in engines:
+            paths["fast"] = engine_run("fast", "fast")
+            paths["turbo"] = engine_run("turbo", "fast", accelerator=teacache)
+            notes["turbo"] = "fast + TeaCache 0.4"
         times = interleaved(paths, runs)
         peaks = {}
         if cuda:
@@ -235,20 +244,13 @@ def main(argv=None) -> None:
                 torch.cuda.reset_peak_memory_stats()
                 fn()
                 peaks[name] = torch.cuda.max_memory_allocated() / 2**30
-        why = fast_profile(transformer, device)
-        if why is None:
-            fast = engine_run("fast")
-            times["fast"] = interleaved({"fast": fast}, runs)["fast"]
-            notes["fast"] = "float8 dynamic activation + weight, per-row (torchao)"
-        else:
-            notes["fast"] = f"skipped: {why}"
-
         throughput = {}
         for n in queue:
             t = time.perf_counter()
             for i in range(n):
-                engine.generate(request(seed=100 + i))
+                engines["exact"].generate(request(seed=100 + i))
             throughput[n] = 60 * n / (time.perf_counter() - t)
+        del vae
 
     flops = flops_per_step(transformer.config, size, text_tokens) * steps
     peak, peak_how = device_peak(device)
@@ -259,7 +261,7 @@ def main(argv=None) -> None:
         s = statistics.median(ts)
         row = {"path": name, "s_per_image": s, "speedup": base_s / s, "note": notes.get(name, "")}
         if peak:
-            rate = peak * (2 if name == "fast" else 1)
+            rate = peak * (2 if name in ("fast", "turbo") else 1)
             row["compute_floor_fraction"] = (flops / rate) / s
         if name in peaks:
             row["peak_gib"] = peaks[name]
@@ -268,7 +270,7 @@ def main(argv=None) -> None:
             row["latent_rel_error"] = float((o["latents"] - ref["latents"]).norm() / ref["latents"].norm())
             row["psnr_db"] = psnr(o["pixels"], ref["pixels"])
         rows.append(row)
-    for name in ("fast",):
+    for name in ("fast", "turbo"):
         if name not in times:
             rows.append({"path": name, "note": notes[name]})
 
@@ -290,17 +292,17 @@ def main(argv=None) -> None:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))
     print(f"{result['device']} | {config} model | {size}px | {steps} steps | median of {runs} | {peak_how}")
-    print(f"{'path':10} {'s/img':>8} {'x base':>7} {'floor':>6} {'GiB':>6} {'lat err':>8} {'PSNR':>6}  note")
+    print(f"{'path':14} {'s/img':>8} {'x base':>7} {'floor':>6} {'GiB':>6} {'lat err':>8} {'PSNR':>6}  note")
     for r in rows:
         if "s_per_image" not in r:
-            print(f"{r['path']:10} {'-':>8} {'-':>7} {'-':>6} {'-':>6} {'-':>8} {'-':>6}  {r['note']}")
+            print(f"{r['path']:14} {'-':>8} {'-':>7} {'-':>6} {'-':>6} {'-':>8} {'-':>6}  {r['note']}")
             continue
         floor = f"{r['compute_floor_fraction']:.0%}" if "compute_floor_fraction" in r else "-"
         gib = f"{r['peak_gib']:.1f}" if "peak_gib" in r else "-"
         err = f"{r['latent_rel_error']:.2e}" if "latent_rel_error" in r else "-"
         ps = f"{r['psnr_db']:.1f}" if "psnr_db" in r else "-"
         speed = f"{r['s_per_image']:8.3f} {r['speedup']:7.2f}"
-        print(f"{r['path']:10} {speed} {floor:>6} {gib:>6} {err:>8} {ps:>6}  {r['note']}")
+        print(f"{r['path']:14} {speed} {floor:>6} {gib:>6} {err:>8} {ps:>6}  {r['note']}")
     for n, ipm in throughput.items():
         print(f"throughput with {n:>2} queued: {ipm:.1f} images/min")
     print(f"wrote {a.out}")
