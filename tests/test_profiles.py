@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -42,6 +44,9 @@ def test_turbo_caches_requests_that_do_not_say_otherwise():
     assert request_cache("exact", AccelOptions()) == AccelOptions()
 
 
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on the CPU needs a C++ compiler (g++)"
+)
 def test_compiled_exact_profile_equals_eager_at_every_size_without_recompiling(
     engine, settings_factory, tiny_folder, tmp_path
 ):
