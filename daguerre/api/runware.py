@@ -19,7 +19,7 @@ from daguerre.api.schema import parse_image_inference
 from daguerre.config import ServerSettings, Settings
 from daguerre.errors import DaguerreError, ImageInputError, RequestError, UnsupportedError
 from daguerre.imaging import load_image, open_image, read_source
-from daguerre.jobs.characters import CharacterStore
+from daguerre.jobs.characters import Characters
 from daguerre.jobs.outbound import OutboundClient
 from daguerre.jobs.queue import QueueFull
 from daguerre.jobs.service import JobService, check_task_uuid
@@ -87,7 +87,7 @@ class Protocol:
         anonymous: bool,
         is_draining: Callable[[], bool],
         outbound: OutboundClient,
-        characters: CharacterStore | None = None,
+        characters: Characters | None = None,
     ):
         self.settings = settings
         self.server: ServerSettings = settings.server

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from daguerre.errors import RequestError
 
@@ -44,6 +45,23 @@ def check(name: str, anchor: str, seed: int) -> None:
         raise RequestError(f"character anchor must be 2-{MAX_ANCHOR} characters of text", parameter="anchor")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise RequestError(f"character seed must be an integer in [0, 2^63), got {seed!r}", parameter="seed")
+
+
+class Characters(Protocol):
+    """Saved characters per owner. The SQLite implementation is the embedded default; a shared
+    backend (Redis, for several servers) implements the same four calls."""
+
+    def put(self, owner: str, character: Character) -> Character:
+        """Save or replace; validates name, anchor and seed."""
+
+    def get(self, owner: str, name: str) -> Character:
+        """The character, or RequestError (parameter `character`) when this owner has none of that name."""
+
+    def list(self, owner: str) -> list[Character]:
+        """This owner's characters, by name."""
+
+    def delete(self, owner: str, name: str) -> bool:
+        """True if it existed."""
 
 
 class CharacterStore:
