@@ -379,14 +379,7 @@ def generate(
         if character is not None:
             from daguerre.cli_studio import LOCAL_OWNER, _store
 
-            saved = _store(config, None).get(LOCAL_OWNER, character)
-            if seed is not None and seed != saved.seed:
-                raise DaguerreError(
-                    f"character {character!r} locks seed {saved.seed}; omit --seed or give that one",
-                    parameter="seed",
-                    code="invalidParameter",
-                )
-            prompt, seed = saved.apply(prompt), saved.seed
+            prompt, seed = _store(config, None).get(LOCAL_OWNER, character).resolve(prompt, seed)
         engine = _engine(settings)
         accel = AccelOptions(
             tea_cache=tea_cache is not None,

@@ -198,7 +198,6 @@ def main(argv=None) -> None:
                 notes[profile] = notes["turbo"] = f"skipped: {e.message}"
         with engines["exact"].models.lease(str(folder)) as model:
             transformer = model.pipe.transformer
-            vae = model.pipe.vae
 
         def request(seed: int = 7, **kw):
             return GenerationRequest(
@@ -250,7 +249,6 @@ def main(argv=None) -> None:
             for i in range(n):
                 engines["exact"].generate(request(seed=100 + i))
             throughput[n] = 60 * n / (time.perf_counter() - t)
-        del vae
 
     flops = flops_per_step(transformer.config, size, text_tokens) * steps
     peak, peak_how = device_peak(device)

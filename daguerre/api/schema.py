@@ -154,14 +154,9 @@ def parse_image_inference(
             raise RequestError(f"character must be a saved character's name, got {character!r}", parameter="character")
         if characters is None:
             raise RequestError("characters are not available here", parameter="character")
-        saved = characters(character)
-        if seed is not None and seed != saved.seed:
-            raise RequestError(
-                f"character {character!r} locks seed {saved.seed}; omit seed or send that one", parameter="seed"
-            )
         if not isinstance(prompt, str):
             raise RequestError("positivePrompt must be text", parameter="positivePrompt")
-        prompt, seed = saved.apply(prompt), saved.seed
+        prompt, seed = characters(character).resolve(prompt, seed)
     enhance = task.get("enhancePrompt", False)
     req = GenerationRequest(
         accelerator=_parse_accel(task.get("acceleratorOptions")),

@@ -230,15 +230,19 @@ class StepCache:
             return_dict=False,
             **kw,
         )
-        temb = self._temb(timestep, guidance, pooled_projections, hidden_states.dtype)
-        embedded = self.t.x_embedder(hidden_states)
-        allowed = (
-            branch.residual is not None
-            and self.start <= step < self.end
-            and branch.consecutive < self.max_consecutive
-            and not kw.get("controlnet_block_samples")  # ControlNet residuals differ every step
-        )
-        skip = self._decide(branch, embedded, temb, encoder_hidden_states, img_ids, txt_ids, allowed)
+        # The probe (modulated input / first-block residual) is only read inside the window, so it is
+        # computed from the step before the window on; elsewhere the step simply computes.
+        skip = False
+        if self.start - 1 <= step < self.end:
+            temb = self._temb(timestep, guidance, pooled_projections, hidden_states.dtype)
+            embedded = self.t.x_embedder(hidden_states)
+            allowed = (
+                branch.residual is not None
+                and self.start <= step
+                and branch.consecutive < self.max_consecutive
+                and not kw.get("controlnet_block_samples")  # ControlNet residuals differ every step
+            )
+            skip = self._decide(branch, embedded, temb, encoder_hidden_states, img_ids, txt_ids, allowed)
         if skip:
             branch.consecutive += 1
             branch.since_refresh += 1

@@ -242,25 +242,9 @@ class Engine:
                 max_sequence_length=plan.max_seq,
             )
         )
-        control_recipe = tuple(
-            {
-                **{k: v for k, v in asdict(c.ref).items() if k not in ("guide_image", "model")},
-                "model": c.spec.id,
-                "start": c.start,
-                "end": c.end,
-                "guide_sha256": pixels_sha256(c.ref.guide_image),
-            }
-            for c in control
-        )
+        control_recipe = tuple(_control_entry(c.ref, c.spec, start=c.start, end=c.end) for c in control)
         if structural is not None:
-            control_recipe += (
-                {
-                    **{k: v for k, v in asdict(structural.ref).items() if k not in ("guide_image", "model")},
-                    "model": structural.spec.id,
-                    "kind": structural.spec.kind,
-                    "guide_sha256": pixels_sha256(structural.ref.guide_image),
-                },
-            )
+            control_recipe += (_control_entry(structural.ref, structural.spec, kind=structural.spec.kind),)
 
         # 4. Denoise chunk by chunk; every image keeps its own generator (seed + index).
         images: list[GeneratedImage] = []
@@ -407,9 +391,7 @@ class Engine:
                 "weight must be 1 (a control LoRA takes a weight as its LoRA scale)",
                 parameter="controlNet.weight",
             )
-        guide = c.guide_image.convert("RGB").resize((req.width, req.height), Image.Resampling.LANCZOS)
-        if c.preprocessor == "canny":
-            guide = canny(guide, c.canny_low, c.canny_high)
+        guide = _prepare_guide(c, req)
         lora = None
         if spec.kind == "controllora":
             lora = (f"control_{self.models.hashes.sha256([spec.path])[:16]}", spec.path, c.weight)
@@ -470,9 +452,7 @@ class Engine:
                     "request (their residuals are added to the transformer differently); use one family",
                     parameter="controlNet.model",
                 )
-            guide = c.guide_image.convert("RGB").resize((req.width, req.height), Image.Resampling.LANCZOS)
-            if c.preprocessor == "canny":
-                guide = canny(guide, c.canny_low, c.canny_high)
+            guide = _prepare_guide(c, req)
             out.append(
                 _Control(
                     spec=spec,
@@ -643,6 +623,18 @@ class _Control:
     def mode_id(self) -> int | None:
         """The Union ControlNet's condition id (None for single-condition ControlNets)."""
         return CONTROL_TYPES.index(self.ref.control_type) if self.ref.control_type else None
+
+
+def _prepare_guide(c, req: GenerationRequest) -> Image.Image:
+    """A controlNet entry's guide at the output size, through its preprocessor."""
+    guide = c.guide_image.convert("RGB").resize((req.width, req.height), Image.Resampling.LANCZOS)
+    return canny(guide, c.canny_low, c.canny_high) if c.preprocessor == "canny" else guide
+
+
+def _control_entry(ref, spec, **extra) -> dict:
+    """A controlNet entry as the recipe records it: the request's fields, the model id, the guide's hash."""
+    fields_ = {k: v for k, v in asdict(ref).items() if k not in ("guide_image", "model")}
+    return {**fields_, "model": spec.id, **extra, "guide_sha256": pixels_sha256(ref.guide_image)}
 
 
 def canny(image: Image.Image, low: int, high: int) -> Image.Image:

@@ -178,7 +178,6 @@ class LoadedModel:
             if Path(path).is_file():
                 net = self._xlabs_controlnet(Path(path))
             else:
-                FluxControlNetModel.load_config(path)
                 net = FluxControlNetModel.from_pretrained(path, torch_dtype=self.dtype)
             net = net.to(self.device).eval()
         except (OSError, ValueError, RuntimeError, KeyError) as e:

@@ -70,6 +70,12 @@ def flux_sigmas(
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
+def flow_scale_noise(sample, timestep, noise):
+    """The img2img start: the image noised to the first timestep's sigma on the flow path."""
+    sigma = (timestep.flatten()[0] / 1000).to(sample.dtype)
+    return sigma * noise + (1 - sigma) * sample
+
+
 def _sigma_from_lambda(lam: float) -> float:
     """Invert lambda = log(alpha / sigma) for alpha = 1 - sigma."""
     return 1.0 / (1.0 + math.exp(lam))
@@ -157,9 +163,7 @@ class FlowSampler:
         self._begin = begin_index
 
     def scale_noise(self, sample, timestep, noise=None):
-        """The img2img start: the image noised to the first sigma on the flow path."""
-        sigma = (timestep.flatten()[0] / 1000).to(sample.dtype)
-        return sigma * noise + (1 - sigma) * sample
+        return flow_scale_noise(sample, timestep, noise)
 
     def step(self, model_output, timestep, sample, return_dict: bool = True, **_):
         if self._call is None:
@@ -331,8 +335,7 @@ class FluxSigmas:
         self.num_inference_steps = n
 
     def scale_noise(self, sample, timestep, noise=None):
-        sigma = (timestep.flatten()[0] / 1000).to(sample.dtype)
-        return sigma * noise + (1 - sigma) * sample
+        return flow_scale_noise(sample, timestep, noise)
 
     def step(self, model_output, timestep, sample, *args, **kwargs):
         import inspect

@@ -34,6 +34,14 @@ class Character:
         prompt = prompt.strip()
         return prompt if prompt.startswith(self.anchor) else f"{self.anchor}, {prompt}"
 
+    def resolve(self, prompt: str, seed: int | None) -> tuple[str, int]:
+        """(prompt with the anchor, the locked seed); a request's own different seed is an error."""
+        if seed is not None and seed != self.seed:
+            raise RequestError(
+                f"character {self.name!r} locks seed {self.seed}; omit seed or send that one", parameter="seed"
+            )
+        return self.apply(prompt), self.seed
+
 
 def check(name: str, anchor: str, seed: int) -> None:
     if not isinstance(name, str) or not NAME.fullmatch(name):
