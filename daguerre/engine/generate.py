@@ -35,7 +35,7 @@ from daguerre.engine.profiles import request_cache
 from daguerre.engine.samplers import NOISE_SALT
 from daguerre.engine.schedulers import make_scheduler
 from daguerre.engine.weighting import encode as weighted_encode
-from daguerre.errors import Cancelled, OutOfMemory, RequestError, UnsupportedError
+from daguerre.errors import Cancelled, DaguerreError, OutOfMemory, RequestError, UnsupportedError
 from daguerre.imaging import encode, to_pil
 from daguerre.prompts.studio import DEFAULT_NEGATIVE, enhance_prompt, lint
 from daguerre.prompts.weighting import parse as parse_prompt
@@ -163,11 +163,7 @@ class Engine:
         max_batch = max_batch or self.max_batch
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         original = req.positive_prompt
-        notes: tuple[str, ...] = ()
-        if req.enhance_prompt:  # deterministic for the request's seed, so a seed reproduces the prompt too
-            enhanced = enhance_prompt(req.positive_prompt, seed)
-            req = replace(req, positive_prompt=enhanced.text)
-            notes = tuple(f"enhance_prompt: {n}" for n in enhanced.notes)
+        req, notes = _enhanced(req, seed)
         with self.models.lease(req.model) as model:
             try:
                 images, chunks = self._run(
@@ -189,6 +185,88 @@ class Engine:
             warnings=images[0].warnings if images else (),
         )
 
+    def batch_key(self, req: GenerationRequest) -> tuple | None:
+        """Requests with the same key can share forward passes (generate_batch); None: it runs alone.
+
+        Shared passes are for plain text-to-image on one model with one plan (size, steps, guidance,
+        true CFG, sampler, LoRAs): prompts, negative prompts, seeds, numberResults and output formats
+        may differ. Image inputs, ControlNets, IP-Adapters and step caching (whose skip decisions are
+        taken for a whole batch) keep a request alone, and so does an engine with max_batch 1.
+        """
+        if self.max_batch < 2 or req.workflow != "txt2img" or req.accelerator.enabled:
+            return None
+        if req.seed_image is not None or req.mask_image is not None or req.controlnets or req.ip_adapters:
+            return None
+        try:
+            profile = self.models.catalog.get(req.model).profile or self.models.profile
+        except DaguerreError:
+            return None  # an unknown model fails when the request runs
+        if request_cache(profile, req.accelerator).enabled:  # turbo caches by default
+            return None
+        loras = tuple((ref.model, ref.weight) for ref in req.loras)
+        return (req.model, req.width, req.height, req.steps, req.guidance, req.true_cfg_scale, req.scheduler, loras)
+
+    def generate_batch(
+        self,
+        reqs: list[GenerationRequest],
+        *,
+        on_image: Callable[[int, GeneratedImage], None] | None = None,
+    ) -> list[GenerationResult | DaguerreError]:
+        """Several requests with one batch_key, their images sharing forward passes of up to max_batch.
+
+        Each image equals its solo run (same seed, same noise, same scheduler noise), up to the float
+        rounding of larger matrix products. A request that fails its own checks (a bad weighted prompt,
+        a prompt past the text encoder) gets its error in its slot and the others go on. on_image is
+        called with (position in reqs, image) as each pass finishes. Errors that are not the request's
+        (out of memory, a failing pass) are raised: the caller runs the requests alone to tell them apart.
+        """
+        if len({self.batch_key(r) for r in reqs} | {None}) != 2:
+            raise ValueError("generate_batch needs requests with one shared batch_key")
+        t0 = time.perf_counter()
+        outcomes: list[GenerationResult | DaguerreError | None] = [None] * len(reqs)
+        images: list[list[GeneratedImage]] = [[] for _ in reqs]
+        with self.models.lease(reqs[0].model) as model:
+            if request_cache(model.applied.profile, reqs[0].accelerator).enabled:  # turbo's default caching
+                raise UnsupportedError("step caching is on for this model: its requests run alone", parameter="model")
+            preps: list[_Prepared] = []
+            for k, req in enumerate(reqs):
+                try:
+                    validate(req)
+                    seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+                    enhanced, notes = _enhanced(req, seed)
+                    prep = self._prepare(model, enhanced, seed, req.positive_prompt, notes)
+                except DaguerreError as e:
+                    outcomes[k] = e
+                    continue
+                prep.slot = k
+                preps.append(prep)
+            items = [(p, i) for p in preps for i in range(p.req.number_results)]
+            chunks: list[list[int]] = [[] for _ in reqs]
+            try:
+                for start in range(0, len(items), self.max_batch):
+                    chunk = items[start : start + self.max_batch]
+                    for prep, image in self._denoise(model, chunk, t0):
+                        images[prep.slot].append(image)
+                        if on_image is not None:
+                            on_image(prep.slot, image)
+                    for prep in {id(p): p for p, _ in chunk}.values():
+                        chunks[prep.slot].append(len(chunk))
+            except torch.OutOfMemoryError as e:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise OutOfMemory(f"out of device memory for a shared pass of {len(items)} images") from e
+        for prep in preps:
+            got = images[prep.slot]
+            outcomes[prep.slot] = GenerationResult(
+                images=got,
+                seed=prep.seed,
+                model_id=model.spec.id,
+                seconds=time.perf_counter() - t0,
+                chunks=chunks[prep.slot],
+                warnings=got[0].warnings if got else (),
+            )
+        return outcomes
+
     def _run(
         self,
         model: LoadedModel,
@@ -203,6 +281,22 @@ class Engine:
         original_prompt: str,
         notes: tuple[str, ...],
     ) -> tuple[list[GeneratedImage], list[int]]:
+        prep = self._prepare(model, req, seed, original_prompt, notes)
+        images: list[GeneratedImage] = []
+        chunks = []
+        for start in range(0, req.number_results, max_batch):
+            items = [(prep, i) for i in range(start, min(start + max_batch, req.number_results))]
+            for _, image in self._denoise(model, items, t0, on_progress, cancel, preview):
+                images.append(image)
+                if on_image is not None:
+                    on_image(image)
+            chunks.append(len(items))
+        return images, chunks
+
+    def _prepare(
+        self, model: LoadedModel, req: GenerationRequest, seed: int, original_prompt: str, notes: tuple[str, ...]
+    ) -> _Prepared:
+        """Everything a request needs before denoising: plan, adapters, pipeline, encoded prompts, inputs."""
         # 1. Resolve model-dependent defaults and check what depends on the model's kind.
         plan = _plan(model, req, self.default_negative)
         structural, plan = self._structural_control(model, req, plan)
@@ -225,6 +319,7 @@ class Engine:
             else (model.pipeline(plan.pipeline))
         )
         pe, ppe = _encode(pipe, req.positive_prompt, req.prompt_weighting, model.device, plan.max_seq)
+        npe = nppe = None
         if plan.negative is not None:
             npe, nppe = _encode(
                 pipe, plan.negative, req.prompt_weighting, model.device, plan.max_seq, parameter="negativePrompt"
@@ -245,92 +340,120 @@ class Engine:
         control_recipe = tuple(_control_entry(c.ref, c.spec, start=c.start, end=c.end) for c in control)
         if structural is not None:
             control_recipe += (_control_entry(structural.ref, structural.spec, kind=structural.spec.kind),)
+        return _Prepared(
+            req=req,
+            seed=seed,
+            plan=plan,
+            pipe=pipe,
+            embeds=(pe, ppe, npe, nppe),
+            image_kwargs=image_kwargs,
+            output_type=output_type,
+            finish=finish,
+            ip_kwargs=ip_kwargs,
+            control=control,
+            structural=structural,
+            warnings=warnings,
+            recipe_extra={
+                "loras": lora_recipe,
+                "controlnets": control_recipe,
+                "ip_adapters": ip_recipe,
+                "negative_prompt": plan.negative if plan.negative is not None else req.negative_prompt,
+                "original_prompt": original_prompt if original_prompt != req.positive_prompt else None,
+                "character": req.character,
+            },
+        )
 
-        # 4. Denoise chunk by chunk; every image keeps its own generator (seed + index).
-        images: list[GeneratedImage] = []
-        chunks = []
-        for start in range(0, req.number_results, max_batch):
-            idx = tuple(range(start, min(start + max_batch, req.number_results)))
-            kwargs = dict(
-                prompt_embeds=pe,
-                pooled_prompt_embeds=ppe,
-                height=req.height,
-                width=req.width,
-                num_inference_steps=plan.steps,
-                num_images_per_prompt=len(idx),
-                max_sequence_length=plan.max_seq,
-                generator=[torch.Generator("cpu").manual_seed(seed + i) for i in idx],
-                output_type=output_type,
-                callback_on_step_end=self._callback(idx, req, t0, on_progress, cancel, preview),
-                **image_kwargs,
+    def _denoise(
+        self,
+        model: LoadedModel,
+        items: list[tuple[_Prepared, int]],
+        t0: float,
+        on_progress=None,
+        cancel: CancelToken | None = None,
+        preview: bool = False,
+    ) -> list[tuple[_Prepared, GeneratedImage]]:
+        """One forward pass over `items` (prepared request, image index): one request's chunk, or images of
+        several requests with the same plan (generate_batch). Every image keeps its own generator (seed +
+        index), so it equals its solo run."""
+        first = items[0][0]
+        req, plan, pipe = first.req, first.plan, first.pipe
+        idx = tuple(i for _, i in items)
+        kwargs = dict(
+            height=req.height,
+            width=req.width,
+            num_inference_steps=plan.steps,
+            max_sequence_length=plan.max_seq,
+            generator=[torch.Generator("cpu").manual_seed(p.seed + i) for p, i in items],
+            output_type=first.output_type,
+            callback_on_step_end=self._callback(idx, req, t0, on_progress, cancel, preview),
+            **first.image_kwargs,
+        )
+        if all(p is first for p, _ in items):  # one request: its embeddings, repeated by the pipeline
+            pe, ppe, npe, nppe = first.embeds
+            kwargs["num_images_per_prompt"] = len(items)
+        else:  # several requests: one row of embeddings per image
+            pe, ppe, npe, nppe = (
+                None if first.embeds[k] is None else torch.cat([p.embeds[k] for p, _ in items]) for k in range(4)
             )
-            if plan.guidance is not None:
-                kwargs["guidance_scale"] = plan.guidance
-            if plan.negative is not None:
-                kwargs.update(
-                    negative_prompt_embeds=npe, negative_pooled_prompt_embeds=nppe, true_cfg_scale=plan.true_cfg
-                )
-            if plan.strength is not None:
-                kwargs["strength"] = plan.strength
-            if control:
-                kwargs.update(_control_kwargs(control, single=len(control) == 1))
-            if structural is not None:
-                kwargs["control_image"] = structural.image
-            kwargs.update(ip_kwargs)
-            if plan.pipeline == "kontext":  # Kontext would rescale the output to 1 MP otherwise
-                kwargs["max_area"] = req.width * req.height
-            if cancel is not None and cancel.cancelled:
-                raise Cancelled("generation cancelled before it started")
-            # A fresh scheduler per chunk; stochastic samplers draw their per-step noise per image
-            # from a generator seeded (image seed + NOISE_SALT), so a seed reproduces at any batch size.
-            noise_gens = [torch.Generator("cpu").manual_seed((seed + i + NOISE_SALT) % 2**64) for i in idx]
-            pipe.scheduler = make_scheduler(req.scheduler, dict(model.pipe.scheduler.config), model.kind, noise_gens)
-            t_chunk = time.perf_counter()
-            accel = request_cache(model.applied.profile, req.accelerator)  # turbo: TeaCache by default
-            cache = StepCache(pipe.transformer, accel, plan.steps, pipe.scheduler.order)
-            with torch.inference_mode(), cache if accel.enabled else contextlib.nullcontext():
-                out = pipe(**kwargs).images
-            accel_recipe = None
-            if accel.enabled:
-                accel_recipe = {
-                    **{k: v for k, v in asdict(accel).items() if v not in (None, False)},
-                    "computed": cache.stats.computed,
-                    "skipped": cache.stats.skipped,
-                }
-            if output_type == "pil":  # mask-crop inpainting pastes back in PIL
-                out = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in out]
-            per_image = (time.perf_counter() - t_chunk) / len(idx)
-            chunks.append(len(idx))
-            # 5. Finish (paste back), attach each image's recipe, hand it on.
-            for pos, (i, raw) in enumerate(zip(idx, out, strict=True)):
-                pixels = finish(raw)  # (H, W, 3) float32
-                recipe = self._recipe(model, req, seed + i, plan)
-                recipe = replace(
-                    recipe,
-                    batch_size=len(idx),
-                    batch_index=pos,
-                    loras=lora_recipe,
-                    controlnets=control_recipe,
-                    ip_adapters=ip_recipe,
-                    negative_prompt=plan.negative if plan.negative is not None else req.negative_prompt,
-                    original_prompt=original_prompt if original_prompt != req.positive_prompt else None,
-                    character=req.character,
-                    accelerator=accel_recipe,
-                )
-                images.append(
-                    GeneratedImage(
-                        index=i,
-                        seed=seed + i,
-                        pixels=pixels,
-                        image=to_pil(pixels),
-                        recipe=recipe,
-                        seconds=per_image,
-                        warnings=warnings,
-                    )
-                )
-                if on_image is not None:
-                    on_image(images[-1])
-        return images, chunks
+            kwargs["num_images_per_prompt"] = 1
+        kwargs.update(prompt_embeds=pe, pooled_prompt_embeds=ppe)
+        if plan.guidance is not None:
+            kwargs["guidance_scale"] = plan.guidance
+        if plan.negative is not None:
+            kwargs.update(negative_prompt_embeds=npe, negative_pooled_prompt_embeds=nppe, true_cfg_scale=plan.true_cfg)
+        if plan.strength is not None:
+            kwargs["strength"] = plan.strength
+        if first.control:
+            kwargs.update(_control_kwargs(first.control, single=len(first.control) == 1))
+        if first.structural is not None:
+            kwargs["control_image"] = first.structural.image
+        kwargs.update(first.ip_kwargs)
+        if plan.pipeline == "kontext":  # Kontext would rescale the output to 1 MP otherwise
+            kwargs["max_area"] = req.width * req.height
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled("generation cancelled before it started")
+        # A fresh scheduler per pass; stochastic samplers draw their per-step noise per image from a
+        # generator seeded (image seed + NOISE_SALT), so a seed reproduces at any batch size.
+        noise_gens = [torch.Generator("cpu").manual_seed((p.seed + i + NOISE_SALT) % 2**64) for p, i in items]
+        pipe.scheduler = make_scheduler(req.scheduler, dict(model.pipe.scheduler.config), model.kind, noise_gens)
+        t_chunk = time.perf_counter()
+        accel = request_cache(model.applied.profile, req.accelerator)  # turbo: TeaCache by default
+        cache = StepCache(pipe.transformer, accel, plan.steps, pipe.scheduler.order)
+        with torch.inference_mode(), cache if accel.enabled else contextlib.nullcontext():
+            out = pipe(**kwargs).images
+        accel_recipe = None
+        if accel.enabled:
+            accel_recipe = {
+                **{k: v for k, v in asdict(accel).items() if v not in (None, False)},
+                "computed": cache.stats.computed,
+                "skipped": cache.stats.skipped,
+            }
+        if first.output_type == "pil":  # mask-crop inpainting pastes back in PIL
+            out = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in out]
+        per_image = (time.perf_counter() - t_chunk) / len(items)
+        # 5. Finish (paste back), attach each image's recipe, hand it on.
+        done = []
+        for (prep, i), raw in zip(items, out, strict=True):
+            own = [k for p, k in items if p is prep]  # this request's images in the pass (reproduce re-runs them)
+            recipe = replace(
+                self._recipe(model, prep.req, prep.seed + i, prep.plan),
+                batch_size=len(own),
+                batch_index=own.index(i),
+                accelerator=accel_recipe,
+                **prep.recipe_extra,
+            )
+            pixels = prep.finish(raw)  # (H, W, 3) float32
+            image = GeneratedImage(
+                index=i,
+                seed=prep.seed + i,
+                pixels=pixels,
+                image=to_pil(pixels),
+                recipe=recipe,
+                seconds=per_image,
+                warnings=prep.warnings,
+            )
+            done.append((prep, image))
+        return done
 
     def _structural_control(self, model: LoadedModel, req: GenerationRequest, plan: _Plan):
         """(the FLUX.1 control checkpoint or BFL control LoRA entry, updated plan), or (None, plan).
@@ -593,6 +716,26 @@ class _Plan:
     negative: str | None  # the unconditional prompt when true CFG is on
 
 
+@dataclass
+class _Prepared:
+    """One request made ready to denoise on a model (Engine._prepare)."""
+
+    req: GenerationRequest
+    seed: int  # the request's base seed; image i uses seed + i
+    plan: _Plan
+    pipe: object  # the diffusers pipeline it runs on
+    embeds: tuple  # (T5 sequence, CLIP pooled, negative sequence or None, negative pooled or None)
+    image_kwargs: dict
+    output_type: str
+    finish: Callable[[np.ndarray], np.ndarray]
+    ip_kwargs: dict
+    control: list
+    structural: _Structural | None
+    warnings: tuple[str, ...]
+    recipe_extra: dict  # recipe fields that come from preparation (loras, controlnets, prompts...)
+    slot: int = 0  # position in a generate_batch call
+
+
 # controlMode -> factor on the ControlNet's conditioning scale: FLUX's distilled guidance has no
 # separate unconditional pass to bias, so "who leads" is expressed in how strongly the ControlNet
 # residuals are added. balanced: the weight as given; prompt: half; controlnet: one and a half.
@@ -663,6 +806,15 @@ def _control_kwargs(control: list[_Control], *, single: bool) -> dict:
         "control_guidance_end": [c.end for c in control],
         "control_mode": [c.mode_id for c in control],
     }
+
+
+def _enhanced(req: GenerationRequest, seed: int) -> tuple[GenerationRequest, tuple[str, ...]]:
+    """The request with its prompt enhanced when it asks (deterministic per seed, so a seed reproduces the
+    prompt too), and the notes to report."""
+    if not req.enhance_prompt:
+        return req, ()
+    enhanced = enhance_prompt(req.positive_prompt, seed)
+    return replace(req, positive_prompt=enhanced.text), tuple(f"enhance_prompt: {n}" for n in enhanced.notes)
 
 
 def _plan(model: LoadedModel, req: GenerationRequest, default_negative: str = "") -> _Plan:

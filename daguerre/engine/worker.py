@@ -1,4 +1,8 @@
-"""The worker loop: claim a job, run it on the engine, store its images, report. One job at a time.
+"""The worker loop: claim a job, run it on the engine, store its images, report.
+
+One job at a time, except that waiting jobs that can share its forward passes (Engine.batch_key:
+plain text-to-image with the same model, size, steps and guidance) are claimed with it and run
+together, up to the engine's max_batch images per pass.
 
 A failing job never takes the worker down: every exception becomes the job's error (user
 errors keep their code; anything else is logged with the taskUUID and reported as
@@ -17,10 +21,14 @@ from daguerre.engine.generate import Engine, GeneratedImage
 from daguerre.errors import DaguerreError
 from daguerre.jobs.service import JobService
 from daguerre.jobs.store import ERROR, RUNNING, SUCCESS, Job
+from daguerre.request import DeliverySpec, GenerationRequest
 from daguerre.storage import ResultStore, StoredObject
 
 log = logging.getLogger(__name__)
 EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
+LOOKAHEAD = 32  # waiting jobs examined for a shared forward pass
+# Wire fields that carry images: such a job never shares a pass, so it is not parsed to find out.
+IMAGE_FIELDS = ("seedImage", "maskImage", "referenceImages", "inputs", "controlNet", "ipAdapters", "outpaint")
 
 
 class Worker:
@@ -47,6 +55,7 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.busy = threading.Event()  # set while a job runs (drain waits on it)
+        self._started: dict[tuple[str, str], float] = {}  # job key -> when it started (for the log)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="daguerre-worker", daemon=True)
@@ -75,48 +84,119 @@ class Worker:
                 self.busy.clear()
 
     def run(self, job: Job) -> None:
-        """Run one job to success or error, announcing each stored image."""
+        """Run a claimed job to success or error, with any waiting jobs that can share its forward passes."""
+        parsed = self._start(job)
+        if parsed is None:
+            return
+        group = [(job, *parsed)]
+        key = self.engine.batch_key(parsed[0])
+        if key is not None:
+            group += self._companions(key, room=self.engine.max_batch - parsed[0].number_results)
+        if len(group) == 1:
+            self._run_alone(*group[0])
+        else:
+            self._run_group(group)
+
+    def _start(self, job: Job):
+        """Mark the job running and parse its payload: (request, delivery), or None when it failed."""
         job.status, job.results, job.error = RUNNING, [], None
+        self._started[job.key] = time.perf_counter()
         self.jobs.changed(job)
-        t0 = time.perf_counter()
         try:
             characters = self.characters_for(job.owner) if self.characters_for is not None else None
-            req, delivery = parse_image_inference(job.payload, self.resolver_for(job.owner), characters)
-            ttl = delivery.ttl or self.default_ttl
-            ext = EXT[req.output.format]
+            return parse_image_inference(job.payload, self.resolver_for(job.owner), characters)
+        except Exception as e:  # noqa: BLE001 - reported as the job's error
+            self._finish(job, e)
+            return None
 
-            def on_image(im: GeneratedImage) -> None:
-                uuid = job.image_uuids[im.index]
-                self.results.put(
-                    StoredObject(uuid=uuid, owner=job.owner, ext=ext, kind="result", expires_at=time.time() + ttl),
-                    im.encode(req.output),
-                )
-                result = {"imageUUID": uuid, "seed": im.seed, "ext": ext, "seconds": im.seconds, "index": im.index}
-                if im.warnings:
-                    result["warnings"] = list(im.warnings)
-                job.results.append(result)
-                self.jobs.changed(job)
-                self._announce(job, result)
+    def _companions(self, key: tuple, room: int) -> list[tuple[Job, GenerationRequest, DeliverySpec]]:
+        """Waiting jobs with this batch key, up to `room` more images, claimed from the queue (oldest first)."""
+        chosen: list[tuple[Job, GenerationRequest, DeliverySpec]] = []
+        for k in self.jobs.queue.waiting(LOOKAHEAD):
+            if room <= 0:
+                break
+            job = self.jobs.get(*k)
+            # Payloads carrying images never share a pass: skip them before parsing (which fetches URLs).
+            if job is None or job.done or any(f in job.payload for f in IMAGE_FIELDS):
+                continue
+            try:
+                characters = self.characters_for(job.owner) if self.characters_for is not None else None
+                req, delivery = parse_image_inference(job.payload, self.resolver_for(job.owner), characters)
+            except Exception:  # noqa: BLE001 - a bad payload fails when its own turn comes
+                continue
+            if self.engine.batch_key(req) == key and req.number_results <= room:
+                chosen.append((job, req, delivery))
+                room -= req.number_results
+        taken = set(self.jobs.queue.take([job.key for job, _, _ in chosen]))
+        group = [c for c in chosen if c[0].key in taken]
+        for job, _, _ in group:
+            job.status, job.results, job.error = RUNNING, [], None
+            self._started[job.key] = time.perf_counter()
+            self.jobs.changed(job)
+        return group
 
-            self.engine.generate(req, on_image=on_image)
-            job.status = SUCCESS
-        except DaguerreError as e:
-            job.status, job.error = ERROR, {"code": e.code, "message": e.message, "parameter": e.parameter}
-        except Exception:  # noqa: BLE001 - the worker must survive anything a job does
-            log.exception("task %s failed", job.task_uuid)
-            job.status, job.error = (
-                ERROR,
-                {
-                    "code": "internalError",
-                    "message": "generation failed inside the server; see its log",
-                    "parameter": None,
-                },
+    def _run_alone(self, job: Job, req: GenerationRequest, delivery: DeliverySpec) -> None:
+        try:
+            self.engine.generate(req, on_image=self._on_image(job, req, delivery))
+        except Exception as e:  # noqa: BLE001 - reported as the job's error
+            self._finish(job, e)
+            return
+        self._finish(job, None)
+
+    def _run_group(self, group: list[tuple[Job, GenerationRequest, DeliverySpec]]) -> None:
+        """Jobs sharing forward passes. If a shared pass fails, every job without results runs again alone,
+        so one job's trouble (or a batch too large for memory) never fails the others."""
+        hooks = [self._on_image(job, req, delivery) for job, req, delivery in group]
+        try:
+            outcomes = self.engine.generate_batch([req for _, req, _ in group], on_image=lambda k, im: hooks[k](im))
+        except Exception as e:  # noqa: BLE001 - retried alone below
+            log.warning("a shared pass of %d tasks failed (%s); running them one by one", len(group), e)
+            for job, req, delivery in group:
+                if job.results:  # images already delivered: do not deliver them twice
+                    self._finish(job, e)
+                else:
+                    self._run_alone(job, req, delivery)
+            return
+        log.info("%d tasks shared forward passes", len(group))
+        for (job, _, _), outcome in zip(group, outcomes, strict=True):
+            self._finish(job, outcome if isinstance(outcome, Exception) else None)
+
+    def _on_image(self, job: Job, req: GenerationRequest, delivery: DeliverySpec):
+        """Store each image of a job as it comes, and announce it."""
+        ttl = delivery.ttl or self.default_ttl
+        ext = EXT[req.output.format]
+
+        def on_image(im: GeneratedImage) -> None:
+            uuid = job.image_uuids[im.index]
+            self.results.put(
+                StoredObject(uuid=uuid, owner=job.owner, ext=ext, kind="result", expires_at=time.time() + ttl),
+                im.encode(req.output),
             )
+            result = {"imageUUID": uuid, "seed": im.seed, "ext": ext, "seconds": im.seconds, "index": im.index}
+            if im.warnings:
+                result["warnings"] = list(im.warnings)
+            job.results.append(result)
+            self.jobs.changed(job)
+            self._announce(job, result)
+
+        return on_image
+
+    def _finish(self, job: Job, error: Exception | None) -> None:
+        """Record the job's end (success, its user error, or internalError without a traceback) and report it."""
+        if error is None:
+            job.status = SUCCESS
+        elif isinstance(error, DaguerreError):
+            job.status, job.error = ERROR, {"code": error.code, "message": error.message, "parameter": error.parameter}
+        else:
+            log.error("task %s failed", job.task_uuid, exc_info=error)
+            message = "generation failed inside the server; see its log"
+            job.status, job.error = ERROR, {"code": "internalError", "message": message, "parameter": None}
+        started = self._started.pop(job.key, None)
         log.info(
             "task %s %s in %.2f s",
             job.task_uuid,
             job.status,
-            time.perf_counter() - t0,
+            time.perf_counter() - started if started is not None else 0.0,
             extra={"taskUUID": job.task_uuid},
         )
         self.jobs.changed(job)

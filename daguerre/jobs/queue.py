@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 from typing import Protocol
 
@@ -19,6 +20,14 @@ class JobQueue(Protocol):
 
     def claim(self, timeout: float) -> tuple[str, str] | None:
         """The next key, waiting up to `timeout` seconds; None if none came."""
+
+    def waiting(self, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` waiting keys, oldest first, left in the queue (the worker looks for jobs that can
+        share a forward pass with the one it claimed)."""
+
+    def take(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Claim these keys if they are still waiting; returns the ones claimed (another worker may have
+        been first)."""
 
     def __len__(self) -> int:
         """Jobs waiting (not counting the one running)."""
@@ -47,6 +56,23 @@ class InProcessQueue:
             return self._q.get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def waiting(self, limit: int) -> list[tuple[str, str]]:
+        with self._q.mutex:
+            return list(itertools.islice(self._q.queue, limit))
+
+    def take(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        taken = []
+        with self._q.mutex:
+            for key in keys:
+                try:
+                    self._q.queue.remove(key)
+                except ValueError:
+                    continue
+                taken.append(key)
+            if taken:
+                self._q.not_full.notify(len(taken))
+        return taken
 
     def __len__(self) -> int:
         return self._q.qsize()
