@@ -53,6 +53,8 @@ FLAGS = {
     "ipAdapters.guideImages": "--ip-adapter",
     "character": "--character",
     "profile": "--profile",
+    "offload": "--offload",
+    "t5": "--t5",
     "acceleratorOptions": "--tea-cache/--db-cache",
     "acceleratorOptions.teaCache": "--tea-cache",
     "acceleratorOptions.teaCacheDistance": "--tea-cache",
@@ -69,6 +71,10 @@ EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="settings TOML (models, folders, device)")]
 DeviceOpt = Annotated[str | None, typer.Option(help="cuda | mps | cpu (default: best available)")]
 DtypeOpt = Annotated[str | None, typer.Option(help="bfloat16 | float16 | float32 (default: bf16 GPU, fp32 CPU)")]
+OffloadOpt = Annotated[
+    str | None, typer.Option(help="memory mode for small GPUs: none | model | group (CUDA only) [settings: none]")
+]
+T5Opt = Annotated[str | None, typer.Option("--t5", help="where T5 runs: device | cpu | int8 [settings: device]")]
 
 
 def _fail(e: DaguerreError, flags: dict[str, str] | None = None) -> None:
@@ -109,6 +115,8 @@ def _engine(settings):
         cache_dir=settings.cache_dir,
         profile=settings.profile,
         compile_=settings.compile,
+        offload=settings.offload,
+        t5=settings.t5,
     )
     return Engine(models=manager, max_batch=settings.max_batch, default_negative=settings.default_negative_prompt)
 
@@ -350,6 +358,8 @@ def generate(
     compile_: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help="torch.compile the transformer [on CUDA only]")
     ] = None,
+    offload: OffloadOpt = None,
+    t5: T5Opt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ):
     """Generate images and print their paths and seeds."""
@@ -358,7 +368,11 @@ def generate(
     from daguerre.request import GenerationRequest, OutputSpec
 
     try:
-        extra = {k: v for k, v in (("profile", profile), ("compile", compile_)) if v is not None}
+        extra = {
+            k: v
+            for k, v in (("profile", profile), ("compile", compile_), ("offload", offload), ("t5", t5))
+            if v is not None
+        }
         settings = _settings(config, device=device, dtype=dtype, base_model=base, **extra)
         seed_image = load_image(image, parameter="seedImage", limits=settings.image_limits) if image else None
         mask_image = load_image(mask, parameter="maskImage", limits=settings.image_limits, mask=True) if mask else None
@@ -575,6 +589,8 @@ def serve(
         typer.Option(help="load (and compile) this model before reporting ready (repeatable; --demo: the demo)"),
     ] = None,
     profile: Annotated[str | None, typer.Option(help="speed profile: exact | fast | turbo [settings: exact]")] = None,
+    offload: OffloadOpt = None,
+    t5: T5Opt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     base: Annotated[str | None, typer.Option(help="folder lending text encoders/VAE to single-file models")] = None,
@@ -587,7 +603,7 @@ def serve(
     from daguerre.api.app import create_app
 
     try:
-        settings = _settings(config, device=device, dtype=dtype, base_model=base)
+        settings = _settings(config, device=device, dtype=dtype, base_model=base, offload=offload, t5=t5)
         if profile is not None:
             from daguerre.engine.profiles import check
 

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
         description="speed profile: exact (eager numerics, compiled where `compile`), fast (+ fp8 transformer, "
         "CUDA >= 8.9 only), turbo (+ TeaCache for requests without acceleratorOptions); per model: `profile`",
     )
+    offload: Literal["none", "model", "group"] = Field(
+        "none",
+        description="memory mode for GPUs smaller than the model: none (all resident), model (each part moves to "
+        "the GPU when it runs), group (transformer blocks stream in); CUDA only; per model: `offload`",
+    )
+    t5: Literal["device", "cpu", "int8"] = Field(
+        "device", description="where the T5 text encoder runs: device, cpu (frees ~9.5 GB of GPU), int8 (half size)"
+    )
     compile: bool | None = Field(
         None, description="torch.compile the transformer at load (dynamic shapes, warmed up); default: on CUDA only"
     )

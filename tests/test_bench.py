@@ -11,8 +11,8 @@ from pathlib import Path
 def test_speed_benchmark_smoke(tmp_path):
     out = tmp_path / "speed.json"
     root = Path(__file__).parents[1]
-    r = subprocess.run([sys.executable, "bench/speed", "--smoke", "--out", str(out)], cwd=root, capture_output=True,
-                       text=True, timeout=600)  # fmt: skip
+    r = subprocess.run([sys.executable, "bench/speed", "--smoke", "--max-batch", "2", "--out", str(out)], cwd=root,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads(out.read_text())
     rows = {row["path"]: row for row in data["rows"]}
@@ -21,4 +21,6 @@ def test_speed_benchmark_smoke(tmp_path):
     assert "psnr_db" in rows["exact+teacache"] and "latent_rel_error" in rows["exact+teacache"]
     assert data["transformer_tflop_per_image"] > 0 and "skipped" in rows["fast"]["note"]
     assert "s/img" in r.stdout  # the table is printed
-    assert data["throughput_images_per_minute"]["1"] > 0
+    # Throughput goes through the worker, with one task per pass and with shared passes.
+    assert set(data["throughput_images_per_minute"]) == {"1 queued, max_batch 1", "1 queued, max_batch 2"}
+    assert all(ipm > 0 for ipm in data["throughput_images_per_minute"].values())

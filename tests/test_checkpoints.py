@@ -114,11 +114,7 @@ def test_non_flux_safetensors_is_named_and_explained(tmp_path):
     assert "not a FLUX.1 transformer" in e.value.message and "double_blocks" in e.value.message
 
 
-def test_gguf_and_flux2_are_unsupported(tmp_path):
-    gguf = tmp_path / "flux.gguf"
-    gguf.write_bytes(b"GGUF")
-    with pytest.raises(UnsupportedError):
-        checkpoints.inspect(gguf)
+def test_flux2_is_unsupported(tmp_path):
     flux2 = tmp_path / "flux2.safetensors"
     save_file(
         {

@@ -175,6 +175,7 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
                 "kind": s.kind,
                 "aliases": list(s.aliases),
                 "profile": s.profile or engine.models.profile,
+                "offload": s.offload or engine.models.offload,
                 **(
                     {"resident": True, "compiled": loaded[s.id].compiled, "fp8": loaded[s.id].fp8}
                     if s.id in loaded

@@ -39,7 +39,7 @@ class ModelSpec:
 
     id: str  # AIR-style source:id@version, or the absolute path for ad-hoc paths
     name: str  # short name (`flux-dev`)
-    path: Path  # diffusers folder or single .safetensors transformer file
+    path: Path  # diffusers folder or single .safetensors / .gguf transformer file
     format: str  # "folder" | "single-file"
     kind: str  # dev | schnell | fill | control | kontext
     source: str  # catalog | hf-cache | comfyui | path
@@ -48,6 +48,7 @@ class ModelSpec:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     image_encoder: str | None = None  # IP-Adapters: the local CLIP vision folder they need
     profile: str | None = None  # speed profile for this model (exact | fast | turbo); None = the settings'
+    offload: str | None = None  # memory mode for this model (none | model | group); None = the settings'
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -107,6 +108,7 @@ def spec_for_path(
     aliases: tuple[str, ...] = (),
     image_encoder: str | None = None,
     profile: str | None = None,
+    offload: str | None = None,
 ) -> ModelSpec:
     """Build a spec for a folder or single file, inspecting it (headers and configs only)."""
     path = Path(path).expanduser()
@@ -138,6 +140,7 @@ def spec_for_path(
             else None
         ),
         profile=profile,
+        offload=offload,
     )
 
 
@@ -189,7 +192,8 @@ def discover_model_dirs(dirs: list[Path], *, base: str | None) -> list[ModelSpec
     for root in dirs:
         for sub in COMFY_SUBDIRS:
             for folder in (root / "models" / sub, root / sub):
-                for f in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+                files = [*folder.glob("*.safetensors"), *folder.glob("*.gguf")] if folder.is_dir() else []
+                for f in sorted(files):
                     try:
                         info = checkpoints.inspect(f)
                     except Exception as e:  # noqa: BLE001 - any non-FLUX file is skipped, not fatal
@@ -252,14 +256,14 @@ class Catalog:
         return len(self._specs)
 
     def get(self, ref: str) -> ModelSpec:
-        """The spec for an id, name, alias, or a path to a folder or .safetensors file."""
+        """The spec for an id, name, alias, or a path to a folder or .safetensors / .gguf file."""
         if not ref or not ref.strip():
             raise RequestError(
                 "model must be a catalog id, a short name or a path; got an empty string", parameter="model"
             )
         if ref in self._index:
             return self._index[ref]
-        if "/" in ref or ref.endswith(".safetensors") or ref.startswith((".", "~")):
+        if "/" in ref or ref.endswith((".safetensors", ".gguf")) or ref.startswith((".", "~")):
             path = Path(ref).expanduser()
             if path.exists():
                 spec = spec_for_path(path, base=self.default_base)
@@ -293,17 +297,21 @@ class Catalog:
 def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
     if not NAME_RE.match(name):
         raise RequestError(f"catalog name {name!r} must be letters, digits, '.', '_' or '-'", parameter="models")
-    unknown = set(table) - {"id", "path", "base", "kind", "aliases", "image_encoder", "profile"}
+    unknown = set(table) - {"id", "path", "base", "kind", "aliases", "image_encoder", "profile", "offload"}
     if unknown:
         raise RequestError(
             f"catalog entry {name!r} has unknown keys {sorted(unknown)}; allowed: id, path, base, kind, aliases, "
-            "image_encoder, profile",
+            "image_encoder, profile, offload",
             parameter="models",
         )
     if table.get("profile") is not None:
         from daguerre.engine.profiles import check
 
         check(table["profile"])
+    if table.get("offload") is not None:
+        from daguerre.engine.memory import check_offload
+
+        check_offload(table["offload"])
     if "path" not in table:
         raise RequestError(f"catalog entry {name!r} needs a path", parameter="models")
     air = table.get("id")
@@ -325,6 +333,7 @@ def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
         aliases=tuple(table.get("aliases", ())),
         image_encoder=_resolve(table.get("image_encoder"), settings),
         profile=table.get("profile"),
+        offload=table.get("offload"),
     )
 
 

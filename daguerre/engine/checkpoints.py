@@ -1,4 +1,4 @@
-"""Single-file FLUX.1 transformer checkpoints: sniffing, key layout conversion, fp8 upcast.
+"""Single-file FLUX.1 transformer checkpoints: sniffing, key layout conversion, fp8 upcast, GGUF.
 
 FLUX.1-dev, schnell and the realism fine-tunes ship one `.safetensors` file in the
 Black Forest Labs key layout (`double_blocks.N...`, `single_blocks.N...`), sometimes with
@@ -6,6 +6,12 @@ ComfyUI's `model.diffusion_model.` prefix and bundled text encoders / VAE, somet
 float8. diffusers' own converter hard-codes the full-size hidden width (3072), so it cannot
 load a model of any other width; this module infers every dimension from the tensors, which
 is what lets the tiny test checkpoints and a real 24 GB file go through the same code.
+
+GGUF files (city96's FLUX.1 quantizations, ComfyUI-GGUF's format: BFL key names, linear weights
+in llama.cpp block formats such as Q8_0, Q5_K, Q4_K) are read with diffusers' GGUF reader; their
+quantized weights stay quantized (diffusers' GGUFParameter, dequantized per layer at run time by
+GGUFLinear) and go through the same key conversion, which only splits along output rows and so
+keeps every quantization block intact.
 
 Layout reference: black-forest-labs/flux `src/flux/model.py` (key names) and diffusers
 `FluxTransformer2DModel` (target names).
@@ -47,11 +53,6 @@ class CheckpointInfo:
 def read_header(path: Path) -> dict:
     """The safetensors JSON header (tensor names, dtypes, shapes) without reading tensors."""
     path = Path(path)
-    if path.suffix.lower() == ".gguf":
-        raise UnsupportedError(
-            f"{path}: GGUF-quantized transformers are not supported yet; use a .safetensors file",
-            parameter="model",
-        )
     if path.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin"}:
         raise ModelLoadError(
             f"{path}: pickle checkpoints are not loaded (they can run code); "
@@ -76,10 +77,23 @@ def read_header(path: Path) -> dict:
     return header
 
 
+def gguf_header(path: Path) -> dict:
+    """{tensor name: {"dtype": GGML type name, "shape": logical shape}} of a GGUF file, without its data."""
+    try:
+        from gguf import GGUFReader
+    except ImportError as e:  # pragma: no cover - gguf is a dependency
+        raise ModelLoadError(f"{path}: reading GGUF files needs the gguf package (pip install gguf)") from e
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - the reader fails in many ways on a damaged file
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({e!r})", parameter="model") from e
+    return {t.name: {"dtype": t.tensor_type.name, "shape": [int(n) for n in reversed(t.shape)]} for t in reader.tensors}
+
+
 def inspect(path: Path) -> CheckpointInfo:
     """Identify a single-file checkpoint: layout, FLUX.1 kind, dtype. Raises a clear error otherwise."""
     path = Path(path)
-    header = read_header(path)
+    header = gguf_header(path) if path.suffix.lower() == ".gguf" else read_header(path)
     names = {_strip(k) for k in header}
     if any(k.startswith("ip_adapter_proj_model.") for k in names):
         return CheckpointInfo(
@@ -141,9 +155,13 @@ def inspect(path: Path) -> CheckpointInfo:
 
 
 def _dominant_dtype(header: dict) -> str:
+    """The dtype holding most of the weights (by element count: many small F32 norms and scales do not count)."""
     dtypes: dict[str, int] = {}
     for entry in header.values():
-        dtypes[entry["dtype"]] = dtypes.get(entry["dtype"], 0) + 1
+        n = 1
+        for d in entry.get("shape", ()):
+            n *= d
+        dtypes[entry["dtype"]] = dtypes.get(entry["dtype"], 0) + n
     return max(dtypes, key=dtypes.get) if dtypes else "none"
 
 
@@ -153,6 +171,39 @@ def _strip(key: str) -> str:
 
 def _find(header: dict, name: str) -> str:
     return name if name in header else COMFY_PREFIX + name
+
+
+def load_gguf_state_dict(
+    path: Path, dtype: torch.dtype, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """A GGUF transformer as a diffusers-layout state dict: quantized weights stay GGUFParameters (on
+    `device`), the others (norms, biases, F16/F32 tensors) are cast to `dtype`; plus the implied config."""
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    info = inspect(path)
+    try:
+        raw = load_gguf_checkpoint(str(path))
+    except ValueError as e:  # an unsupported quantization type names itself
+        raise ModelLoadError(f"{path}: {e}".split("\n\n")[0], parameter="model") from e
+    sd: dict[str, torch.Tensor] = {}
+    for key, t in raw.items():
+        name = _strip(key)
+        if key.startswith(FOREIGN_PREFIXES):
+            continue
+        sd[name] = t.to(device) if isinstance(t, GGUFParameter) else t.to(device, dtype)
+    if info.layout == "bfl":
+        sd = bfl_to_diffusers(sd)
+    return sd, config_from_state_dict(sd)
+
+
+def is_quantized(t: torch.Tensor) -> bool:
+    """A GGUF-quantized tensor (its shape is bytes; quant_shape is the weight's shape)."""
+    return hasattr(t, "quant_type")
+
+
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(getattr(t, "quant_shape", t.shape))
 
 
 def load_transformer_state_dict(
@@ -166,6 +217,8 @@ def load_transformer_state_dict(
     """
     from safetensors import safe_open
 
+    if Path(path).suffix.lower() == ".gguf":
+        return load_gguf_state_dict(path, dtype, device)
     info = inspect(path)
     sd: dict[str, torch.Tensor] = {}
     with safe_open(str(path), framework="pt", device=str(device)) as f:
@@ -193,17 +246,17 @@ def load_transformer_state_dict(
 
 def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
     """FluxTransformer2DModel config fields implied by a diffusers-layout state dict's shapes."""
-    inner = sd["x_embedder.weight"].shape[0]
+    inner = _shape(sd["x_embedder.weight"])[0]
     head_dim = sd["transformer_blocks.0.attn.norm_q.weight"].shape[0]
     return {
-        "in_channels": sd["x_embedder.weight"].shape[1],
-        "out_channels": sd["proj_out.weight"].shape[0],
+        "in_channels": _shape(sd["x_embedder.weight"])[1],
+        "out_channels": _shape(sd["proj_out.weight"])[0],
         "num_layers": 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("transformer_blocks.")),
         "num_single_layers": 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("single_transformer_blocks.")),
         "attention_head_dim": head_dim,
         "num_attention_heads": inner // head_dim,
-        "joint_attention_dim": sd["context_embedder.weight"].shape[1],
-        "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
+        "joint_attention_dim": _shape(sd["context_embedder.weight"])[1],
+        "pooled_projection_dim": _shape(sd["time_text_embed.text_embedder.linear_1.weight"])[1],
         "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in sd,
     }
 
@@ -384,8 +437,8 @@ def xlabs_controlnet_config(sd: dict[str, torch.Tensor], axes_dims_rope) -> dict
         "num_single_layers": 0,
         "attention_head_dim": head_dim,
         "num_attention_heads": inner // head_dim,
-        "joint_attention_dim": sd["context_embedder.weight"].shape[1],
-        "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
+        "joint_attention_dim": _shape(sd["context_embedder.weight"])[1],
+        "pooled_projection_dim": _shape(sd["time_text_embed.text_embedder.linear_1.weight"])[1],
         "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in sd,
         "axes_dims_rope": tuple(axes_dims_rope),
         "conditioning_embedding_channels": sd["input_hint_block.conv_out.weight"].shape[0],

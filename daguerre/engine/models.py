@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from daguerre.engine import checkpoints, profiles
+from daguerre.engine import checkpoints, memory, profiles
 from daguerre.engine.catalog import Catalog, ModelSpec
 from daguerre.engine.schedulers import make_scheduler
 from daguerre.errors import ModelLoadError, RequestError, UnsupportedError
@@ -72,8 +72,16 @@ def default_budget_bytes(device: torch.device) -> int:
     return int(ram * 0.6)
 
 
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Memory a tensor holds; for quantized tensor subclasses (torchao int8/fp8), what their parts hold."""
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
 def module_bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return sum(tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
 
 
 def unique_bytes(models) -> int:
@@ -297,6 +305,21 @@ def set_ip_adapters(model: LoadedModel, specs: list) -> None:
     model.ip_adapters = paths
 
 
+def _attach_gguf(model: torch.nn.Module, sd: dict, compute_dtype: torch.dtype) -> set[str]:
+    """Swap the linears whose weights are GGUF-quantized for diffusers' GGUFLinear (dequantized per
+    layer at run time, fused CUDA kernels where available) and attach those weights; returns their keys."""
+    quantized = {k for k, v in sd.items() if checkpoints.is_quantized(v)}
+    if not quantized:
+        return quantized
+    from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
+
+    _replace_with_gguf_linear(model, compute_dtype, sd)
+    for key in quantized:
+        owner, attr = key.rsplit(".", 1)
+        setattr(model.get_submodule(owner), attr, sd[key])
+    return quantized
+
+
 class HashCache:
     """sha256 of weight files, remembered by (path, size, mtime) so a 24 GB file is read once."""
 
@@ -367,9 +390,13 @@ class ModelManager:
         cache_dir: Path,
         profile: str = "exact",
         compile_: bool | None = None,
+        offload: str = "none",
+        t5: str = "device",
     ):
         self.catalog = catalog
         self.profile = profiles.check(profile)
+        self.offload = memory.check_offload(offload)  # per model: the catalog entry's offload
+        self.t5 = memory.check_t5(t5)
         self.compile = compile_  # None: on for CUDA, off on the CPU
         self.cache_dir = Path(cache_dir)
         self.device = resolve_device(device)
@@ -455,35 +482,43 @@ class ModelManager:
 
         t0 = time.perf_counter()
         log.info("loading %s from %s (%s, %s)", spec.name, spec.path, self.dtype, self.device)
+        profile, offload = spec.profile or self.profile, spec.offload or self.offload
+        memory.check_supported(offload, self.t5, device=self.device, profile=profile)
         # 1. Where the non-transformer parts come from: the model's own folder or its base.
         folder = spec.path if spec.format == "folder" else self.catalog.resolve_base(spec)
         # 2. The transformer (the only part a fine-tune changes).
-        transformer = self._load_transformer(spec, folder)
-        # 3. The rest, shared with every model that uses the same folder.
+        transformer = self._load_transformer(spec, folder, memory.load_device("transformer", self.device, offload, ""))
+        # 3. The rest, shared with every model that uses the same folder and placement.
         parts = {
-            name: self._shared_part(folder, name)
+            name: self._shared_part(folder, name, memory.load_device(name, self.device, offload, self.t5))
             for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
         }
         scheduler = self._scheduler(folder, spec.kind)
         pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, **parts)
         pipe.set_progress_bar_config(disable=True)
         digest = self.hashes.sha256(transformer_files(spec))
+        memory.apply_offload(pipe, offload, self.device)
         applied = profiles.apply(
             pipe,
-            spec.profile or self.profile,
+            profile,
             device=self.device,
-            compile_=self.compile,
+            # Offloaded models compile only when asked: the hooks move weights under the compiled blocks.
+            compile_=self.compile if offload == "none" else bool(self.compile),
             cache_dir=self.cache_dir,
             kind=spec.kind,
             max_seq=MAX_SEQUENCE_LENGTH.get(spec.kind, 512),
         )
+        if offload != "none":
+            applied.notes.append(f"offload {offload}")
+        if self.t5 != "device":
+            applied.notes.append(f"t5 {self.t5}")
         profiles.log_applied(spec.name, applied)
         log.info("loaded %s in %.1f s", spec.name, time.perf_counter() - t0)
         return LoadedModel(
             spec=spec, pipe=pipe, checkpoint_hash=digest, device=self.device, dtype=self.dtype, applied=applied
         )
 
-    def _load_transformer(self, spec: ModelSpec, folder: Path) -> torch.nn.Module:
+    def _load_transformer(self, spec: ModelSpec, folder: Path, device: torch.device) -> torch.nn.Module:
         from accelerate import init_empty_weights
         from diffusers import FluxTransformer2DModel
 
@@ -493,7 +528,7 @@ class ModelManager:
                     spec.path, subfolder="transformer", torch_dtype=self.dtype
                 )
             else:
-                sd, implied = checkpoints.load_transformer_state_dict(spec.path, self.dtype, self.device)
+                sd, implied = checkpoints.load_transformer_state_dict(spec.path, self.dtype, device)
                 config = (
                     dict(FluxTransformer2DModel.load_config(folder, subfolder="transformer"))
                     if (folder / "transformer" / "config.json").exists()
@@ -507,7 +542,11 @@ class ModelManager:
                     )
                 with init_empty_weights():
                     model = FluxTransformer2DModel.from_config(config)
-                missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+                quantized = _attach_gguf(model, sd, self.dtype)
+                missing, unexpected = model.load_state_dict(
+                    {k: v for k, v in sd.items() if k not in quantized}, strict=False, assign=True
+                )
+                missing = [k for k in missing if k not in quantized]
                 if missing or unexpected:
                     raise ModelLoadError(
                         f"{spec.path}: weights do not fit a FLUX.1 transformer "
@@ -517,18 +556,18 @@ class ModelManager:
             raise
         except (OSError, ValueError, RuntimeError, KeyError) as e:
             raise ModelLoadError(f"{spec.path}: cannot load the FLUX.1 transformer: {e}", parameter="model") from e
-        return model.to(self.device).eval()  # already in the run dtype
+        return model.to(device).eval()  # already in the run dtype
 
-    def _shared_part(self, folder: Path, name: str):
-        key = (str(folder), name, self.dtype)
+    def _shared_part(self, folder: Path, name: str, device: torch.device):
+        key = (str(folder), name, self.dtype, str(device))
         with self._lock:
             if key in self._shared:
                 return self._shared[key]
-        part = self._load_part(folder, name)
+        part = self._load_part(folder, name, device)
         with self._lock:
             return self._shared.setdefault(key, part)
 
-    def _load_part(self, folder: Path, name: str):
+    def _load_part(self, folder: Path, name: str, device: torch.device):
         from diffusers import AutoencoderKL
         from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
@@ -543,9 +582,12 @@ class ModelManager:
             if name.startswith("tokenizer"):
                 return AutoTokenizer.from_pretrained(sub)
             cls = {"text_encoder": CLIPTextModel, "text_encoder_2": T5EncoderModel, "vae": AutoencoderKL}[name]
-            return cls.from_pretrained(sub, torch_dtype=self.dtype).to(self.device).eval()
+            part = cls.from_pretrained(sub, torch_dtype=self.dtype).to(device).eval()
         except (OSError, ValueError, RuntimeError) as e:
             raise ModelLoadError(f"{sub}: cannot load {name}: {e}", parameter="model") from e
+        if name == "text_encoder_2":  # T5 on the CPU or in int8, per settings `t5`
+            part = memory.prepare_t5(part, self.t5, self.device)
+        return part
 
     def _scheduler(self, folder: Path, kind: str):
         from diffusers import FlowMatchEulerDiscreteScheduler

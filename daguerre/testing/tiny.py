@@ -216,8 +216,34 @@ def save_folder(components: dict, folder: Path, *, with_transformer_weights: boo
     (folder / "model_index.json").write_text(json.dumps(_model_index(kind), indent=2))
 
 
-def build(root: Path, *, layout: str = "folder", seed: int = 0, kind: str = "dev", fp8: bool = False) -> TinySpec:
-    """Write a tiny model under `root` and say where its parts are."""
+def write_gguf(sd: dict[str, torch.Tensor], path: Path, quant: str = "Q8_0") -> Path:
+    """Write a state dict as GGUF the way city96's FLUX.1 conversions are laid out: the keys as given,
+    2-D weights in the `quant` block format (when their rows split into whole blocks), the rest F32."""
+    import gguf
+    from gguf.quants import quantize
+
+    qtype = gguf.GGMLQuantizationType[quant]
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    for key, t in sd.items():
+        a = t.float().numpy()
+        if a.ndim == 2 and key.endswith(".weight") and a.shape[1] % block == 0:
+            q = quantize(a, qtype)
+            writer.add_tensor(key, q, raw_shape=q.shape, raw_dtype=qtype)
+        else:
+            writer.add_tensor(key, a)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def build(
+    root: Path, *, layout: str = "folder", seed: int = 0, kind: str = "dev", fp8: bool = False, gguf: str | None = None
+) -> TinySpec:
+    """Write a tiny model under `root` and say where its parts are (gguf: the single file as GGUF, in that
+    quantization type, e.g. Q8_0)."""
     from safetensors.torch import save_file
 
     from daguerre.engine.checkpoints import diffusers_to_bfl
@@ -225,8 +251,8 @@ def build(root: Path, *, layout: str = "folder", seed: int = 0, kind: str = "dev
     root = Path(root)
     components = build_components(seed=seed, kind=kind)
     if layout == "folder":
-        if fp8:
-            raise ValueError("--fp8 applies to the single-file layout")
+        if fp8 or gguf:
+            raise ValueError("--fp8 and --gguf apply to the single-file layout")
         save_folder(components, root, with_transformer_weights=True, kind=kind)
         return TinySpec(root=root, layout=layout, kind=kind, model_path=root, base_path=None)
     if layout != "single-file":
@@ -234,6 +260,9 @@ def build(root: Path, *, layout: str = "folder", seed: int = 0, kind: str = "dev
     base = root / "base"
     save_folder(components, base, with_transformer_weights=False, kind=kind)
     sd = diffusers_to_bfl({k: v.contiguous() for k, v in components["transformer"].state_dict().items()})
+    if gguf:
+        path = write_gguf(sd, root / f"flux-tiny-{kind}-{gguf}.gguf", gguf)
+        return TinySpec(root=root, layout=layout, kind=kind, model_path=path, base_path=base)
     dtype = torch.float8_e4m3fn if fp8 else torch.float32
     sd = {k: v.to(dtype).contiguous() for k, v in sd.items()}
     path = root / f"flux-tiny-{kind}{'-fp8' if fp8 else ''}.safetensors"
@@ -248,8 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kind", choices=KINDS, default="dev")
     p.add_argument("--fp8", action="store_true", help="store the single-file transformer as float8_e4m3fn")
+    p.add_argument("--gguf", metavar="QUANT", help="store the single-file transformer as GGUF (Q8_0, Q4_0, ...)")
     a = p.parse_args(argv)
-    spec = build(a.out_dir, layout=a.layout, seed=a.seed, kind=a.kind, fp8=a.fp8)
+    spec = build(a.out_dir, layout=a.layout, seed=a.seed, kind=a.kind, fp8=a.fp8, gguf=a.gguf)
     print(f"model: {spec.model_path}")
     if spec.base_path:
         print(f"base:  {spec.base_path}")
