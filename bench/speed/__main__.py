@@ -1,7 +1,7 @@
 """Speed benchmark: the diffusers baseline and Daguerre's speed profiles on one random-weight model.
 
     .venv/bin/python bench/speed [--config tiny|mid|full] [--size PX] [--steps N] [--runs N]
-                                 [--queue 1,4,16] [--out bench/results/speed.json] [--smoke]
+                                 [--queue 1,4,16] [--max-batch N] [--out bench/results/speed.json] [--smoke]
 
 Not a test: it prints a table and writes JSON. Speed does not depend on weight values, so the
 model is built in memory with random weights: `full` is FLUX.1-dev's transformer (19 double + 38
@@ -20,7 +20,9 @@ Paths, all in one process on the same weights, warm-up excluded, interleaved, me
 Columns: seconds per image, speed-up over the baseline, fraction of the compute floor (the model's
 FLOPs at the device's peak rate), peak device memory, and fidelity against `exact` on the same seed:
 relative error of the final latents and pixel PSNR. Throughput: images per minute with 1, 4 and 16
-requests queued on the engine.
+txt2img tasks queued on the server's worker (profile exact), which runs compatible queued tasks in
+shared forward passes: once with max_batch 1 (one task per pass) and once with --max-batch (default 4
+on a GPU; on the CPU only 1 unless asked, since a CPU step is compute-bound already).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import daguerre  # noqa: F401 - before diffusers: it quiets torchao's import-time warnings
 
 PROMPT = "portrait of a woman in her 30s, soft studio lighting, 85mm f/1.4"
 CONFIGS = {
@@ -132,6 +136,52 @@ def capture_latents(vae, into: dict):
         del vae.decode
 
 
+def worker_throughput(engine, model: str, n: int, *, size: int, steps: int, tmp: Path) -> float:
+    """Images per minute for `n` txt2img tasks queued at once, through the server's worker (which runs
+    compatible queued tasks in shared forward passes, up to the engine's max_batch images)."""
+    import uuid
+
+    from daguerre.engine.worker import Worker
+    from daguerre.jobs.queue import InProcessQueue
+    from daguerre.jobs.service import JobService
+    from daguerre.jobs.store import SQLiteJobStore
+    from daguerre.storage import LocalResultStore
+
+    run = tmp / f"queue-{uuid.uuid4().hex[:8]}"
+    run.mkdir()
+    jobs = JobService(store=SQLiteJobStore(run / "jobs.sqlite3"), queue=InProcessQueue(max(n, 1)))
+    tasks = [
+        {"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": model, "width": size, "height": size,
+         "steps": steps, "seed": 100 + i, "positivePrompt": f"{PROMPT}, variation {i}"}
+        for i in range(n)
+    ]  # fmt: skip
+    import threading
+
+    left, all_done = [n], threading.Event()
+
+    def on_result(job, result):  # called with result None when a job ends (no polling to steal CPU)
+        if result is None:
+            left[0] -= 1
+            if left[0] == 0:
+                all_done.set()
+
+    worker = Worker(engine=engine, jobs=jobs, results=LocalResultStore(run / "images"),
+                    resolver_for=lambda owner: None, default_ttl=3600, on_result=on_result)  # fmt: skip
+    for task in tasks:
+        jobs.submit("bench", task, 1)
+    t = time.perf_counter()
+    worker.start()
+    try:
+        all_done.wait(3600)
+    finally:
+        worker.stop(60)
+    seconds = time.perf_counter() - t
+    failed = [j.error for j in (jobs.get("bench", task["taskUUID"]) for task in tasks) if j.status != "success"]
+    if failed:
+        raise RuntimeError(f"throughput run failed: {failed[0]}")
+    return 60 * n / seconds
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
@@ -146,6 +196,8 @@ def main(argv=None) -> None:
     p.add_argument("--queue", default="1,4,16", help="queued requests for the throughput rows ('' skips them)")
     p.add_argument("--out", type=Path, default=Path("bench/results/speed.json"))
     p.add_argument("--smoke", action="store_true", help="tiny model, 128 px, 2 steps, 1 run: checks it runs")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="throughput rows: compare max_batch 1 with this [4 on a GPU, 1 on the CPU]")  # fmt: skip
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="force torch.compile on or off for the engine paths [default: CUDA only]")  # fmt: skip
     a = p.parse_args(argv)
@@ -244,11 +296,13 @@ def main(argv=None) -> None:
                 fn()
                 peaks[name] = torch.cuda.max_memory_allocated() / 2**30
         throughput = {}
-        for n in queue:
-            t = time.perf_counter()
-            for i in range(n):
-                engines["exact"].generate(request(seed=100 + i))
-            throughput[n] = 60 * n / (time.perf_counter() - t)
+        batches = sorted({1, a.max_batch or (4 if cuda else 1)})
+        for max_batch in batches:
+            engines["exact"].max_batch = max_batch
+            for n in queue:
+                throughput[f"{n} queued, max_batch {max_batch}"] = worker_throughput(
+                    engines["exact"], str(folder), n, size=size, steps=steps, tmp=Path(tmp)
+                )
 
     flops = flops_per_step(transformer.config, size, text_tokens) * steps
     peak, peak_how = device_peak(device)
@@ -301,8 +355,8 @@ def main(argv=None) -> None:
         ps = f"{r['psnr_db']:.1f}" if "psnr_db" in r else "-"
         speed = f"{r['s_per_image']:8.3f} {r['speedup']:7.2f}"
         print(f"{r['path']:14} {speed} {floor:>6} {gib:>6} {err:>8} {ps:>6}  {r['note']}")
-    for n, ipm in throughput.items():
-        print(f"throughput with {n:>2} queued: {ipm:.1f} images/min")
+    for what, ipm in throughput.items():
+        print(f"throughput, {what:>22}: {ipm:6.1f} images/min")
     print(f"wrote {a.out}")
 
 
