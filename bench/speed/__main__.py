@@ -1,7 +1,8 @@
 """Speed benchmark: the diffusers baseline and Daguerre's speed profiles on one random-weight model.
 
     .venv/bin/python bench/speed [--config tiny|mid|full] [--size PX] [--steps N] [--runs N]
-                                 [--queue 1,4,16] [--max-batch N] [--out bench/results/speed.json] [--smoke]
+                                 [--queue 1,4,16] [--max-batch N] [--memory] [--out bench/results/speed.json]
+                                 [--smoke]
 
 Not a test: it prints a table and writes JSON. Speed does not depend on weight values, so the
 model is built in memory with random weights: `full` is FLUX.1-dev's transformer (19 double + 38
@@ -17,8 +18,11 @@ Paths, all in one process on the same weights, warm-up excluded, interleaved, me
   fast            the engine with profile fast (+ torchao fp8 per-row; CUDA >= 8.9 only, else skipped
                   with the reason the profile gives)
   turbo           fast + TeaCache 0.4 (what profile turbo adds to fast)
+  offload-model   with --memory: exact with offload model (parts in CPU RAM, each onloaded to run)
+  offload-group   with --memory: exact with offload group (blocks streamed to the GPU)
 Columns: seconds per image, speed-up over the baseline, fraction of the compute floor (the model's
-FLOPs at the device's peak rate), peak device memory, and fidelity against `exact` on the same seed:
+FLOPs at the device's peak rate), GPU memory the path needs alone (its model's weights on the GPU +
+the run's transient peak; other paths' models stay resident meanwhile), and fidelity against `exact` on the same seed:
 relative error of the final latents and pixel PSNR. Throughput: images per minute with 1, 4 and 16
 txt2img tasks queued on the server's worker (profile exact), which runs compatible queued tasks in
 shared forward passes: once with max_batch 1 (one task per pass) and once with --max-batch (default 4
@@ -136,6 +140,27 @@ def capture_latents(vae, into: dict):
         del vae.decode
 
 
+# --memory: profile exact with an offload mode (docs/api.md "Memory modes"; CUDA only). The t5 modes
+# are not benchmarked here: the benchmark model has the tiny text encoders.
+MEMORY_PATHS = {
+    "offload-model": {"offload": "model"},
+    "offload-group": {"offload": "group"},
+}
+
+
+def gpu_resident_bytes(modules) -> int:
+    """Bytes of these modules' parameters and buffers that sit on a CUDA device now (shared ones once)."""
+    from daguerre.engine.models import tensor_bytes
+
+    seen, total = set(), 0
+    for module in modules:
+        for t in (*module.parameters(), *module.buffers()):
+            if id(t) not in seen and t.device.type == "cuda":
+                seen.add(id(t))
+                total += tensor_bytes(t)
+    return total
+
+
 def worker_throughput(engine, model: str, n: int, *, size: int, steps: int, tmp: Path) -> float:
     """Images per minute for `n` txt2img tasks queued at once, through the server's worker (which runs
     compatible queued tasks in shared forward passes, up to the engine's max_batch images)."""
@@ -196,6 +221,8 @@ def main(argv=None) -> None:
     p.add_argument("--queue", default="1,4,16", help="queued requests for the throughput rows ('' skips them)")
     p.add_argument("--out", type=Path, default=Path("bench/results/speed.json"))
     p.add_argument("--smoke", action="store_true", help="tiny model, 128 px, 2 steps, 1 run: checks it runs")
+    p.add_argument("--memory", action="store_true",
+                   help="add the offload modes (exact with offload model / group) as paths; CUDA only")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None,
                    help="throughput rows: compare max_batch 1 with this [4 on a GPU, 1 on the CPU]")  # fmt: skip
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -227,9 +254,9 @@ def main(argv=None) -> None:
         settings = Settings(discover=False, cache_dir=Path(tmp) / "cache", device=device.type,
                             dtype="bfloat16" if cuda else "float32")  # fmt: skip
 
-        def engine_for(profile: str) -> Engine:
+        def engine_for(profile: str, **memory) -> Engine:
             manager = ModelManager(catalog=Catalog.from_settings(settings), cache_dir=settings.cache_dir,
-                                   profile=profile, compile_=a.compile)  # fmt: skip
+                                   profile=profile, compile_=a.compile, **memory)  # fmt: skip
             return Engine(models=manager)
 
         base = FluxPipeline.from_pretrained(folder, dtype=dtype).to(device)
@@ -248,6 +275,19 @@ def main(argv=None) -> None:
             except DaguerreError as e:
                 engines.pop(profile, None)
                 notes[profile] = notes["turbo"] = f"skipped: {e.message}"
+        memory_paths = {}  # path name -> its engine (exact with a memory mode), with --memory
+        for name, memory in MEMORY_PATHS.items() if a.memory else ():
+            t = time.perf_counter()
+            try:
+                memory_paths[name] = engine_for("exact", **memory)
+                with memory_paths[name].models.lease(str(folder)):
+                    pass
+                what = ", ".join(f"{k} {v}" for k, v in memory.items())
+                notes[name] = f"{what}; load {time.perf_counter() - t:.0f} s"
+            except DaguerreError as e:
+                memory_paths.pop(name, None)
+                notes[name] = f"skipped: {e.message}"
+        engines.update(memory_paths)
         with engines["exact"].models.lease(str(folder)) as model:
             transformer = model.pipe.transformer
 
@@ -288,13 +328,24 @@ def main(argv=None) -> None:
             paths["fast"] = engine_run("fast", "fast")
             paths["turbo"] = engine_run("turbo", "fast", accelerator=teacache)
             notes["turbo"] = "fast + TeaCache 0.4"
+        for name in memory_paths:
+            paths[name] = engine_run(name, name)
         times = interleaved(paths, runs)
         peaks = {}
-        if cuda:
+        if cuda:  # what each path needs alone: its model's weights on the GPU + the run's transient peak
             for name, fn in paths.items():
+                if name == "diffusers":
+                    modules = [base.transformer, base.text_encoder, base.text_encoder_2, base.vae]
+                else:
+                    owner = name if name in engines else ("fast" if name == "turbo" else "exact")
+                    with engines[owner].models.lease(str(folder)) as m:
+                        modules = m.modules
+                torch.cuda.synchronize()
+                before = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
                 fn()
-                peaks[name] = torch.cuda.max_memory_allocated() / 2**30
+                transient = torch.cuda.max_memory_allocated() - before
+                peaks[name] = (gpu_resident_bytes(modules) + transient) / 2**30
         throughput = {}
         batches = sorted({1, a.max_batch or (4 if cuda else 1)})
         for max_batch in batches:
@@ -322,7 +373,7 @@ def main(argv=None) -> None:
             row["latent_rel_error"] = float((o["latents"] - ref["latents"]).norm() / ref["latents"].norm())
             row["psnr_db"] = psnr(o["pixels"], ref["pixels"])
         rows.append(row)
-    for name in ("fast", "turbo"):
+    for name in ("fast", "turbo", *(MEMORY_PATHS if a.memory else ())):
         if name not in times:
             rows.append({"path": name, "note": notes[name]})
 
