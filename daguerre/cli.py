@@ -117,6 +117,7 @@ def _engine(settings):
         compile_=settings.compile,
         offload=settings.offload,
         t5=settings.t5,
+        attention=settings.attention,
     )
     return Engine(models=manager, max_batch=settings.max_batch, default_negative=settings.default_negative_prompt)
 

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     t5: Literal["device", "cpu", "int8"] = Field(
         "device", description="where the T5 text encoder runs: device, cpu (frees ~9.5 GB of GPU), int8 (half size)"
     )
+    attention: str = Field(
+        "auto",
+        description="the transformer's attention backend: auto (cuDNN fused attention on CUDA >= 9.0, PyTorch "
+        "SDPA elsewhere) or a diffusers backend name (native, _native_cudnn, _native_flash, flash, sage...)",
+    )
     compile: bool | None = Field(
         None, description="torch.compile the transformer at load (dynamic shapes, warmed up); default: on CUDA only"
     )

@@ -93,3 +93,36 @@ def test_serve_preloads_before_ready_and_reports_failures(make_server):
         assert r.status_code == 200 and body["models"][0]["resident"] is True
         assert body["models"][0]["profile"] == "exact" and body["models"][0]["compiled"] is False
         assert body["preload_errors"][0]["model"] == "no-such-model"
+
+
+def test_attention_backend_choice(settings_factory, tiny_folder, tmp_path):
+    import torch
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    from daguerre.engine.generate import Engine
+    from daguerre.engine.profiles import attention_backend
+    from daguerre.errors import RequestError
+
+    cpu = torch.device("cpu")
+    assert attention_backend("auto", cpu) == "native"
+    with pytest.raises(ModelLoadError, match="needs a CUDA GPU"):
+        attention_backend("_native_cudnn", cpu)
+    with pytest.raises(RequestError, match="downloads its kernels"):
+        attention_backend("flash_hub", cpu)
+    with pytest.raises(RequestError, match="one of .*_native_cudnn") as e:
+        _manager(settings_factory, tmp_path, attention="fastest")  # refused when the manager starts
+    assert e.value.parameter == "attention"
+
+    # A forced backend reaches every attention processor of the transformer, gives the same image,
+    # and leaves diffusers' process-wide default alone (other pipelines keep theirs).
+    before = _AttentionBackendRegistry._active_backend
+    plain = Engine(models=_manager(settings_factory, tmp_path))
+    math = Engine(models=_manager(settings_factory, tmp_path, attention="_native_math"))
+    a = plain.generate(_req(tiny_folder.model_path)).images[0].pixels
+    b = math.generate(_req(tiny_folder.model_path)).images[0].pixels
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    with math.models.lease(str(tiny_folder.model_path)) as m:
+        assert m.applied.attention == "_native_math"
+        procs = [mod.processor for mod in m.pipe.transformer.modules() if hasattr(mod, "processor")]
+        assert procs and all(p._attention_backend.value == "_native_math" for p in procs)
+    assert _AttentionBackendRegistry._active_backend == before

@@ -1,8 +1,8 @@
 """Speed benchmark: the diffusers baseline and Daguerre's speed profiles on one random-weight model.
 
     .venv/bin/python bench/speed [--config tiny|mid|full] [--size PX] [--steps N] [--runs N]
-                                 [--queue 1,4,16] [--max-batch N] [--memory] [--out bench/results/speed.json]
-                                 [--smoke]
+                                 [--queue 1,4,16] [--max-batch N] [--memory] [--attention NAME]
+                                 [--out bench/results/speed.json] [--smoke]
 
 Not a test: it prints a table and writes JSON. Speed does not depend on weight values, so the
 model is built in memory with random weights: `full` is FLUX.1-dev's transformer (19 double + 38
@@ -221,6 +221,8 @@ def main(argv=None) -> None:
     p.add_argument("--queue", default="1,4,16", help="queued requests for the throughput rows ('' skips them)")
     p.add_argument("--out", type=Path, default=Path("bench/results/speed.json"))
     p.add_argument("--smoke", action="store_true", help="tiny model, 128 px, 2 steps, 1 run: checks it runs")
+    p.add_argument("--attention", default="auto",
+                   help="attention backend of the engine paths (settings `attention`) [auto]")  # fmt: skip
     p.add_argument("--memory", action="store_true",
                    help="add the offload modes (exact with offload model / group) as paths; CUDA only")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None,
@@ -256,7 +258,7 @@ def main(argv=None) -> None:
 
         def engine_for(profile: str, **memory) -> Engine:
             manager = ModelManager(catalog=Catalog.from_settings(settings), cache_dir=settings.cache_dir,
-                                   profile=profile, compile_=a.compile, **memory)  # fmt: skip
+                                   profile=profile, compile_=a.compile, attention=a.attention, **memory)  # fmt: skip
             return Engine(models=manager)
 
         base = FluxPipeline.from_pretrained(folder, dtype=dtype).to(device)
@@ -271,7 +273,8 @@ def main(argv=None) -> None:
                 with engines[profile].models.lease(str(folder)) as model:
                     applied = model.applied
                 what = "compiled (dynamic, warmed up)" if applied.compiled else "eager (compile off)"
-                notes[profile] = f"{what}{', fp8 per-row' if applied.fp8 else ''}; load {time.perf_counter() - t:.0f} s"
+                fp8 = ", fp8 per-row" if applied.fp8 else ""
+                notes[profile] = f"{what}{fp8}, attention {applied.attention}; load {time.perf_counter() - t:.0f} s"
             except DaguerreError as e:
                 engines.pop(profile, None)
                 notes[profile] = notes["turbo"] = f"skipped: {e.message}"

@@ -177,7 +177,12 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
                 "profile": s.profile or engine.models.profile,
                 "offload": s.offload or engine.models.offload,
                 **(
-                    {"resident": True, "compiled": loaded[s.id].compiled, "fp8": loaded[s.id].fp8}
+                    {
+                        "resident": True,
+                        "compiled": loaded[s.id].compiled,
+                        "fp8": loaded[s.id].fp8,
+                        "attention": loaded[s.id].attention,
+                    }
                     if s.id in loaded
                     else {}
                 ),

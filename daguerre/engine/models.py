@@ -392,6 +392,7 @@ class ModelManager:
         compile_: bool | None = None,
         offload: str = "none",
         t5: str = "device",
+        attention: str = "auto",
     ):
         self.catalog = catalog
         self.profile = profiles.check(profile)
@@ -400,6 +401,8 @@ class ModelManager:
         self.compile = compile_  # None: on for CUDA, off on the CPU
         self.cache_dir = Path(cache_dir)
         self.device = resolve_device(device)
+        self.attention = attention
+        profiles.attention_backend(attention, self.device)  # an impossible choice fails at start-up
         self.dtype = resolve_dtype(self.device, dtype)
         self.budget = int(memory_budget_gb * 2**30) if memory_budget_gb else default_budget_bytes(self.device)
         self.hashes = HashCache(cache_dir)
@@ -507,6 +510,7 @@ class ModelManager:
             cache_dir=self.cache_dir,
             kind=spec.kind,
             max_seq=MAX_SEQUENCE_LENGTH.get(spec.kind, 512),
+            attention=self.attention,
         )
         if offload != "none":
             applied.notes.append(f"offload {offload}")

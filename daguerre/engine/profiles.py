@@ -10,6 +10,17 @@ fast   exact + float8 dynamic per-row quantization of the transformer's linear l
        Needs a CUDA GPU with compute capability >= 8.9 (Ada, Hopper) and torchao; anywhere else
        loading refuses with a message saying so.
 turbo  fast + step caching: requests without acceleratorOptions get TeaCache at distance 0.4.
+
+Every profile also picks the transformer's attention backend (settings `attention`): `auto` is
+cuDNN's fused attention (diffusers' `_native_cudnn`) on CUDA GPUs of compute capability >= 9.0
+(Hopper, Blackwell) and PyTorch's SDPA dispatcher (`native`: flash / memory-efficient / math by
+shape) elsewhere; any other diffusers backend name can be forced, except the `*_hub` ones (they
+download kernels at run time).
+
+Not done: fused QKV projections. diffusers' fusion keeps the unfused weights beside the fused
+copy (+4.3 GB for FLUX.1-dev in bf16) and a LoRA loaded on to_q/to_k/to_v is silently bypassed by
+the fused path, so it would need unfusing around every LoRA request; without a GPU to measure the
+gain (a few percent of the linear time at most) it is left out.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PROFILES = ("exact", "fast", "turbo")
 TURBO_CACHE = AccelOptions(tea_cache=True, tea_cache_distance=0.4)
+CPU_ATTENTION = ("native", "_native_math", "flex")  # attention backends that run without a GPU
 WARMUP_SIZES = ((256, 256), (320, 256))  # two shapes: the second marks the token dimension dynamic
 
 
@@ -39,6 +51,7 @@ class Applied:
     profile: str = "exact"
     compiled: bool = False
     fp8: bool = False
+    attention: str = "native"  # diffusers attention backend of the transformer
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -62,13 +75,58 @@ def fp8_unavailable(device: torch.device) -> str | None:
     return None
 
 
+def attention_backend(requested: str, device: torch.device) -> str:
+    """The diffusers attention backend for `requested` ("auto" or a backend name) on this device."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    if requested == "auto":
+        cudnn = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+        return "_native_cudnn" if cudnn else "native"
+    names = sorted(b.value for b in AttentionBackendName)
+    if requested not in names:
+        raise RequestError(f"attention must be 'auto' or one of {', '.join(names)}; got {requested!r}",
+                           parameter="attention")  # fmt: skip
+    if "hub" in requested:
+        raise RequestError(f"attention {requested!r} downloads its kernels from the Hugging Face Hub at run time; "
+                           "install the kernel's package and use its local backend", parameter="attention")  # fmt: skip
+    if requested not in CPU_ATTENTION and device.type != "cuda":
+        raise ModelLoadError(f"attention {requested!r} needs a CUDA GPU; on {device.type} use one of "
+                             f"auto, {', '.join(CPU_ATTENTION)}", parameter="attention")  # fmt: skip
+    return requested
+
+
+def set_attention(transformer, backend: str) -> None:
+    """Give the transformer's attention processors this backend, leaving diffusers' process-wide default
+    (which other pipelines in the process follow) as it was."""
+    if backend == "native":
+        return
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    previous = _AttentionBackendRegistry._active_backend
+    try:
+        transformer.set_attention_backend(backend)
+    except (RuntimeError, ValueError, ImportError) as e:
+        raise ModelLoadError(f"attention backend {backend!r} cannot run here: {e}", parameter="attention") from e
+    finally:
+        _AttentionBackendRegistry.set_active_backend(previous)
+
+
 def apply(
-    pipe, profile: str, *, device: torch.device, compile_: bool | None, cache_dir: Path, kind: str, max_seq: int
+    pipe,
+    profile: str,
+    *,
+    device: torch.device,
+    compile_: bool | None,
+    cache_dir: Path,
+    kind: str,
+    max_seq: int,
+    attention: str = "auto",
 ) -> Applied:
     """Prepare a freshly loaded FluxPipeline for a profile; raises ModelLoadError when it cannot run here."""
     check(profile)
     t0 = time.perf_counter()
-    done = Applied(profile=profile)
+    done = Applied(profile=profile, attention=attention_backend(attention, device))
+    set_attention(pipe.transformer, done.attention)
     if profile in ("fast", "turbo"):
         why = fp8_unavailable(device)
         if why is not None:
