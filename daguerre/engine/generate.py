@@ -170,9 +170,7 @@ class Engine:
                     model, req, seed, t0, on_progress, cancel, preview, max_batch, on_image, original, notes
                 )
             except torch.OutOfMemoryError as e:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise OutOfMemory(
+                raise _out_of_memory(
                     f"out of device memory for {req.width}x{req.height} x{req.number_results}; "
                     "lower numberResults, the size, or max_batch"
                 ) from e
@@ -226,8 +224,6 @@ class Engine:
         outcomes: list[GenerationResult | DaguerreError | None] = [None] * len(reqs)
         images: list[list[GeneratedImage]] = [[] for _ in reqs]
         with self.models.lease(reqs[0].model) as model:
-            if request_cache(model.applied.profile, reqs[0].accelerator).enabled:  # turbo's default caching
-                raise UnsupportedError("step caching is on for this model: its requests run alone", parameter="model")
             preps: list[_Prepared] = []
             for k, req in enumerate(reqs):
                 try:
@@ -252,9 +248,7 @@ class Engine:
                     for prep in {id(p): p for p, _ in chunk}.values():
                         chunks[prep.slot].append(len(chunk))
             except torch.OutOfMemoryError as e:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise OutOfMemory(f"out of device memory for a shared pass of {len(items)} images") from e
+                raise _out_of_memory(f"out of device memory for a shared pass of {len(items)} images") from e
         for prep in preps:
             got = images[prep.slot]
             outcomes[prep.slot] = GenerationResult(
@@ -806,6 +800,13 @@ def _control_kwargs(control: list[_Control], *, single: bool) -> dict:
         "control_guidance_end": [c.end for c in control],
         "control_mode": [c.mode_id for c in control],
     }
+
+
+def _out_of_memory(message: str) -> OutOfMemory:
+    """The request's OutOfMemory error, after giving the failed pass's cached blocks back to the device."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return OutOfMemory(message)
 
 
 def _enhanced(req: GenerationRequest, seed: int) -> tuple[GenerationRequest, tuple[str, ...]]:

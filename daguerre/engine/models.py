@@ -401,8 +401,7 @@ class ModelManager:
         self.compile = compile_  # None: on for CUDA, off on the CPU
         self.cache_dir = Path(cache_dir)
         self.device = resolve_device(device)
-        self.attention = attention
-        profiles.attention_backend(attention, self.device)  # an impossible choice fails at start-up
+        self.attention = profiles.attention_backend(attention, self.device)  # resolved; impossible ones fail now
         self.dtype = resolve_dtype(self.device, dtype)
         self.budget = int(memory_budget_gb * 2**30) if memory_budget_gb else default_budget_bytes(self.device)
         self.hashes = HashCache(cache_dir)
@@ -489,11 +488,15 @@ class ModelManager:
         memory.check_supported(offload, self.t5, device=self.device, profile=profile)
         # 1. Where the non-transformer parts come from: the model's own folder or its base.
         folder = spec.path if spec.format == "folder" else self.catalog.resolve_base(spec)
+
         # 2. The transformer (the only part a fine-tune changes).
-        transformer = self._load_transformer(spec, folder, memory.load_device("transformer", self.device, offload, ""))
+        def where(part: str) -> torch.device:
+            return memory.load_device(part, self.device, offload, self.t5)
+
+        transformer = self._load_transformer(spec, folder, where("transformer"))
         # 3. The rest, shared with every model that uses the same folder and placement.
         parts = {
-            name: self._shared_part(folder, name, memory.load_device(name, self.device, offload, self.t5))
+            name: self._shared_part(folder, name, where(name))
             for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
         }
         scheduler = self._scheduler(folder, spec.kind)

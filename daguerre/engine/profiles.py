@@ -120,12 +120,14 @@ def apply(
     cache_dir: Path,
     kind: str,
     max_seq: int,
-    attention: str = "auto",
+    attention: str = "native",
 ) -> Applied:
-    """Prepare a freshly loaded FluxPipeline for a profile; raises ModelLoadError when it cannot run here."""
+    """Prepare a freshly loaded FluxPipeline for a profile; raises ModelLoadError when it cannot run here.
+
+    `attention` is a backend attention_backend() has resolved for this device."""
     check(profile)
     t0 = time.perf_counter()
-    done = Applied(profile=profile, attention=attention_backend(attention, device))
+    done = Applied(profile=profile, attention=attention)
     set_attention(pipe.transformer, done.attention)
     if profile in ("fast", "turbo"):
         why = fp8_unavailable(device)

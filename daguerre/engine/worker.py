@@ -99,15 +99,21 @@ class Worker:
 
     def _start(self, job: Job):
         """Mark the job running and parse its payload: (request, delivery), or None when it failed."""
-        job.status, job.results, job.error = RUNNING, [], None
-        self._started[job.key] = time.perf_counter()
-        self.jobs.changed(job)
+        self._mark_running(job)
         try:
-            characters = self.characters_for(job.owner) if self.characters_for is not None else None
-            return parse_image_inference(job.payload, self.resolver_for(job.owner), characters)
+            return self._parse(job)
         except Exception as e:  # noqa: BLE001 - reported as the job's error
             self._finish(job, e)
             return None
+
+    def _parse(self, job: Job) -> tuple[GenerationRequest, DeliverySpec]:
+        characters = self.characters_for(job.owner) if self.characters_for is not None else None
+        return parse_image_inference(job.payload, self.resolver_for(job.owner), characters)
+
+    def _mark_running(self, job: Job) -> None:
+        job.status, job.results, job.error = RUNNING, [], None
+        self._started[job.key] = time.perf_counter()
+        self.jobs.changed(job)
 
     def _companions(self, key: tuple, room: int) -> list[tuple[Job, GenerationRequest, DeliverySpec]]:
         """Waiting jobs with this batch key, up to `room` more images, claimed from the queue (oldest first)."""
@@ -120,8 +126,7 @@ class Worker:
             if job is None or job.done or any(f in job.payload for f in IMAGE_FIELDS):
                 continue
             try:
-                characters = self.characters_for(job.owner) if self.characters_for is not None else None
-                req, delivery = parse_image_inference(job.payload, self.resolver_for(job.owner), characters)
+                req, delivery = self._parse(job)
             except Exception:  # noqa: BLE001 - a bad payload fails when its own turn comes
                 continue
             if self.engine.batch_key(req) == key and req.number_results <= room:
@@ -130,9 +135,7 @@ class Worker:
         taken = set(self.jobs.queue.take([job.key for job, _, _ in chosen]))
         group = [c for c in chosen if c[0].key in taken]
         for job, _, _ in group:
-            job.status, job.results, job.error = RUNNING, [], None
-            self._started[job.key] = time.perf_counter()
-            self.jobs.changed(job)
+            self._mark_running(job)
         return group
 
     def _run_alone(self, job: Job, req: GenerationRequest, delivery: DeliverySpec) -> None:
