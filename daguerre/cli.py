@@ -10,13 +10,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from daguerre.errors import DaguerreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Photoreal FLUX.1 image generation.")
-err = Console(stderr=True)
-out = Console()
+# soft_wrap: a message is one line however narrow the terminal (scripts grep them; terminals wrap anyway)
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 # Request parameter (as errors name it) -> the flag a CLI user typed.
 FLAGS = {
@@ -65,6 +67,8 @@ FLAGS = {
     "acceleratorOptions.cacheEndStepPercentage": "--cache-end",
     "acceleratorOptions.cacheMaxConsecutiveSteps": "--cache-max-consecutive",
     "enhancePrompt": "--enhance-prompt",
+    "port": "--port",
+    "host": "--host",
 }
 EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -84,7 +88,7 @@ def _fail(e: DaguerreError, flags: dict[str, str] | None = None) -> None:
     """
     flag = {**FLAGS, **(flags or {})}.get(e.parameter or "")
     prefix = f"{flag} ({e.parameter}): " if flag else ""
-    err.print(f"[bold red]error[/]: {prefix}{e.message}", highlight=False)
+    err.print(f"[bold red]error[/]: {escape(prefix + e.message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -95,14 +99,10 @@ def _settings(config: Path | None, **overrides):
 
 
 def _engine(settings):
-    import diffusers
-    import transformers
-
     from daguerre.engine.catalog import Catalog
+    from daguerre.logs import quiet_libraries
 
-    # Our own bars report progress; the libraries' per-file loading bars are noise here.
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries()  # our own bars report progress; the libraries' per-file loading bars are noise here
     from daguerre.engine.generate import Engine
     from daguerre.engine.models import ModelManager
 
@@ -123,7 +123,7 @@ def _engine(settings):
 
 
 def _default_model(engine) -> str:
-    specs = list(engine.models.catalog)
+    specs = engine.models.catalog.available()
     if len(specs) == 1:
         return specs[0].id
     names = ", ".join(s.name for s in specs) or "none found"
@@ -238,6 +238,23 @@ def _stem(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "image"
 
 
+def write_new(out_dir: Path, name: str, ext: str, data: bytes) -> Path:
+    """Write `data` to `out_dir/name.ext`, or `name-2.ext`, `name-3.ext`... : never over an existing file.
+
+    The file is created exclusively, so two commands writing the same name at once still get two files.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 100_000):
+        path = out_dir / (f"{name}.{ext}" if n == 1 else f"{name}-{n}.{ext}")
+        try:
+            with path.open("xb") as f:
+                f.write(data)
+            return path
+        except FileExistsError:
+            continue
+    raise DaguerreError(f"{out_dir} holds 100000 images named {name}*; choose another --out", parameter="out")
+
+
 def _run(
     engine, req, out_dir: Path, *, quiet: bool = False, max_batch: int | None = None, keep: int | None = None
 ) -> list[tuple[Path, object]]:
@@ -263,12 +280,10 @@ def _run(
                 progress.update(bars[i], total=ev.total, completed=ev.step)
 
         result = engine.generate(req, on_progress=on_progress, max_batch=max_batch)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for im in result.images if keep is None else [result.images[keep]]:
-        path = out_dir / f"{_stem(req.positive_prompt)}-{im.seed}.{EXTENSIONS[req.output.format]}"
-        path.write_bytes(im.encode(req.output))
-        written.append((path, im))
+        name = f"{_stem(req.positive_prompt)}-{im.seed}"
+        written.append((write_new(out_dir, name, EXTENSIONS[req.output.format], im.encode(req.output)), im))
     return written
 
 
@@ -364,9 +379,10 @@ def generate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ):
     """Generate images and print their paths and seeds."""
-    from daguerre.engine.accel import AccelOptions
+    from dataclasses import replace
+
     from daguerre.imaging import load_image
-    from daguerre.request import GenerationRequest, OutputSpec
+    from daguerre.request import AccelOptions, GenerationRequest, OutputSpec, validate
 
     try:
         extra = {
@@ -395,7 +411,6 @@ def generate(
             from daguerre.cli_studio import LOCAL_OWNER, _store
 
             prompt, seed = _store(config, None).get(LOCAL_OWNER, character).resolve(prompt, seed)
-        engine = _engine(settings)
         accel = AccelOptions(
             tea_cache=tea_cache is not None,
             tea_cache_distance=tea_cache,
@@ -410,7 +425,7 @@ def generate(
             accelerator=accel,
             enhance_prompt=enhance,
             character=character,
-            model=model or _default_model(engine),
+            model=model or "",
             positive_prompt=prompt,
             negative_prompt=negative,
             width=width or 1024,
@@ -432,9 +447,14 @@ def generate(
             controlnets=tuple(_control_ref(v, settings.image_limits) for v in controlnet or ()),
             ip_adapters=tuple(_ip_ref(v, settings.image_limits) for v in ip_adapter or ()),
         )
+        # Every flag is checked before torch is imported or a model is looked up: a typo answers at once.
+        validate(replace(req, model=req.model or "the catalog's only model"))
+        engine = _engine(settings)
+        if not req.model:
+            req = replace(req, model=_default_model(engine))
         written = _run(engine, req, out_dir or settings.output_dir, quiet=quiet)
         for w in written[0][1].warnings if written else ():
-            err.print(f"[yellow]warning[/]: {w}", highlight=False)
+            err.print(f"[yellow]warning[/]: {escape(w)}", highlight=False)
         for path, im in written:
             typer.echo(f"{path}\tseed={im.seed}")  # plain: scripts parse these lines
     except DaguerreError as e:
@@ -464,6 +484,8 @@ def models(
             "path": str(s.path),
             "size_gb": round(s.size_bytes / 1e9, 2),
             "base": s.base,
+            "available": not s.missing,
+            "problem": s.missing,
         }
         for s in catalog
     ]
@@ -481,8 +503,8 @@ def models(
             r["id"],
             r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else ""),
             r["kind"],
-            r["format"],
-            f"{r['size_gb']:.2f} GB",
+            r["format"] if r["available"] else "MISSING",
+            f"{r['size_gb']:.2f} GB" if r["available"] else "-",
             r["path"],
         ]
         for r in rows
@@ -490,16 +512,22 @@ def models(
     if not out.is_terminal:  # piped: whole values, tab-separated, never truncated
         for row in cells:
             typer.echo("\t".join(row))
-        return
-    table = Table("id", "name", "kind", "format", "size", "path")
-    for row in cells:
-        table.add_row(*row)
-    out.print(table)
+    else:
+        table = Table("id", "name", "kind", "format", "size", "path")
+        for row in cells:
+            table.add_row(*row)
+        out.print(table)
+    for r in rows:
+        if not r["available"]:
+            err.print(f"[yellow]warning[/]: {escape(r['problem'])}", highlight=False)
 
 
 @app.command()
 def reproduce(
-    image_path: Annotated[Path, typer.Argument(metavar="IMAGE", help="an image Daguerre wrote")],
+    image_path: Annotated[
+        Path,
+        typer.Argument(metavar="IMAGE", help="an image Daguerre wrote (never overwritten)"),
+    ],
     model: Annotated[
         str | None,
         typer.Option(
@@ -521,11 +549,13 @@ def reproduce(
     dtype: DtypeOpt = None,
     base: Annotated[str | None, typer.Option(help="folder lending text encoders/VAE to a single-file model")] = None,
 ):
-    """Regenerate an image from its embedded recipe and say whether the bytes match."""
+    """Regenerate an image from its embedded recipe; say whether bytes, pixels and recipe match (exit 1 if the
+    pixels differ)."""
     from daguerre import recipe as recipes
     from daguerre.imaging import load_image
 
     try:
+        original = image_path.read_bytes()  # read before anything is written: the output never replaces it
         r = recipes.read(image_path)
         settings = _settings(config, device=device or r.device, dtype=dtype or r.dtype, base_model=base)
         seed_image = load_image(source, parameter="seedImage", limits=settings.image_limits) if source else None
@@ -545,11 +575,13 @@ def reproduce(
                 f"[yellow]warning[/]: model weights differ from the recipe's "
                 f"({im.recipe.model_hash[:10]} vs {r.model_hash[:10]})"
             )
+    except OSError as e:
+        _fail(DaguerreError(f"cannot read {image_path}: {e.strerror or e}", parameter="image", code="invalidImage"))
     except DaguerreError as e:
         _fail(e, {"controlNet.guideImage": "--guide", "ipAdapters.guideImages": "--ip-guide"})
-    same = path.read_bytes() == image_path.read_bytes()
-    typer.echo(f"{path}\tseed={im.seed}\t{'identical' if same else 'DIFFERENT'} bytes")
-    if not same:
+    verdict = recipes.compare(original, path.read_bytes())
+    typer.echo(f"{path}\tseed={im.seed}\t{verdict.summary()}")
+    if not verdict.pixels_identical:
         sys.exit(1)
 
 
@@ -604,18 +636,15 @@ def serve(
     from daguerre.api.app import create_app
 
     try:
-        settings = _settings(config, device=device, dtype=dtype, base_model=base, offload=offload, t5=t5)
-        if profile is not None:
-            from daguerre.engine.profiles import check
+        settings = _settings(config, device=device, dtype=dtype, base_model=base, offload=offload, t5=t5,
+                             profile=profile)  # fmt: skip
+        from daguerre.config import ServerSettings
 
-            settings = settings.model_copy(update={"profile": check(profile)})
-        srv = settings.server.model_copy(
-            update={
-                k: v
-                for k, v in (("host", host), ("port", port), ("data_dir", data_dir), ("preload", preload))
-                if v is not None
-            }
-        )
+        flags = {"host": host, "port": port, "data_dir": data_dir, "preload": preload}
+        given = {k: v for k, v in flags.items() if v is not None}
+        srv = _validated(ServerSettings, {**settings.server.model_dump(), **given})
+        # The port first: a taken port is said before any model is looked at or anything is claimed.
+        sock = _bind(srv.host, srv.port)
         env_keys = [k.strip() for k in os.environ.get("DAGUERRE_API_KEYS", "").split(",") if k.strip()]
         srv.api_keys = [*srv.api_keys, *env_keys, *(api_key or [])]
         models = dict(settings.models)
@@ -634,7 +663,7 @@ def serve(
             update={"server": srv, "models": models, "discover": settings.discover and not demo}
         )
         engine = _engine(settings)
-        if not len(engine.models.catalog):
+        if not engine.models.catalog.available():
             raise DaguerreError(
                 "no models to serve: pass --model ID=PATH, a --config with [models.*], or --demo",
                 parameter="model",
@@ -643,15 +672,21 @@ def serve(
         application = create_app(settings, engine=engine, demo=demo)
     except DaguerreError as e:
         _fail(e)
+    shown = "127.0.0.1" if srv.host in ("0.0.0.0", "::", "") else srv.host
+    base_url = f"http://{shown}:{sock.getsockname()[1]}"
     err.print(
-        f"serving {len(engine.models.catalog)} model(s) on http://{srv.host}:{srv.port}/v1 "
-        f"(ws://{srv.host}:{srv.port}/v1){' [demo: random weights]' if demo else ''}",
+        f"serving {len(engine.models.catalog)} model(s){' [demo: random weights]' if demo else ''}\n"
+        f"  open      {base_url}/\n"
+        f"  task API  {base_url}/v1 (REST) and ws://{shown}:{sock.getsockname()[1]}/v1 (WebSocket)\n"
+        f"  API docs  {base_url}/docs (OpenAPI: {base_url}/openapi.json)\n"
+        "  stop with Ctrl+C (or SIGTERM): the running job finishes first",
         highlight=False,
+        markup=False,
     )
     from daguerre.logs import configure
 
     configure()
-    uvicorn.run(
+    config_ = uvicorn.Config(
         application,
         log_config=None,
         host=srv.host,
@@ -660,6 +695,49 @@ def serve(
         timeout_graceful_shutdown=int(srv.drain_timeout_s) or None,
         ws_max_size=srv.max_body_bytes,
     )
+    uvicorn.Server(config_).run(sockets=[sock])
+
+
+def _validated(model, values: dict):
+    """A settings model built from flag values, with pydantic's range checks as one-line errors."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = ".".join(map(str, first["loc"]))
+        raise DaguerreError(f"{name}: {first['msg']} (got {first.get('input')!r})", parameter=name,
+                            code="invalidParameter") from None  # fmt: skip
+
+
+def _bind(host: str, port: int):
+    """A listening socket on host:port, or a DaguerreError saying the port is taken (and what to do)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise DaguerreError(f"cannot bind to host {host!r}: {e.strerror}", parameter="host",
+                            code="invalidParameter") from e  # fmt: skip
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise DaguerreError(
+                f"port {port} on {host} is already in use (another server?); choose a free one with --port",
+                parameter="port",
+                code="invalidParameter",
+            ) from e
+        raise DaguerreError(f"cannot listen on {host}:{port}: {e.strerror}", parameter="port",
+                            code="invalidParameter") from e  # fmt: skip
+    sock.set_inheritable(True)
+    return sock
 
 
 keys_app = typer.Typer(help="API keys: create and list (only hashes are stored).", no_args_is_help=True)

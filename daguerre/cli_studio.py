@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from daguerre.cli import ConfigOpt, _fail, _settings, app, err
 from daguerre.errors import DaguerreError
@@ -17,7 +18,9 @@ LOCAL_OWNER = "anonymous"  # the owner a keyless local server uses; --key names 
 
 @app.command()
 def prompt(
-    text: Annotated[str, typer.Argument(help="a short prompt to expand, or the subject with --build")],
+    text: Annotated[
+        str | None, typer.Argument(help="a short prompt to expand, or the subject with --build (not with --presets)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="variants are deterministic for a seed")] = 0,
     variants: Annotated[int, typer.Option("--variants", "-n", help="how many distinct versions, 1-5")] = 1,
     max_length: Annotated[int | None, typer.Option(help="stop adding past this many characters")] = None,
@@ -39,6 +42,9 @@ def prompt(
                 for p in items:
                     typer.echo(f"{category}\t{p.id}\t{p.text}\t{p.effect}\tbest for: {', '.join(p.best_use)}")
             return
+        if text is None:
+            raise DaguerreError("give a prompt to expand (or --presets to list the presets)", parameter="prompt",
+                                code="invalidParameter")  # fmt: skip
         if not 1 <= variants <= 5:
             raise DaguerreError(f"--variants must be in [1, 5], got {variants}", parameter="promptVersions")
         if build:
@@ -50,7 +56,7 @@ def prompt(
         for row in rows:
             typer.echo(json.dumps(row) if as_json else row["text"])
             for w in row["warnings"] if not as_json else ():
-                err.print(f"[yellow]warning[/]: {w}", highlight=False)
+                err.print(f"[yellow]warning[/]: {escape(w)}", highlight=False)
     except DaguerreError as e:
         _fail(e, {"prompt": "TEXT", "subject": "TEXT", "promptVersions": "--variants"})
 
@@ -128,6 +134,6 @@ def characters_show(name: str, key: KeyOpt = LOCAL_OWNER, config: ConfigOpt = No
 def characters_delete(name: str, key: KeyOpt = LOCAL_OWNER, config: ConfigOpt = None, data_dir: DataOpt = None):
     """Delete a character."""
     if not _store(config, data_dir).delete(key, name):
-        err.print(f"[red]error[/]: no character named {name!r}", highlight=False)
+        err.print(f"[red]error[/]: no character named {escape(repr(name))}", highlight=False)
         raise typer.Exit(2)
     typer.echo(f"deleted {name}")

@@ -55,6 +55,16 @@ class ServerSettings(BaseModel):
     webhook_retry_schedule: list[float] = Field(
         [2, 8, 30, 120, 600], description="seconds before each retry of a failed webhook or upload"
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="web origins (https://app.example.com) whose pages may call the API and open the WebSocket; "
+        "default none: only this server's own pages and non-browser clients",
+    )
+    allow_model_paths: bool = Field(
+        False,
+        description="let requests name model files by server path (lora, controlNet...); default: catalog ids, "
+        "names and aliases only, so a client cannot probe or load arbitrary files",
+    )
     outbound_allow_loopback: bool = Field(
         False, description="let webhooks/uploads/image URLs reach 127.0.0.0/8 and ::1 (tests only)"
     )

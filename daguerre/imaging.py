@@ -114,18 +114,56 @@ def _looks_like_path(s: str) -> bool:
     return s.startswith(("./", "../", "~")) or Path(s).suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"}
 
 
+# A progressive JPEG is decoded scan by scan over the whole image; encoders write about 10 scans (libjpeg's
+# standard script), so a file with many more is built to make decoding slow (the same scan repeated 600
+# times in 86 KB costs 7-14 s). Past this count it is refused before decoding.
+MAX_JPEG_SCANS = 32
+_JPEG_MARKER = re.compile(rb"\xff(?!\x00)(?![\xd0-\xd7])(?!\xff)")  # a marker, not stuffing, RSTn or fill
+
+
+def jpeg_scans(data: bytes) -> int:
+    """How many scans (SOS segments) a JPEG holds, walking its markers without decoding anything."""
+    pos, scans, n = 2, 0, len(data)
+    while pos + 4 <= n:
+        m = _JPEG_MARKER.search(data, pos)
+        if m is None:
+            break
+        marker = data[m.start() + 1]
+        pos = m.start() + 2
+        if marker == 0xD9:  # end of image
+            break
+        if marker in (0xD8, 0x01):  # markers without a length
+            continue
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if marker == 0xDA:
+            scans += 1
+        pos += length  # past the segment; after SOS the search skips the entropy-coded data to the next marker
+    return scans
+
+
 def open_image(data: bytes, *, parameter: str, limits: ImageLimits) -> Image.Image:
     """Decode bytes into an image after checking format and dimensions from the header."""
+    if data[:3] == b"\xff\xd8\xff":
+        scans = jpeg_scans(data)
+        if scans > MAX_JPEG_SCANS:
+            raise ImageInputError(
+                f"{parameter}: JPEG with {scans} scans; at most {MAX_JPEG_SCANS} are accepted (a normal "
+                "progressive JPEG has about 10): re-save it as a baseline or standard progressive JPEG",
+                parameter=parameter,
+            )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        # Pillow's own (higher) limit tripped before the size could be read: say ours, and the image's size.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f" ({int(found.group(1)) / 1e6:.1f} MP)" if found else ""
         raise ImageInputError(
-            f"{parameter}: image is too large ({e}); the limit is {limits.max_side} px a side "
-            f"and {limits.max_pixels / 1e6:.1f} MP",
+            f"{parameter}: image is too large{size}; the limit is {limits.max_side} px a side and "
+            f"{limits.max_pixels / 1e6:.1f} MP",
             parameter=parameter,
-        ) from e
+        ) from None
     except UnidentifiedImageError as e:
         raise ImageInputError(f"{parameter}: not a PNG, JPEG or WEBP image", parameter=parameter) from e
     except Exception as e:  # noqa: BLE001 - any decoder failure on hostile bytes is the caller's input error
@@ -181,18 +219,27 @@ def normalize_mask(im: Image.Image) -> Image.Image:
     return im.convert("L")
 
 
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # decoded format -> file extension
+
+
+def decode(data: bytes, *, parameter: str, limits: ImageLimits, mask: bool = False) -> tuple[Image.Image, str]:
+    """Encoded bytes -> (normalized RGB image or L mask, file extension), decoded once with every check."""
+    im = open_image(data, parameter=parameter, limits=limits)
+    ext = EXTENSIONS[im.format]
+    try:
+        return (normalize_mask(im) if mask else normalize_rgb(im)), ext
+    except ImageInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - exotic modes that cannot be converted
+        raise ImageInputError(f"{parameter}: cannot convert image mode {im.mode} ({e})", parameter=parameter) from e
+
+
 def load_image(
     source: str | bytes | Path, *, parameter: str, limits: ImageLimits, mask: bool = False, allow_paths: bool = True
 ) -> Image.Image:
     """Path, base64 or data URI -> normalized RGB image (or L mask), with every safety check applied."""
     data = read_source(source, parameter=parameter, limits=limits, allow_paths=allow_paths)
-    im = open_image(data, parameter=parameter, limits=limits)
-    try:
-        return normalize_mask(im) if mask else normalize_rgb(im)
-    except ImageInputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - exotic modes that cannot be converted
-        raise ImageInputError(f"{parameter}: cannot convert image mode {im.mode} ({e})", parameter=parameter) from e
+    return decode(data, parameter=parameter, limits=limits, mask=mask)[0]
 
 
 def to_pil(pixels: np.ndarray) -> Image.Image:

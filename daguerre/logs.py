@@ -34,3 +34,13 @@ def configure(level: str = "info") -> None:
         logger.handlers = [handler]
         logger.setLevel(level.upper())
         logger.propagate = False
+
+
+def quiet_libraries() -> None:
+    """Turn off diffusers' and transformers' per-file loading bars ("Loading weights", "Loading pipeline
+    components"): Daguerre reports its own progress. Called once by each entry point (CLI, server, benches)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()

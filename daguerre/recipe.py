@@ -112,6 +112,61 @@ def read(path: str | Path) -> Recipe:
     return Recipe.from_json(text)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """How a regenerated image compares with the original file, judged separately on bytes, pixels and recipe."""
+
+    bytes_identical: bool
+    pixels_identical: bool
+    max_difference: int  # largest per-channel difference, 0-255 (0 when the pixels are identical)
+    psnr_db: float | None  # None when the pixels are identical or the sizes differ
+    recipe_differences: tuple[str, ...]  # recipe fields whose values differ (model, model_hash, ...)
+
+    def summary(self) -> str:
+        """One line a person reads: what is the same and what is not."""
+        if self.bytes_identical:
+            return "identical bytes"
+        if self.pixels_identical:
+            text = "identical pixels, different bytes"
+        elif self.psnr_db is None:
+            text = "DIFFERENT pixels (the sizes differ)"
+        else:
+            text = f"DIFFERENT pixels (max difference {self.max_difference}/255, PSNR {self.psnr_db:.1f} dB)"
+        if self.recipe_differences:
+            text += f"; the recipe differs in {', '.join(self.recipe_differences)}"
+        elif not self.pixels_identical:
+            text += "; the recipe is the same"
+        return text
+
+
+def compare(original: bytes, regenerated: bytes) -> Comparison:
+    """Compare two encoded images Daguerre wrote: their bytes, their decoded pixels and their recipes."""
+    import io
+
+    import numpy as np
+
+    if original == regenerated:
+        return Comparison(True, True, 0, None, ())
+    a = np.asarray(Image.open(io.BytesIO(original)).convert("RGB"), dtype=np.int16)
+    b = np.asarray(Image.open(io.BytesIO(regenerated)).convert("RGB"), dtype=np.int16)
+    if a.shape != b.shape:
+        same, worst, psnr = False, 255, None
+    else:
+        diff = np.abs(a - b)
+        worst = int(diff.max())
+        same = worst == 0
+        mse = float((diff.astype(np.float64) ** 2).mean())
+        psnr = None if same else (float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse))
+    differences = ()
+    texts = read_embedded(original), read_embedded(regenerated)
+    if None not in texts:
+        old, new = json.loads(texts[0]), json.loads(texts[1])
+        differences = tuple(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+    elif texts != (None, None):
+        differences = ("(one image carries no recipe)",)
+    return Comparison(False, same, worst, psnr, differences)
+
+
 def pixels_sha256(image: Image.Image) -> str:
     """Digest of an image's pixels (mode and size included), independent of its file encoding."""
     h = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
@@ -122,7 +177,7 @@ def pixels_sha256(image: Image.Image) -> str:
 def _accel_fields() -> tuple[str, ...]:
     from dataclasses import fields as dc_fields
 
-    from daguerre.engine.accel import AccelOptions
+    from daguerre.request import AccelOptions
 
     return tuple(f.name for f in dc_fields(AccelOptions))
 
@@ -144,8 +199,15 @@ def to_request(
     The input images the recipe only names by pixel hash must be given back, and must be the same
     pixels: a RequestError names the one that is missing or different.
     """
-    from daguerre.engine.accel import AccelOptions
-    from daguerre.request import ControlRef, GenerationRequest, IpAdapterRef, LoraRef, Outpaint, OutputSpec
+    from daguerre.request import (
+        AccelOptions,
+        ControlRef,
+        GenerationRequest,
+        IpAdapterRef,
+        LoraRef,
+        Outpaint,
+        OutputSpec,
+    )
 
     ACCEL_FIELDS = _accel_fields()
 

@@ -2,18 +2,18 @@
 
 Parameters are named as the task API names them (positivePrompt, CFGScale, numberResults...):
 that is what error messages say, and the CLI maps them back to its flags. Ranges follow the
-reference API (../shared/reference/002). `validate` is the boundary: inside it, the engine
+Runware API's imageInference reference. `validate` is the boundary: inside it, the engine
 trusts the request.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from daguerre.engine.accel import AccelOptions, validate_accel
 from daguerre.engine.schedulers import check_name
 from daguerre.errors import RequestError
 
@@ -37,6 +37,116 @@ RANGES: dict[str, tuple[float, float]] = {
 PROMPT_CHARS = (2, 3000)
 SIZE_STEP = 64
 DEFAULT_STRENGTH = 0.8
+
+
+@dataclass(frozen=True)
+class AccelOptions:
+    """acceleratorOptions, normalized. Defaults follow the reference API."""
+
+    tea_cache: bool = False
+    tea_cache_distance: float | None = None  # 0-1, default 0.5
+    db_cache: bool = False
+    db_cache_threshold: float | None = None  # 0-1, default 0.25
+    db_cache_skip_interval: int | None = None  # >= 1, default 5
+    cache_start_step: int | None = None
+    cache_end_step: int | None = None
+    cache_start_percent: int | None = None  # 0-99
+    cache_end_percent: int | None = None  # 1-100
+    cache_max_consecutive: int | None = None  # 1-5, default 3
+
+    @property
+    def enabled(self) -> bool:
+        return self.tea_cache or self.db_cache
+
+    def window(self, steps: int) -> tuple[int, int]:
+        """[start, end) step indices where caching may act."""
+        start = self.cache_start_step if self.cache_start_step is not None else 0
+        if self.cache_start_percent is not None:
+            start = int(steps * self.cache_start_percent / 100)
+        end = self.cache_end_step if self.cache_end_step is not None else steps
+        if self.cache_end_percent is not None:
+            end = int(round(steps * self.cache_end_percent / 100))
+        return start, end
+
+
+def _number(name, value, lo, hi, integer: bool):
+    if value is None:
+        return
+    bad = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
+    if bad or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise RequestError(
+            f"acceleratorOptions.{name} must be {kind} in [{lo:g}, {hi:g}], got {value!r}",
+            parameter=f"acceleratorOptions.{name}",
+        )
+
+
+def validate_accel(a: AccelOptions, steps: int | None) -> None:
+    """Ranges and combinations; errors name the fields."""
+    for name, value in (("teaCache", a.tea_cache), ("dbCache", a.db_cache)):
+        if not isinstance(value, bool):
+            raise RequestError(
+                f"acceleratorOptions.{name} must be true or false, got {value!r}",
+                parameter=f"acceleratorOptions.{name}",
+            )
+    _number("teaCacheDistance", a.tea_cache_distance, 0, 1, False)
+    _number("dbCacheThreshold", a.db_cache_threshold, 0, 1, False)
+    _number("dbCacheSkipInterval", a.db_cache_skip_interval, 1, 1000, True)
+    _number("cacheStartStep", a.cache_start_step, 0, 1000, True)
+    _number("cacheEndStep", a.cache_end_step, 1, 1000, True)
+    _number("cacheStartStepPercentage", a.cache_start_percent, 0, 99, True)
+    _number("cacheEndStepPercentage", a.cache_end_percent, 1, 100, True)
+    _number("cacheMaxConsecutiveSteps", a.cache_max_consecutive, 1, 5, True)
+    if a.tea_cache and a.db_cache:
+        raise RequestError(
+            "acceleratorOptions.teaCache and acceleratorOptions.dbCache are two caches of the same passes: turn on one",
+            parameter="acceleratorOptions.dbCache",
+        )
+    for name, value, owner in (
+        ("teaCacheDistance", a.tea_cache_distance, a.tea_cache),
+        ("dbCacheThreshold", a.db_cache_threshold, a.db_cache),
+        ("dbCacheSkipInterval", a.db_cache_skip_interval, a.db_cache),
+    ):
+        if value is not None and not owner:
+            cache = "teaCache" if name.startswith("tea") else "dbCache"
+            raise RequestError(
+                f"acceleratorOptions.{name} is set but acceleratorOptions.{cache} is off",
+                parameter=f"acceleratorOptions.{name}",
+            )
+    window = (a.cache_start_step, a.cache_end_step, a.cache_start_percent, a.cache_end_percent, a.cache_max_consecutive)
+    if any(v is not None for v in window) and not a.enabled:
+        raise RequestError(
+            "acceleratorOptions cache window/limits are set but neither teaCache nor dbCache is on",
+            parameter="acceleratorOptions",
+        )
+    if a.cache_start_step is not None and a.cache_start_percent is not None:
+        raise RequestError(
+            "give acceleratorOptions.cacheStartStep or cacheStartStepPercentage, not both",
+            parameter="acceleratorOptions.cacheStartStep",
+        )
+    if a.cache_end_step is not None and a.cache_end_percent is not None:
+        raise RequestError(
+            "give acceleratorOptions.cacheEndStep or cacheEndStepPercentage, not both",
+            parameter="acceleratorOptions.cacheEndStep",
+        )
+    if a.cache_start_step is not None and a.cache_end_step is not None and a.cache_start_step >= a.cache_end_step:
+        raise RequestError(
+            f"acceleratorOptions.cacheStartStep ({a.cache_start_step}) must be less than cacheEndStep "
+            f"({a.cache_end_step})",
+            parameter="acceleratorOptions.cacheStartStep",
+        )
+    percents = (a.cache_start_percent, a.cache_end_percent)
+    if None not in percents and percents[0] >= percents[1]:
+        raise RequestError(
+            f"acceleratorOptions.cacheStartStepPercentage ({a.cache_start_percent}) must be less than "
+            f"cacheEndStepPercentage ({a.cache_end_percent})",
+            parameter="acceleratorOptions.cacheStartStepPercentage",
+        )
+    if steps is not None and a.cache_end_step is not None and a.cache_end_step > steps:
+        raise RequestError(
+            f"acceleratorOptions.cacheEndStep ({a.cache_end_step}) must be at most steps ({steps})",
+            parameter="acceleratorOptions.cacheEndStep",
+        )
 
 
 @dataclass(frozen=True)
@@ -185,6 +295,26 @@ def _check_prompt(name: str, value: Any) -> None:
         raise RequestError(f"{name} must be {lo}-{hi} characters long, got {len(value)}", parameter=name)
     if not value.strip():
         raise RequestError(f"{name} must contain text, not only whitespace", parameter=name)
+    check_text(name, value)
+
+
+# Tab, newline and carriage return are layout; every other control character (NUL, escape codes...)
+# and lone UTF-16 surrogates have no place in a prompt, and would be embedded in the recipe.
+_ALLOWED_CONTROLS = "\t\n\r"
+
+
+def check_text(name: str, value: str) -> str:
+    """Refuse control characters (other than tab and newlines) and lone surrogates in user text."""
+    for i, ch in enumerate(value):
+        if ch in _ALLOWED_CONTROLS:
+            continue
+        if unicodedata.category(ch) in ("Cc", "Cs"):
+            raise RequestError(
+                f"{name} contains the control character U+{ord(ch):04X} at position {i}; prompts may hold "
+                "printable text, tabs and newlines only",
+                parameter=name,
+            )
+    return value
 
 
 def _check_control(c: ControlRef, steps: int | None) -> None:

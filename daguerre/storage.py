@@ -40,6 +40,9 @@ class ResultStore(Protocol):
     def get(self, uuid: str, owner: str | None) -> tuple[StoredObject, bytes] | None:
         """Bytes and metadata, or None if absent, expired or owned by someone else (owner None: any)."""
 
+    def delete(self, uuid: str) -> None:
+        """Remove an object at once (an input stored for a submission that was then refused)."""
+
     def sweep(self, now: float | None = None) -> int:
         """Delete expired objects; called periodically. Returns how many went."""
 
@@ -74,6 +77,14 @@ class LocalResultStore:
         except (KeyError, OSError, ValueError, TypeError):
             return None
 
+    def delete(self, uuid: str) -> None:
+        try:
+            paths = self._paths(uuid)
+        except KeyError:
+            return
+        for p in paths:
+            p.unlink(missing_ok=True)
+
     def sweep(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
         gone = 0
@@ -105,7 +116,14 @@ class UrlSigner:
         exp = int(expires_at)
         return f"{self.base_url}/v1/images/{uuid}.{ext}?exp={exp}&sig={self._mac(uuid, exp)}"
 
-    def check(self, uuid: str, exp: int, sig: str) -> bool:
+    def check(self, uuid: str, exp: int | str, sig: str) -> bool:
+        """True for an unexpired link with its own signature; any malformed exp or sig is simply False."""
+        try:
+            exp = int(exp)
+        except (TypeError, ValueError):
+            return False
+        if not isinstance(sig, str) or not sig.isascii():  # compare_digest refuses non-ASCII text
+            return False
         return exp >= time.time() and hmac.compare_digest(self._mac(uuid, exp), sig)
 
     def _mac(self, uuid: str, exp: int) -> str:

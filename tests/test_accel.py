@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daguerre.engine.accel import AccelOptions
 from daguerre.errors import RequestError
-from daguerre.request import GenerationRequest, validate
+from daguerre.request import AccelOptions, GenerationRequest, validate
 
 
 class _Counter:

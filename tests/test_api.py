@@ -185,10 +185,17 @@ def test_unbuilt_features_are_refused_by_name(srv, field):
 
 def test_bad_bodies(srv):
     for body in (b"{not json", b"[]", b"[1, 2]", b'"text"'):
-        r = httpx.post(srv.url, content=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+        r = httpx.post(
+            srv.url,
+            content=body,
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+            timeout=30,
+        )
         assert r.status_code == 400 and r.json()["errors"][0]["code"] == "invalidJSON"
     big = b"[" + b" " * (3 * 2**20) + b"]"
-    r = httpx.post(srv.url, content=big, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    r = httpx.post(
+        srv.url, content=big, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, timeout=30
+    )
     assert r.status_code == 413 and r.json()["errors"][0]["code"] == "payloadTooLarge"
 
 
@@ -361,3 +368,142 @@ def test_anonymous_only_on_loopback_without_keys(make_server):
         assert post(s, [{"taskType": "ping", "ping": True}], key=None).status_code == 200
     with make_server(api_keys=[KEY]) as s:
         assert post(s, [{"taskType": "ping", "ping": True}], key=None).status_code == 401
+
+
+# ---- what a newcomer and a hostile client found (each of these answered wrongly before)
+
+
+def test_a_task_refused_with_429_runs_when_resent(make_server):
+    with make_server(api_keys=[KEY], max_queue=1) as s:
+        worker = s.app.state.worker
+        worker._stop.set()  # nothing is claimed: the queue fills
+        time.sleep(0.5)
+        first = task(deliveryMethod="async")
+        assert post(s, [first]).status_code == 200
+        refused = task(seedImage=_png_b64(), strength=0.5)
+        r = post(s, [refused])
+        assert r.status_code == 429 and r.json()["errors"][0]["code"] == "queueFull"
+        images = s.app.state.worker.results.root
+        assert not any(images.glob("*.json")), "a refused task left its stored input behind"
+        s.app.state.jobs.queue.take([(key_id(digest(KEY)), first["taskUUID"])])  # room again
+        worker._stop.clear()
+        worker.start()
+        r = post(s, [refused])  # the same task again, as a client honouring Retry-After sends it
+        assert r.status_code == 200, r.text
+        assert r.json()["data"][0]["taskUUID"] == refused["taskUUID"]
+        again = post(s, [{"taskType": "getResponse", "taskUUID": refused["taskUUID"]}])
+        assert again.status_code == 200 and again.json()["data"][0]["status"] == "success"
+
+
+def test_deeply_nested_json_is_an_error_not_a_crash(srv):
+    nested = b"[" * 5000 + b"]" * 5000
+    r = httpx.post(srv.url, content=nested, headers={"Authorization": f"Bearer {KEY}",
+                                                     "Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "invalidJSON"
+    deep_field = json.dumps(
+        [task(positivePrompt=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["a"]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]])]
+    )
+    r = httpx.post(srv.url, content=deep_field, headers={"Authorization": f"Bearer {KEY}",
+                                                         "Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and "nested" in r.json()["errors"][0]["message"]
+    with connect(srv.ws_url) as ws:
+        ws.send(nested.decode())
+        assert json.loads(ws.recv(timeout=10))["errors"][0]["code"] == "invalidJSON"
+        ws.send(nested)  # a binary frame
+        assert json.loads(ws.recv(timeout=10))["errors"][0]["code"] == "invalidJSON"
+        ws.send(json.dumps([{"taskType": "ping", "ping": True}]))  # the connection is still there
+        assert json.loads(ws.recv(timeout=10)) == {"data": [{"taskType": "ping", "pong": True}]}
+
+
+def test_malformed_image_links_are_404s_in_the_documented_shape(srv):
+    [item] = post(srv, [task()]).json()["data"]
+    base = item["imageURL"].split("?")[0]
+    exp = item["imageURL"].split("exp=")[1].split("&")[0]
+    for query in (f"exp={exp}&sig=%C3%A9%C3%A9", "exp=soon&sig=abc", f"exp={'9' * 5000}&sig=abc"):
+        r = httpx.get(f"{base}?{query}")
+        assert r.status_code == 404 and r.json()["errors"][0]["code"] == "notFound", r.text
+    r = httpx.get(srv.url.replace("/v1", "/no/such/endpoint"))
+    assert r.status_code == 404 and "errors" in r.json() and "detail" not in r.json()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain;charset=UTF-8", None),
+        ("application/x-www-form-urlencoded", None),
+        ("multipart/form-data; boundary=x", None),
+        (None, None),
+    ],
+)
+def test_only_json_bodies_are_run(make_server, content_type, body):
+    """What a web page can send cross-origin without a CORS preflight is refused, even on a keyless server."""
+    with make_server() as s:  # loopback, no key: anonymous use is on
+        t = task()
+        headers = {"Content-Type": content_type} if content_type else {}
+        r = httpx.post(s.url, content=json.dumps([t]).encode(), headers=headers, timeout=60)
+        assert r.status_code == 415 and r.json()["errors"][0]["code"] == "unsupportedMediaType"
+        assert s.app.state.jobs.get("anonymous", t["taskUUID"]) is None, "a refused body was run"
+        assert "access-control-allow-origin" not in httpx.options(s.url, headers={
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}).headers  # fmt: skip
+
+
+def test_a_web_page_of_another_origin_cannot_open_the_websocket(make_server):
+    with make_server() as s:
+        with pytest.raises(Exception), connect(s.ws_url, origin="https://evil.example") as ws:  # noqa: B017
+            ws.send(json.dumps([{"taskType": "ping", "ping": True}]))
+            ws.recv(timeout=5)
+        with connect(s.ws_url, origin=s.url.replace("/v1", "")) as ws:  # the server's own pages may
+            ws.send(json.dumps([{"taskType": "ping", "ping": True}]))
+            assert json.loads(ws.recv(timeout=5))["data"][0]["pong"] is True
+
+
+def test_control_characters_in_prompts_are_refused_on_the_wire(srv):
+    for t in (task(positivePrompt="a cat\u0000 on a mat"), task(negativePrompt="blur\u001b[0m", trueCFGScale=2)):
+        [err] = post(srv, [t]).json()["errors"]
+        assert err["code"] == "invalidParameter" and "control character" in err["message"]
+    r = post(srv, [{"taskType": "promptEnhance", "taskUUID": str(uuid.uuid4()), "prompt": "a cat\u0000"}])
+    assert r.status_code == 400 and r.json()["errors"][0]["parameter"] == "prompt"
+
+
+def test_model_references_never_reach_the_servers_disk(srv, tiny_folder, tmp_path):
+    answers = set()
+    for ref in ("/etc/passwd", str(tmp_path / "missing"), str(tiny_folder.model_path), "./x.safetensors"):
+        r = post(srv, [task(model=ref)])
+        [err] = r.json()["errors"]
+        answers.add((r.status_code, err["code"], err["parameter"], err["message"].replace(repr(ref), "REF")))
+    assert len(answers) == 1 and next(iter(answers))[1] == "modelNotFound", answers
+    [err] = post(srv, [task(lora=[{"model": "/etc/passwd", "weight": 1}])]).json()["errors"]
+    assert err["code"] == "modelNotFound" and err["parameter"] == "lora.model"
+
+
+def test_allow_model_paths_lets_an_operator_serve_files_by_path(make_server, tiny_folder):
+    with make_server(api_keys=[KEY], allow_model_paths=True) as s:
+        r = post(s, [task(model=str(tiny_folder.model_path))])
+        assert r.status_code == 200, r.text
+
+
+def test_the_root_page_links_the_docs(srv):
+    r = httpx.get(srv.url.replace("/v1", "/"))
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert 'href="/docs"' in r.text and 'href="/health/ready"' in r.text
+    docs = httpx.get(srv.url.replace("/v1", "/docs"))
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # works offline
+
+
+def test_a_refused_request_leaves_no_reference_cycle_holding_its_body(srv):
+    """A 50 MB body refused in the thread pool used to stay in memory (~140 MB a time) until a full GC."""
+    import gc
+    import types
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        [err] = post(srv, [task(seedImage="A" * 2_000_000, strength=0.5)]).json()["errors"]
+        assert err["code"] == "invalidImage"
+        time.sleep(0.2)
+        gc.collect()
+        ours = [o for o in gc.garbage if isinstance(o, types.FrameType) and "/daguerre/" in o.f_code.co_filename]
+        assert not ours, [f.f_code.co_name for f in ours]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()

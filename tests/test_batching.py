@@ -89,7 +89,7 @@ def test_a_request_that_fails_its_own_checks_does_not_fail_the_others(batch_engi
 
 
 def test_what_keeps_a_request_alone(batch_engine, tiny_single):
-    from daguerre.engine.accel import AccelOptions
+    from daguerre.request import AccelOptions
 
     model = str(tiny_single.model_path)
     base = batch_engine.batch_key(_req(model))

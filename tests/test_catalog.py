@@ -57,8 +57,10 @@ def test_relative_catalog_paths_resolve_against_the_file(tmp_path, tiny_folder):
     ],
 )
 def test_bad_catalog_entries(tmp_path, body, message):
+    """Malformed entries fail when the catalog is read; an entry whose path is gone fails when it is used
+    (the other entries stay usable: test_a_missing_entry_is_listed_and_only_its_own_lookup_fails)."""
     with pytest.raises((RequestError, ModelNotFoundError)) as e:
-        Catalog.from_settings(_toml(tmp_path, body))
+        Catalog.from_settings(_toml(tmp_path, body)).get("x")
     assert message in e.value.message
 
 
@@ -166,3 +168,43 @@ def test_lora_discovery_and_toml_entries(tmp_path, tiny_folder):
     grain = cat.get("film-grain")
     assert grain.kind == "lora" and grain.id == "lora:Film Grain@1" and grain.source == "comfyui"
     assert cat.get("civitai:42@7").kind == "lora"
+
+
+def test_single_file_without_base_mentions_the_base_flag(tiny_single):
+    cat = Catalog([])
+    with pytest.raises(ModelLoadError) as e:
+        cat.resolve_base(cat.get(str(tiny_single.model_path)))
+    assert "--base" in e.value.message
+
+
+def test_a_missing_entry_is_listed_and_only_its_own_lookup_fails(tmp_path, tiny_folder):
+    s = _toml(
+        tmp_path,
+        f'[models.gone]\nid = "rundiffusion:130@100"\npath = "{tmp_path}/nowhere.safetensors"\n\n'
+        f'[models.here]\nid = "runware:101@1"\npath = "{tiny_folder.model_path}"\n',
+    )
+    cat = Catalog.from_settings(s)
+    assert [spec.name for spec in cat] == ["gone", "here"]
+    assert [spec.name for spec in cat.available()] == ["here"]
+    assert cat.get("here").kind == "dev"
+    with pytest.raises(ModelNotFoundError) as e:
+        cat.get("rundiffusion:130@100")
+    assert "nowhere.safetensors" in e.value.message and "does not exist" in e.value.message
+
+
+@pytest.mark.parametrize("field", ["lora.model", "controlNet.model", "ipAdapters.model"])
+def test_lookups_name_the_field_they_came_from(tmp_path, field):
+    with pytest.raises(ModelNotFoundError) as e:
+        Catalog([]).get(str(tmp_path / "missing.safetensors"), parameter=field)
+    assert e.value.parameter == field and e.value.message.startswith(field)
+
+
+def test_without_paths_every_non_catalog_reference_gets_the_same_answer(tmp_path, tiny_folder):
+    cat = Catalog([])
+    answers = set()
+    for ref in ("/etc/passwd", str(tmp_path / "nothing-here"), str(tiny_folder.model_path), "runware:999@1"):
+        with pytest.raises(ModelNotFoundError) as e:
+            cat.get(ref, allow_paths=False)
+        answers.add((e.value.code, e.value.parameter, e.value.message.replace(repr(ref), "REF")))
+    assert len(answers) == 1, answers
+    assert cat.get(str(tiny_folder.model_path)).format == "folder"  # the CLI's default still takes paths

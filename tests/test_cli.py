@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from daguerre import recipe
@@ -225,6 +226,7 @@ def test_generate_with_lora_flag_and_reproduce(tiny_folder, tmp_path, env):
         env,
     )
     assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == "", "a LoRA run prints no library notes (PEFT, diffusers' CLIP LoRA keys)"
     path = Path(out.stdout.split("\t")[0])
     r = recipe.read(path)
     assert len(r.loras) == 1 and r.loras[0]["weight"] == 0.6
@@ -349,3 +351,137 @@ def test_prompt_command_and_characters_with_generate(tiny_folder, tmp_path, env)
     assert clash.returncode == 2 and "--seed" in clash.stderr
     assert run(["characters", "delete", "anna"], env).returncode == 0
     assert run(["characters", "show", "anna"], env).returncode == 2
+
+
+# ---- in-process (Typer's CliRunner): the trust fixes, without a subprocess per case
+
+from typer.testing import CliRunner  # noqa: E402
+
+from daguerre.cli import app  # noqa: E402
+
+RUNNER = CliRunner()
+
+
+def invoke(*args, **kw):
+    return RUNNER.invoke(app, [str(a) for a in args], **kw)
+
+
+@pytest.fixture()
+def local_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGUERRE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DAGUERRE_DISCOVER", "false")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _generate(model, out, *extra, prompt="portrait of a woman in her 30s, soft light", seed=42):
+    return invoke("generate", prompt, "--model", model, "-W", 128, "-H", 128, "--steps", 1, "--seed", seed,
+                  "--out", out, "-q", *extra)  # fmt: skip
+
+
+def test_keys_create_then_serve_with_that_key(local_env, make_server):
+    data = local_env / "data"
+    made = invoke("keys", "create", "--label", "me", "--data-dir", data)
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("dg_") and "webhook signing secret" in made.stderr
+    listed = invoke("keys", "list", "--data-dir", data)
+    assert listed.exit_code == 0 and "\tme" in listed.stdout
+    with make_server(data_dir=data) as s:
+        ping = [{"taskType": "ping", "ping": True}]
+        assert httpx.post(s.url, json=ping, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert httpx.post(s.url, json=ping).status_code == 401  # a key exists now: keyless use is off
+
+
+def test_outputs_are_never_overwritten(local_env, tiny_folder):
+    paths = []
+    for _ in range(2):  # the same prompt and seed twice, as a --character run does
+        r = _generate(tiny_folder.model_path, "out")
+        assert r.exit_code == 0, r.output
+        paths.append(Path(r.stdout.split("\t")[0]))
+    assert paths[0] != paths[1] and all(p.exists() for p in paths)
+    assert paths[1].name == paths[0].stem + "-2.jpg"
+
+
+def test_reproduce_never_writes_over_its_input_and_reports_honestly(local_env, tiny_folder, tmp_path_factory):
+    from daguerre.testing.tiny import build
+
+    r = _generate(tiny_folder.model_path, "out")
+    original = Path(r.stdout.split("\t")[0])
+    before = original.read_bytes()
+    same = invoke("reproduce", original)  # the README's flow: its output folder is the image's own
+    assert same.exit_code == 0, same.output
+    again = Path(same.stdout.split("\t")[0])
+    assert again != original and original.read_bytes() == before
+    assert same.stdout.strip().endswith("identical bytes") and again.read_bytes() == before
+    other = build(tmp_path_factory.mktemp("other-weights"), layout="folder", seed=1)
+    changed = invoke("reproduce", original, "--model", other.model_path)
+    assert changed.exit_code == 1 and original.read_bytes() == before
+    assert "DIFFERENT pixels" in changed.stdout and "model_hash" in changed.stdout
+    assert "identical bytes" not in changed.stdout and "weights differ" in changed.stderr
+
+
+def test_reproduce_of_a_server_image_says_only_the_model_id_differs(local_env, engine, tiny_folder):
+    from dataclasses import replace
+
+    from daguerre.request import GenerationRequest
+
+    req = GenerationRequest(model=str(tiny_folder.model_path), positive_prompt="a cat on a bench", width=128,
+                            height=128, steps=1, seed=5)  # fmt: skip
+    im = engine.generate(req).images[0]
+    served = local_env / "served.jpg"  # as a server names its model: a catalog id, not this path
+    im.recipe = replace(im.recipe, model="daguerre:tiny@1")
+    served.write_bytes(im.encode())
+    r = invoke("reproduce", served, "--model", tiny_folder.model_path)
+    assert r.exit_code == 0, r.output
+    assert "identical pixels, different bytes" in r.stdout and "differs in model" in r.stdout
+    assert "model_hash" not in r.stdout
+
+
+def test_flag_errors_come_before_torch_is_imported(tiny_folder):
+    args = ["generate", "a cat", "--model", str(tiny_folder.model_path), "-W", "1000"]
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom daguerre.cli import app\n"
+        f"r = CliRunner().invoke(app, {args!r})\n"
+        "assert r.exit_code == 2 and '--width (width)' in r.stderr, r.output\n"
+        "assert 'torch' not in sys.modules, 'torch was imported to refuse a flag'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_missing_lora_is_blamed_on_the_lora_flag(local_env, tiny_folder):
+    r = _generate(tiny_folder.model_path, "out", "--lora", "missing.safetensors=0.5")
+    assert r.exit_code == 2 and "--lora (lora.model)" in " ".join(r.stderr.split()), r.output
+
+
+def test_models_lists_every_entry_and_marks_the_missing_ones(local_env, tiny_folder):
+    cfg = local_env / "daguerre.toml"
+    cfg.write_text(f'[models.juggernaut-pro]\nid = "rundiffusion:130@100"\npath = "{local_env}/nope.safetensors"\n\n'
+                   f'[models.flux-dev]\nid = "runware:101@1"\npath = "{tiny_folder.model_path}"\n')  # fmt: skip
+    r = invoke("models", "--config", cfg, "--json")
+    assert r.exit_code == 0, r.output
+    import json
+
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["flux-dev"]["available"] and not rows["juggernaut-pro"]["available"]
+    assert "does not exist" in rows["juggernaut-pro"]["problem"]
+    table = invoke("models", "--config", cfg)
+    assert "MISSING" in table.stdout and "flux-dev" in table.stdout and "nope.safetensors" in table.stderr
+
+
+def test_serve_on_a_busy_port_says_so_before_claiming_anything(local_env, tiny_folder):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = invoke("serve", "--port", port, "--model", f"daguerre:t@1={tiny_folder.model_path}")
+    assert r.exit_code == 2 and f"port {port}" in r.stderr and "--port" in r.stderr, r.output
+    assert "serving" not in r.output
+
+
+def test_prompt_presets_need_no_prompt():
+    r = invoke("prompt", "--presets")
+    assert r.exit_code == 0 and "rembrandt" in r.stdout

@@ -129,11 +129,18 @@ def test_upload_endpoint_puts_the_image_and_stops_on_4xx(srv):
         rx.close()
 
 
-def test_webhook_carries_job_errors(srv):
-    """A job that fails while running (the model is looked up then) is reported to the webhook."""
+def test_webhook_carries_job_errors(srv, monkeypatch):
+    """A job that fails while running (here: its model file vanished after submission) is reported to the
+    webhook. Unknown models are refused at submission, so the failure is injected into the engine."""
+    from daguerre.errors import ModelNotFoundError
+
+    def vanished(*a, **kw):
+        raise ModelNotFoundError("model path /models/gone does not exist", parameter="model")
+
+    monkeypatch.setattr(srv.app.state.worker.engine, "generate", vanished)
     rx = Receiver([])
     try:
-        t = task(model="runware:999@1", webhookURL=rx.url(), deliveryMethod="async")
+        t = task(webhookURL=rx.url(), deliveryMethod="async")
         assert post(srv, [t]).status_code == 200
         [(_m, _p, headers, body)] = rx.wait(1)
         [err] = json.loads(body)["errors"]

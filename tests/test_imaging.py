@@ -177,3 +177,27 @@ def test_encode_embeds_recipe_and_is_deterministic(fmt):
 def test_quality_changes_jpeg_size():
     im = Image.fromarray(np.random.RandomState(1).randint(0, 255, (64, 64, 3), dtype=np.uint8))
     assert len(encode(im, fmt="JPG", quality=20)) < len(encode(im, fmt="JPG", quality=99))
+
+
+def _progressive_with_repeated_scans(repeats: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated: each copy makes the decoder walk the image again."""
+    rng = np.random.default_rng(0)
+    data = _bytes(Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)), "JPEG", progressive=True)
+    end, last = data.rindex(b"\xff\xd9"), data.rindex(b"\xff\xda")
+    return data[:end] + data[last:end] * repeats + b"\xff\xd9"
+
+
+def test_progressive_jpeg_with_hundreds_of_scans_is_refused_before_decoding():
+    normal = _bytes(Image.new("RGB", (64, 48), (10, 20, 30)), "JPEG", progressive=True)
+    assert _load(normal).size == (64, 48)  # a standard progressive JPEG (10 scans) is fine
+    bomb = _progressive_with_repeated_scans(600)
+    t0 = time.perf_counter()
+    with pytest.raises(ImageInputError, match="scans"):
+        _load(bomb)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_decompression_bomb_error_quotes_the_documented_limit():
+    with pytest.raises(ImageInputError) as e:
+        _load(_png_with_size(20000, 20000))  # 400 MP: past Pillow's own limit too
+    assert "16.8 MP" in e.value.message and "178956970" not in e.value.message and "(400.0 MP)" in e.value.message

@@ -7,10 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from daguerre.engine.accel import AccelOptions
 from daguerre.engine.profiles import TURBO_CACHE, request_cache
 from daguerre.errors import ModelLoadError
-from daguerre.request import GenerationRequest, LoraRef
+from daguerre.request import AccelOptions, GenerationRequest, LoraRef
 
 
 def _manager(settings_factory, tmp_path, **kw):

@@ -149,3 +149,25 @@ def test_enhance_prompt_flag_in_the_engine_is_seeded_and_recorded(engine, tiny_f
     img = engine.generate(req).images[0]
     assert img.recipe.positive_prompt == enhance_prompt("portrait of a woman", 9).text
     assert img.recipe.original_prompt == "portrait of a woman"
+
+
+def test_an_enhanced_prompt_stays_inside_clips_window_and_says_so_once(engine, tiny_folder, capfd):
+    from daguerre.prompts.studio import CLIP_WINDOW
+    from daguerre.request import GenerationRequest
+
+    with engine.models.lease(str(tiny_folder.model_path)) as model:
+        tok = model.pipe.tokenizer
+
+    def tokens(text: str) -> int:
+        return len(tok(text, truncation=False, verbose=False).input_ids)
+
+    prompt = "a woman on a bench"
+    while tokens(prompt + ", in a garden with a dog") < CLIP_WINDOW - 8:
+        prompt += ", in a garden with a dog"
+    req = GenerationRequest(model=str(tiny_folder.model_path), positive_prompt=prompt, width=128, height=128,
+                            steps=1, seed=3, enhance_prompt=True)  # fmt: skip
+    img = engine.generate(req).images[0]
+    assert img.recipe.positive_prompt.startswith(prompt) and tokens(img.recipe.positive_prompt) <= CLIP_WINDOW
+    said = [w for w in img.warnings if "CLIP" in w or "truncat" in w]
+    assert len(said) == 1 and "CLIP" in said[0], img.warnings
+    assert "truncated" not in capfd.readouterr().err  # no library message on top of ours

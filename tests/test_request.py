@@ -128,3 +128,17 @@ def test_scheduler_names():
     with pytest.raises(RequestError) as e:
         validate(replace(BASE, scheduler="DPM++ 2M Karas"))
     assert "closest valid names: DPM++ 2M Karras" in e.value.message
+
+
+@pytest.mark.parametrize("bad", ["a cat\x00", "a\x1b[31m red cat", "cat \ud800"])
+@pytest.mark.parametrize("field", ["positive_prompt", "negative_prompt"])
+def test_control_characters_in_prompts_are_refused(field, bad):
+    req = GenerationRequest(model="m", **{"positive_prompt": "a cat", field: bad})
+    with pytest.raises(RequestError) as e:
+        validate(req)
+    assert e.value.parameter == ("positivePrompt" if field == "positive_prompt" else "negativePrompt")
+    assert "control character" in e.value.message
+
+
+def test_tabs_and_newlines_are_fine_in_prompts():
+    validate(GenerationRequest(model="m", positive_prompt="a cat,\n\tsoft light\r\n"))

@@ -19,58 +19,40 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
+import daguerre  # noqa: F401 - first: it quiets torchao's and transformers' import-time notes
+
 PROMPT = "portrait of a woman in her 30s, soft studio lighting, 85mm f/1.4"
-
-
-def build_midsize(folder: Path, seed: int = 0) -> None:
-    """The tiny builder's tokenizers and encoders with a mid-size transformer and a wider VAE."""
-    from daguerre.testing import tiny
-
-    parts = tiny.build_components(
-        seed=seed, double=4, single=8, heads=4, head_dim=64, axes_dims_rope=(16, 24, 24), vae_channels=(16, 32, 32, 32)
-    )
-    tiny.save_folder(parts, folder, with_transformer_weights=True)
-
-
-def interleaved(fns: dict, runs: int) -> dict[str, list[float]]:
-    """One warm-up each, then round-robin runs, so drift in machine load hits every path alike."""
-    for fn in fns.values():
-        fn()
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            out[name].append(time.perf_counter() - t)
-    return out
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
+    p.add_argument("--steps", type=int, default=8, help="denoising steps per image (default 8)")
+    p.add_argument("--size", type=int, default=512, help="image width and height in pixels (default 512)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per path after one warm-up; medians are "
+                   "compared (default 5; use more on a busy machine)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"), help="where the JSON goes")
     a = p.parse_args(argv)
 
     from diffusers import FluxPipeline
-    from diffusers.utils import logging as dlog
 
     from daguerre.engine.catalog import Catalog
     from daguerre.engine.generate import Engine
     from daguerre.engine.models import ModelManager
+    from daguerre.logs import quiet_libraries
     from daguerre.request import GenerationRequest
+    from daguerre.testing.bench import build_model, disagreements, interleaved
 
-    dlog.disable_progress_bar()
+    quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "midsize"
-        build_midsize(folder)
+        print(f"building the mid-size random model; {a.runs} runs of 5 paths at {a.size} px, {a.steps} steps",
+              file=sys.stderr, flush=True)  # fmt: skip
+        build_model(folder, "mid")
         manager = ModelManager(catalog=Catalog([]), cache_dir=Path(tmp) / "cache")
         engine = Engine(models=manager)
         with manager.lease(str(folder)) as model:  # the same loaded weights for both paths
@@ -148,6 +130,10 @@ def main(argv=None) -> None:
         f"{'  same, 4 forced into one pass':<34}{med['batch4_forced'] / 4:>18.3f}"
         f"{result['batch4_forced_per_image_over_single']:>10.3f}"
     )
+    warnings = disagreements(times)
+    result["warnings"] = warnings
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {a.out}", file=sys.stderr)

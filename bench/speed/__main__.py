@@ -47,32 +47,11 @@ import numpy as np
 import torch
 
 import daguerre  # noqa: F401 - before diffusers: it quiets torchao's import-time warnings
+from daguerre.testing.bench import CONFIGS, build_model, disagreements, interleaved
 
 PROMPT = "portrait of a woman in her 30s, soft studio lighting, 85mm f/1.4"
-CONFIGS = {
-    "tiny": {"double": 1, "single": 2, "heads": 2, "head_dim": 16, "axes": (4, 6, 6), "vae": (8, 16, 16, 16)},
-    "mid": {"double": 4, "single": 8, "heads": 4, "head_dim": 64, "axes": (16, 24, 24), "vae": (16, 32, 32, 32)},
-    "full": {"double": 19, "single": 38, "heads": 24, "head_dim": 128, "axes": (16, 56, 56),
-             "vae": (128, 256, 512, 512)},
-}  # fmt: skip
 # Dense bf16 rates FLUX-size matmuls reach (the anchors for H100/H200); fp8 doubles them.
 GPU_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 280.0, "L40S": 330.0, "RTX 4090": 150.0}
-
-
-def build(folder: Path, config: str, seed: int = 0) -> None:
-    from daguerre.testing import tiny
-
-    c = CONFIGS[config]
-    parts = tiny.build_components(
-        seed=seed,
-        double=c["double"],
-        single=c["single"],
-        heads=c["heads"],
-        head_dim=c["head_dim"],
-        axes_dims_rope=c["axes"],
-        vae_channels=c["vae"],
-    )
-    tiny.save_folder(parts, folder, with_transformer_weights=True)
 
 
 def flops_per_step(config, size: int, text_tokens: int) -> float:
@@ -108,20 +87,6 @@ def device_peak(device: torch.device) -> tuple[float | None, str]:
         reps += 1
     rate = 2 * n**3 * reps / (time.perf_counter() - t)
     return rate, f"measured fp32 {n}^3 matmul: {rate / 1e9:.0f} GFLOP/s"
-
-
-def interleaved(fns: dict, runs: int) -> dict[str, list[float]]:
-    for fn in fns.values():
-        fn()
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            out[name].append(time.perf_counter() - t)
-    return out
 
 
 @contextlib.contextmanager
@@ -214,12 +179,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", choices=tuple(CONFIGS), default=None)
-    p.add_argument("--size", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--config",
+        choices=tuple(CONFIGS),
+        default=None,
+        help="random model size: tiny, mid or full (FLUX.1-dev) [full on a GPU, mid on the CPU]",
+    )
+    p.add_argument("--size", type=int, default=None, help="image side in pixels [1024 full, 256 mid, 128 tiny]")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps [28 full, 8 otherwise]")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per path after one warm-up [3]")
     p.add_argument("--queue", default="1,4,16", help="queued requests for the throughput rows ('' skips them)")
-    p.add_argument("--out", type=Path, default=Path("bench/results/speed.json"))
+    p.add_argument("--out", type=Path, default=Path("bench/results/speed.json"), help="where the JSON goes")
     p.add_argument("--smoke", action="store_true", help="tiny model, 128 px, 2 steps, 1 run: checks it runs")
     p.add_argument("--attention", default="auto",
                    help="attention backend of the engine paths (settings `attention`) [auto]")  # fmt: skip
@@ -234,12 +204,14 @@ def main(argv=None) -> None:
     from diffusers import FluxPipeline
 
     from daguerre.config import Settings
-    from daguerre.engine.accel import AccelOptions
     from daguerre.engine.catalog import Catalog
     from daguerre.engine.generate import Engine
     from daguerre.engine.models import ModelManager
     from daguerre.errors import DaguerreError
-    from daguerre.request import GenerationRequest
+    from daguerre.logs import quiet_libraries
+    from daguerre.request import AccelOptions, GenerationRequest
+
+    quiet_libraries()
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -252,7 +224,7 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
-        build(folder, config)
+        build_model(folder, config)
         settings = Settings(discover=False, cache_dir=Path(tmp) / "cache", device=device.type,
                             dtype="bfloat16" if cuda else "float32")  # fmt: skip
 
@@ -333,7 +305,7 @@ def main(argv=None) -> None:
             notes["turbo"] = "fast + TeaCache 0.4"
         for name in memory_paths:
             paths[name] = engine_run(name, name)
-        times = interleaved(paths, runs)
+        times = interleaved(paths, runs, sync=torch.cuda.synchronize if cuda else None)
         peaks = {}
         if cuda:  # what each path needs alone: its model's weights on the GPU + the run's transient peak
             for name, fn in paths.items():
@@ -394,6 +366,7 @@ def main(argv=None) -> None:
         "rows": rows,
         "throughput_images_per_minute": throughput,
         "python": sys.version.split()[0],
+        "warnings": disagreements(times),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))
@@ -411,6 +384,8 @@ def main(argv=None) -> None:
         print(f"{r['path']:14} {speed} {floor:>6} {gib:>6} {err:>8} {ps:>6}  {r['note']}")
     for what, ipm in throughput.items():
         print(f"throughput, {what:>22}: {ipm:6.1f} images/min")
+    for w in result["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {a.out}")
 
 

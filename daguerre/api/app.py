@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from daguerre import __version__
 from daguerre.api.keys import KeyStore
@@ -106,6 +108,7 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
         anonymous=anonymous,
         is_draining=lambda: state["draining"],
         outbound=outbound,
+        catalog=engine.models.catalog,
         characters=characters,
     )
 
@@ -162,7 +165,15 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
         version=__version__,
         lifespan=lifespan,
         description="Runware-compatible image inference for FLUX.1 models (see docs/api.md).",
+        docs_url=None,  # served below from the package's own copy of Swagger UI: no CDN, works offline
+        redoc_url=None,
     )
+    _mount_docs(app)
+    if server.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=server.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
     app.state.protocol, app.state.worker, app.state.jobs = protocol, worker, jobs
     app.state.deliveries, app.state.secret_key, app.state.lifecycle = deliveries, secret_key, state
 
@@ -210,8 +221,13 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return HTMLResponse(_index_page(len(engine.models.catalog), demo))
+
     @app.get("/v1/images/{name}")
-    async def image(name: str, exp: int = 0, sig: str = ""):
+    async def image(name: str, exp: str = "0", sig: str = ""):
+        # exp and sig are read as text and checked by the signer: a malformed link is a 404 like any bad link.
         image_uuid, _, ext = name.partition(".")
         if not signer.check(image_uuid, exp, sig):
             return JSONResponse(
@@ -241,10 +257,12 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
         },
     )
     async def rest(request: Request):
-        # 1. Body: capped, JSON, a list of task objects.
+        # 1. Body: JSON typed, capped, a list of task objects.
         try:
+            _check_json_type(request.headers.get("content-type"))
             body = await _read_capped(request, server.max_body_bytes)
             tasks = _parse_tasks(body)
+            del body
         except ProtocolError as e:
             return _error_response([error_item(e, None)], e.code)
         # 2. Authentication: Bearer header, or a leading authentication task.
@@ -266,8 +284,28 @@ def create_app(settings: Settings, *, engine: Engine, demo: bool = False) -> Fas
         code = reply.errors[0]["code"] if reply.errors and not reply.data else None
         return _error_response(reply.errors, code, reply) if code else JSONResponse(reply.body())
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
+        e = ProtocolError(f"{where or 'request'}: {first.get('msg', 'invalid')}", parameter=where,
+                          code="invalidParameter")  # fmt: skip
+        return _error_response([error_item(e, None)], e.code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "notFound", 405: "methodNotAllowed"}.get(exc.status_code, "invalidRequest")
+        message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse({"errors": [{"code": code, "message": message}]}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))  # fmt: skip
+
     @app.websocket("/v1")
     async def ws(websocket: WebSocket):
+        if not _origin_allowed(websocket.headers, server.cors_origins):
+            # Browsers open WebSockets across origins without asking: only this server's own pages (and the
+            # configured origins) may, or any site a user visits could use a keyless local server.
+            await websocket.close(code=1008, reason="origin not allowed")
+            return
         await websocket.accept()
         conn = _Connection(websocket, protocol, sessions, server)
         try:
@@ -289,29 +327,88 @@ async def _sweep_forever(results, interval: float) -> None:
             log.exception("sweep failed")
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
+async def _read_capped(request: Request, cap: int) -> bytearray:
+    """The body in one buffer (no list of chunks joined into a second copy), refused past `cap` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
         raise ProtocolError(f"request body is over the {cap}-byte cap", code="payloadTooLarge")
-    chunks, size = [], 0
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
+        if len(body) + len(chunk) > cap:
             raise ProtocolError(f"request body is over the {cap}-byte cap", code="payloadTooLarge")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body
 
 
-def _parse_tasks(body: bytes | str) -> list[dict]:
+JSON_TYPES = ("application/json",)
+
+
+def _check_json_type(content_type: str | None) -> None:
+    """Only JSON bodies: text/plain and form posts are what a web page can send cross-origin without a
+    CORS preflight, so accepting them would let any site a user visits run tasks on a keyless server."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media not in JSON_TYPES and not (media.startswith("application/") and media.endswith("+json")):
+        raise ProtocolError(
+            f"Content-Type must be application/json, got {content_type or 'none'!r}", code="unsupportedMediaType"
+        )
+
+
+MAX_JSON_DEPTH = 32  # the deepest task (controlNet entries in a list in a task in the array) is 4 levels
+
+
+def _parse_tasks(body: bytes | bytearray | str) -> list[dict]:
     try:
         tasks = json.loads(body)
+    except RecursionError:
+        raise ProtocolError(f"body is nested deeper than {MAX_JSON_DEPTH} levels", code="invalidJSON") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"body is not valid JSON: {e}", code="invalidJSON") from e
+        raise ProtocolError(f"body is not valid JSON: {e}", code="invalidJSON") from None
+    if _depth(tasks) > MAX_JSON_DEPTH:
+        raise ProtocolError(f"body is nested deeper than {MAX_JSON_DEPTH} levels", code="invalidJSON")
     if isinstance(tasks, dict):
         tasks = [tasks]
     if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) for t in tasks):
         raise ProtocolError("body must be a non-empty JSON array of task objects", code="invalidJSON")
     return tasks
+
+
+def _depth(value) -> int:
+    """Nesting depth of parsed JSON, without recursion (deep values must not exhaust the stack later)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            if d <= MAX_JSON_DEPTH:
+                stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+async def _in_thread(fn, *args):
+    """Run blocking work in the thread pool. A DaguerreError comes back as a value, detached from the worker
+    thread's frames, and is raised here: an exception that crosses the pool stays in a reference cycle with
+    those frames (and the request body and images in them) until the next full garbage collection."""
+    outcome = await run_in_threadpool(_capture, fn, *args)
+    if not isinstance(outcome, _Failure):
+        return outcome
+    error = outcome.error
+    try:
+        raise error
+    finally:
+        del error, outcome  # this frame must not hold the exception whose traceback holds this frame
+
+
+@dataclass
+class _Failure:
+    error: DaguerreError
+
+
+def _capture(fn, *args):
+    try:
+        return fn(*args)
+    except DaguerreError as e:
+        e.__traceback__ = e.__cause__ = e.__context__ = None
+        return _Failure(e)
 
 
 async def _preload(engine: Engine, refs: list[str], state: dict) -> None:
@@ -324,7 +421,7 @@ async def _preload(engine: Engine, refs: list[str], state: dict) -> None:
     for ref in refs:
         t0 = time.perf_counter()
         try:
-            await run_in_threadpool(_lease_once, engine, ref)
+            await _in_thread(_lease_once, engine, ref)
             log.info("preloaded %s in %.1f s", ref, time.perf_counter() - t0)
         except DaguerreError as e:
             state.setdefault("preload_errors", []).append({"model": ref, "code": e.code, "message": e.message})
@@ -335,6 +432,54 @@ async def _preload(engine: Engine, refs: list[str], state: dict) -> None:
 def _lease_once(engine: Engine, ref: str) -> None:
     with engine.models.lease(ref):
         pass
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from the swagger-ui-bundle package (FastAPI's default loads it from a CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Daguerre API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
+
+
+def _origin_allowed(headers, allowed: list[str]) -> bool:
+    """A WebSocket without Origin (SDKs, scripts), from this server's own origin, or from a configured one."""
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    if origin in allowed or "*" in allowed:
+        return True
+    host = headers.get("host", "")
+    return origin.lower() in (f"http://{host}".lower(), f"https://{host}".lower())
+
+
+def _index_page(models: int, demo: bool) -> str:
+    note = " (demo model: random weights, images are noise)" if demo else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Daguerre</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family: system-ui, sans-serif; max-width: 42rem; margin: 3rem auto; line-height: 1.5">
+<h1>Daguerre</h1>
+<p>Photoreal FLUX.1 image generation. This server holds {models} model(s){note}.</p>
+<ul>
+<li><a href="/docs">API explorer</a> (OpenAPI: <a href="/openapi.json">/openapi.json</a>)</li>
+<li><a href="/health/ready">/health/ready</a>: models, queue, device</li>
+<li>Task API: <code>POST /v1</code> (JSON array of tasks) and the WebSocket <code>/v1</code>,
+compatible with the official Runware SDKs</li>
+<li>Reference: <code>docs/api.md</code> in the Daguerre source tree</li>
+</ul>
+</body></html>"""
 
 
 def _error_response(errors: list[dict], code: str, reply: Reply | None = None) -> JSONResponse:
@@ -362,14 +507,14 @@ async def _rest_task(protocol: Protocol, sync_wait: float, owner: str, task: dic
     if task_type == "ping":
         reply.data.append({"taskType": "ping", "pong": True})
     elif task_type == "imageUpload":
-        reply.data.append(await run_in_threadpool(protocol.upload, owner, task))
+        reply.data.append(await _in_thread(protocol.upload, owner, task))
     elif task_type == "promptEnhance":
         reply.data.extend(protocol.prompt_enhance(task))
     elif task_type == "getResponse":
-        job, delivery = await run_in_threadpool(protocol.lookup, owner, task)
+        job, delivery = await _in_thread(protocol.lookup, owner, task)
         _add_job(protocol, job, delivery, reply, with_status=True)
     else:
-        job, delivery = await run_in_threadpool(protocol.submit, owner, task)
+        job, delivery = await _in_thread(protocol.submit, owner, task)
         if delivery.method == "async":
             reply.data.append({"taskType": job.task_type, "taskUUID": job.task_uuid, "status": "processing"})
             return
@@ -404,12 +549,17 @@ class _Connection:
     async def serve(self) -> None:
         while True:
             try:
-                text = await asyncio.wait_for(self.ws.receive_text(), self.server.ws_idle_timeout_s)
+                message = await asyncio.wait_for(self.ws.receive(), self.server.ws_idle_timeout_s)
             except (TimeoutError, WebSocketDisconnect):
                 return
             except RuntimeError:  # receive after close
                 return
-            if len(text.encode()) > self.server.max_body_bytes:
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:  # a binary frame: JSON as UTF-8 bytes is accepted too
+                text = message.get("bytes") or b""
+            if len(text) > self.server.max_body_bytes:
                 e = ProtocolError(f"message is over the {self.server.max_body_bytes}-byte cap", code="payloadTooLarge")
                 await self.send({"errors": [error_item(e, None)]})
                 continue
@@ -418,10 +568,17 @@ class _Connection:
             except ProtocolError as e:
                 await self.send({"errors": [error_item(e, None)]})
                 continue
+            del text, message
             for task in tasks:
                 try:
                     await self.handle(task)
                 except DaguerreError as e:
+                    await self.send({"errors": [error_item(e, task)]})
+                except (WebSocketDisconnect, RuntimeError):
+                    return
+                except Exception:  # noqa: BLE001 - one task's bug must not drop the connection
+                    log.exception("task %s failed inside the server", task.get("taskUUID"))
+                    e = DaguerreError("the task failed inside the server; see its log")
                     await self.send({"errors": [error_item(e, task)]})
 
     @property
@@ -444,16 +601,16 @@ class _Connection:
         session.last_seen = time.time()
         owner = session.owner
         if task_type == "imageUpload":
-            item = await run_in_threadpool(self.protocol.upload, owner, task)
+            item = await _in_thread(self.protocol.upload, owner, task)
             return await self.send({"data": [item]})
         if task_type == "promptEnhance":
             return await self.send({"data": self.protocol.prompt_enhance(task)})
         if task_type == "getResponse":
-            job, delivery = await run_in_threadpool(self.protocol.lookup, owner, task)
+            job, delivery = await _in_thread(self.protocol.lookup, owner, task)
             if job.status == "error":
                 return await self.send({"errors": [self.protocol.job_error(job)]})
             return await self.send({"data": self.protocol.items(job, delivery, with_status=True)})
-        job, delivery = await run_in_threadpool(self.protocol.submit, owner, task)
+        job, delivery = await _in_thread(self.protocol.submit, owner, task)
         if delivery.method == "async":
             return await self.send(
                 {"data": [{"taskType": job.task_type, "taskUUID": job.task_uuid, "status": "processing"}]}

@@ -18,13 +18,13 @@ from daguerre.api.keys import ANONYMOUS, KeyStore
 from daguerre.api.schema import parse_image_inference
 from daguerre.config import ServerSettings, Settings
 from daguerre.errors import DaguerreError, ImageInputError, RequestError, UnsupportedError
-from daguerre.imaging import load_image, open_image, read_source
+from daguerre.imaging import decode, read_source
 from daguerre.jobs.characters import Characters
 from daguerre.jobs.outbound import OutboundClient
 from daguerre.jobs.queue import QueueFull
 from daguerre.jobs.service import JobService, check_task_uuid
 from daguerre.jobs.store import ERROR, Job
-from daguerre.request import DeliverySpec
+from daguerre.request import DeliverySpec, check_text
 from daguerre.storage import CONTENT_TYPES, ResultStore, StoredObject, UrlSigner
 
 # HTTP status for each error code on REST (everything else: 400).
@@ -35,6 +35,7 @@ HTTP_STATUS = {
     "taskNotFound": 404,
     "modelNotFound": 400,
     "payloadTooLarge": 413,
+    "unsupportedMediaType": 415,
     "queueFull": 429,
     "serverShuttingDown": 503,
     "internalError": 500,
@@ -87,6 +88,7 @@ class Protocol:
         anonymous: bool,
         is_draining: Callable[[], bool],
         outbound: OutboundClient,
+        catalog,
         characters: Characters | None = None,
     ):
         self.settings = settings
@@ -98,6 +100,7 @@ class Protocol:
         self.anonymous = anonymous
         self.is_draining = is_draining
         self.outbound = outbound
+        self.catalog = catalog  # the model catalog: requests are checked against it at submission
         self.characters = characters
 
     def characters_for(self, owner: str):
@@ -135,11 +138,12 @@ class Protocol:
             return resp.body
         return read_source(value, parameter=parameter, limits=limits, allow_paths=False)
 
-    def resolver_for(self, owner: str, captured: dict[str, tuple[str, bytes]] | None = None):
+    def resolver_for(self, owner: str, captured: dict[str, tuple[str, bytes, str]] | None = None):
         """Image resolver for parse_image_inference: an imageUUID of this owner, a URL, data URI or base64.
 
-        With `captured`, every non-UUID image value is recorded (value -> (parameter, encoded bytes)),
-        so the submission can store them once and the job refers to them by UUID.
+        With `captured`, every non-UUID image value is recorded (value -> (parameter, encoded bytes, file
+        extension)), so the submission can store them once, without decoding them again, and the job refers
+        to them by UUID.
         """
         limits = self.settings.image_limits
 
@@ -152,12 +156,12 @@ class Protocol:
                         parameter=parameter,
                         code="imageNotFound",
                     )
-                data = found[1]
-            else:
-                data = self.fetch_bytes(value, parameter)
-                if captured is not None:
-                    captured[value] = (parameter, data)
-            return load_image(data, parameter=parameter, limits=limits, mask=is_mask)
+                return decode(found[1], parameter=parameter, limits=limits, mask=is_mask)[0]
+            data = self.fetch_bytes(value, parameter)
+            image, ext = decode(data, parameter=parameter, limits=limits, mask=is_mask)
+            if captured is not None:
+                captured[value] = (parameter, data, ext)
+            return image
 
         return resolve
 
@@ -183,10 +187,11 @@ class Protocol:
             "imageURL": self.signer.sign(image_uuid, ext, expires),
         }
 
-    def store_upload(self, owner: str, data: bytes, parameter: str) -> tuple[str, str, float]:
-        """Keep an input image for this owner: (imageUUID, ext, expiry). Validates format and size first."""
-        im = open_image(data, parameter=parameter, limits=self.settings.image_limits)
-        ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[im.format]
+    def store_upload(self, owner: str, data: bytes, parameter: str, ext: str | None = None) -> tuple[str, str, float]:
+        """Keep an input image for this owner: (imageUUID, ext, expiry). Bytes not yet decoded (ext None) are
+        validated first; `ext` says they already were."""
+        if ext is None:
+            ext = decode(data, parameter=parameter, limits=self.settings.image_limits)[1]
         image_uuid = str(uuid.uuid4())
         expires = time.time() + self.server.default_ttl
         self.results.put(StoredObject(uuid=image_uuid, owner=owner, ext=ext, kind="upload", expires_at=expires), data)
@@ -214,6 +219,7 @@ class Protocol:
         prompt = task.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise RequestError("prompt is required (text) for promptEnhance", parameter="prompt")
+        check_text("prompt", prompt)
         checks = (("promptMaxLength", 380, 12, 400), ("promptVersions", 1, 1, 5), ("seed", 0, 0, 2**63 - 1))
         values = {}
         for name, default, lo, hi in checks:
@@ -238,25 +244,54 @@ class Protocol:
 
     # ---- inference
     def submit(self, owner: str, task: dict) -> tuple[Job, DeliverySpec]:
-        """Validate and enqueue an imageInference task (or find the identical one already submitted)."""
+        """Validate and enqueue an imageInference task (or find the identical one already submitted).
+
+        A refusal (bad input, queue full) leaves nothing behind: no job and no stored image, so the client's
+        retry of the same task is a fresh submission.
+        """
         if self.is_draining():
             raise ProtocolError("the server is shutting down and takes no new tasks", code="serverShuttingDown")
-        check_task_uuid(task.get("taskUUID"))
-        captured: dict[str, tuple[str, bytes]] = {}
+        task_uuid = check_task_uuid(task.get("taskUUID"))
+        existing = self.jobs.get(owner, task_uuid)
+        if existing is not None:  # a resend: the same job, without parsing or fetching anything again
+            self.jobs.check_same(existing, task)
+            return existing, delivery_of(existing)
+        captured: dict[str, tuple[str, bytes, str]] = {}
         req, delivery = parse_image_inference(task, self.resolver_for(owner, captured), self.characters_for(owner))
+        self.check_models(req)
         for name, url in (("webhookURL", delivery.webhook_url), ("uploadEndpoint", delivery.upload_endpoint)):
             if url is not None:
                 self.outbound.check_url(url, parameter=name)  # refused now, and re-checked when sent
         # Inline and URL images are stored once; the job refers to them by UUID (small rows, one fetch).
-        stored = {value: self.store_upload(owner, data, name)[0] for value, (name, data) in captured.items()}
-        payload = _with_images(task, stored)
-        if req.character is not None:  # the character's locked seed, not a random one, is what the job runs
-            payload["seed"] = req.seed
+        stored: dict[str, str] = {}
         try:
-            job, _ = self.jobs.submit(owner, task, req.number_results, payload=payload)
+            for value, (name, data, ext) in captured.items():
+                stored[value] = self.store_upload(owner, data, name, ext)[0]
+            payload = _with_images(task, stored)
+            if req.character is not None:  # the character's locked seed, not a random one, is what the job runs
+                payload["seed"] = req.seed
+            job, created = self.jobs.submit(owner, task, req.number_results, payload=payload)
         except QueueFull as e:
+            self._forget(stored)
             raise ProtocolError(f"{e}; retry later", code="queueFull") from e
+        except BaseException:
+            self._forget(stored)
+            raise
+        if not created:  # an identical submission won the race: its job has its own copies
+            self._forget(stored)
         return job, delivery
+
+    def _forget(self, stored: dict[str, str]) -> None:
+        for image_uuid in stored.values():
+            self.results.delete(image_uuid)
+
+    def check_models(self, req) -> None:
+        """Every model a request names must be in the catalog (paths only where the operator allows them)."""
+        refs = [(req.model, "model"), *((x.model, "lora.model") for x in req.loras),
+                *((x.model, "controlNet.model") for x in req.controlnets),
+                *((x.model, "ipAdapters.model") for x in req.ip_adapters)]  # fmt: skip
+        for ref, parameter in refs:
+            self.catalog.get(ref, parameter=parameter, allow_paths=self.server.allow_model_paths)
 
     def items(self, job: Job, delivery: DeliverySpec, *, with_status: bool, only_new: set[str] | None = None) -> list:
         """Reply items for a job: one per finished image (and, with status, one per pending image)."""

@@ -1,6 +1,6 @@
 """The Runware `imageInference` task -> GenerationRequest + DeliverySpec (the wire boundary).
 
-Every field of the reference parameter list (../shared/reference/002) is recognised here.
+Every field of the Runware API's imageInference parameter list is recognised here.
 Fields whose feature is not built yet are refused with `unsupportedParameter` naming them,
 never accepted and ignored; fields the reference does not list are refused as unknown.
 Ranges are checked by `request.validate`, so the CLI and the API share one set of rules.
@@ -13,13 +13,13 @@ from typing import Any
 
 from PIL import Image
 
-from daguerre.engine.accel import AccelOptions
 from daguerre.errors import RequestError, UnsupportedError
 from daguerre.request import (
     DELIVERY_METHODS,
     MIN_TTL,
     OUTPUT_FORMATS,
     OUTPUT_TYPES,
+    AccelOptions,
     ControlRef,
     DeliverySpec,
     GenerationRequest,

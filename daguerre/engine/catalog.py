@@ -49,6 +49,7 @@ class ModelSpec:
     image_encoder: str | None = None  # IP-Adapters: the local CLIP vision folder they need
     profile: str | None = None  # speed profile for this model (exact | fast | turbo); None = the settings'
     offload: str | None = None  # memory mode for this model (none | model | group); None = the settings'
+    missing: str | None = None  # why a catalog entry cannot be used (its path is gone or unreadable); None = usable
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -65,7 +66,7 @@ def _dir_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix == ".safetensors")
 
 
-def describe_folder(folder: Path) -> tuple[str, int]:
+def describe_folder(folder: Path, parameter: str = "model") -> tuple[str, int]:
     """(kind, size) of a diffusers FLUX.1 folder, from model_index.json and transformer/config.json,
     or of a FLUX.1 ControlNet folder (config.json naming FluxControlNetModel)."""
     if not (folder / "model_index.json").exists() and (folder / "config.json").exists():
@@ -82,11 +83,13 @@ def describe_folder(folder: Path) -> tuple[str, int]:
             f"{folder}: not a diffusers model folder (no readable model_index.json); expected the Hugging Face "
             "layout with model_index.json, transformer/, text_encoder/, text_encoder_2/, tokenizer/, "
             "tokenizer_2/, vae/, scheduler/",
-            parameter="model",
+            parameter=parameter,
         ) from e
     cls = str(index.get("_class_name", ""))
     if not cls.startswith("Flux") or cls.startswith("Flux2"):
-        raise ModelLoadError(f"{folder}: model_index.json declares {cls or 'no pipeline'}, not a FLUX.1 pipeline")
+        raise ModelLoadError(
+            f"{folder}: model_index.json declares {cls or 'no pipeline'}, not a FLUX.1 pipeline", parameter=parameter
+        )
     kind = PIPELINE_KINDS.get(cls)
     tconf_path = folder / "transformer" / "config.json"
     if kind is None and tconf_path.exists():
@@ -109,16 +112,21 @@ def spec_for_path(
     image_encoder: str | None = None,
     profile: str | None = None,
     offload: str | None = None,
+    parameter: str = "model",
 ) -> ModelSpec:
     """Build a spec for a folder or single file, inspecting it (headers and configs only)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise ModelNotFoundError(f"model path {path} does not exist", parameter="model")
+        raise ModelNotFoundError(f"{parameter} path {path} does not exist", parameter=parameter)
     if path.is_dir():
-        found_kind, size = describe_folder(path)
+        found_kind, size = describe_folder(path, parameter=parameter)
         fmt = "folder"
     else:
-        info = checkpoints.inspect(path)
+        try:
+            info = checkpoints.inspect(path)
+        except ModelLoadError as e:
+            e.parameter = parameter
+            raise
         found_kind, size, fmt = info.kind, info.size_bytes, "single-file"
     if kind is not None and kind not in KINDS:
         raise RequestError(f"model kind {kind!r} for {path} is not one of {', '.join(KINDS)}", parameter="kind")
@@ -232,7 +240,7 @@ class Catalog:
             specs += discover_model_dirs(settings.model_dirs, base=settings.base_model)
         default_base = settings.base_model
         if default_base is None:
-            folders = [s for s in specs if s.format == "folder" and s.kind in ("dev", "schnell")]
+            folders = [s for s in specs if s.format == "folder" and s.kind in ("dev", "schnell") and not s.missing]
             default_base = folders[0].id if folders else None
         return cls(specs, default_base=default_base)
 
@@ -250,30 +258,45 @@ class Catalog:
             self._index[key] = spec
 
     def __iter__(self):
+        """Every entry, unusable ones (`missing` set) included: listings show them, lookups refuse them."""
         return iter(self._specs)
 
     def __len__(self) -> int:
         return len(self._specs)
 
-    def get(self, ref: str) -> ModelSpec:
-        """The spec for an id, name, alias, or a path to a folder or .safetensors / .gguf file."""
-        if not ref or not ref.strip():
+    def available(self) -> list[ModelSpec]:
+        """The entries that can be loaded (their files are there)."""
+        return [s for s in self._specs if not s.missing]
+
+    def get(self, ref: str, *, parameter: str = "model", allow_paths: bool = True) -> ModelSpec:
+        """The spec for an id, name, alias, or (allow_paths) a path to a folder or .safetensors / .gguf file.
+
+        `parameter` is the request field the reference came from (lora.model, controlNet.model...): errors
+        name it. Without allow_paths (the network's rule) anything but a catalog key gets one answer, the
+        same for an existing file, a missing one and a folder, so a client learns nothing about the disk.
+        """
+        if not isinstance(ref, str) or not ref.strip():
             raise RequestError(
-                "model must be a catalog id, a short name or a path; got an empty string", parameter="model"
+                f"{parameter} must be a catalog id, a short name or a path; got {ref!r}", parameter=parameter
             )
-        if ref in self._index:
-            return self._index[ref]
-        if "/" in ref or ref.endswith((".safetensors", ".gguf")) or ref.startswith((".", "~")):
+        spec = self._index.get(ref)
+        if spec is not None and (allow_paths or spec.source != "path"):
+            if spec.missing:
+                raise ModelNotFoundError(f"{parameter} {ref!r}: {spec.missing}", parameter=parameter)
+            return spec
+        if allow_paths and ("/" in ref or ref.endswith((".safetensors", ".gguf")) or ref.startswith((".", "~"))):
             path = Path(ref).expanduser()
             if path.exists():
-                spec = spec_for_path(path, base=self.default_base)
+                spec = spec_for_path(path, base=self.default_base, parameter=parameter)
                 self._index.setdefault(spec.id, spec)
                 return spec
-        known = ", ".join(sorted(s.name for s in self._specs)[:20]) or "none (see docs/models.md)"
-        raise ModelNotFoundError(
-            f"model {ref!r} is not in the catalog and is not an existing path; known models: {known}",
-            parameter="model",
+        known = ", ".join(sorted(s.name for s in self._specs if not s.missing)[:20]) or "none (see docs/models.md)"
+        where = (
+            "is not in the catalog and is not an existing path"
+            if allow_paths
+            else ("is not a model id, name or alias in this server's catalog")
         )
+        raise ModelNotFoundError(f"{parameter} {ref!r} {where}; known models: {known}", parameter=parameter)
 
     def resolve_base(self, spec: ModelSpec) -> Path:
         """The folder that lends text encoders, tokenizers and VAE to a single-file model."""
@@ -281,8 +304,9 @@ class Catalog:
         if ref is None:
             raise ModelLoadError(
                 f"{spec.path} is a single-file transformer and needs a base folder for its text encoders, "
-                'tokenizers and VAE: set base = "<folder or catalog id>" on its catalog entry or '
-                "base_model in settings (any FLUX.1-dev/schnell diffusers folder works)",
+                'tokenizers and VAE: pass --base FOLDER on the command line, or set base = "<folder or catalog '
+                'id>" on its catalog entry or base_model in the settings (any FLUX.1-dev/schnell diffusers '
+                "folder works)",
                 parameter="model",
             )
         path = Path(ref).expanduser()
@@ -323,18 +347,29 @@ def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
     base = table.get("base", settings.base_model)
     if base is not None and ("/" in base or base.startswith((".", "~"))):  # a folder, not a catalog id
         base = _resolve(base, settings)
-    return spec_for_path(
-        Path(_resolve(table["path"], settings)),
-        base=base,
+    kind = table.get("kind")
+    if kind is not None and kind not in KINDS:
+        raise RequestError(f"catalog entry {name!r}: kind {kind!r} is not one of {', '.join(KINDS)}",
+                           parameter="models")  # fmt: skip
+    path = Path(_resolve(table["path"], settings))
+    fields_ = dict(
         source="catalog",
         name=name,
         id=air or f"local:{name}@1",
-        kind=table.get("kind"),
         aliases=tuple(table.get("aliases", ())),
-        image_encoder=_resolve(table.get("image_encoder"), settings),
         profile=table.get("profile"),
         offload=table.get("offload"),
     )
+    try:
+        return spec_for_path(
+            path, base=base, kind=kind, image_encoder=_resolve(table.get("image_encoder"), settings), **fields_
+        )
+    except (ModelNotFoundError, ModelLoadError) as e:
+        # One entry whose file is gone (an unplugged disk, a typo) must not hide the others: it is listed as
+        # missing, and only a request for it fails, with this reason.
+        why = f"{path} does not exist" if isinstance(e, ModelNotFoundError) else e.message
+        return ModelSpec(path=path.expanduser(), format="missing", kind=kind or "unknown", size_bytes=0,
+                         missing=f"catalog entry {name!r} is unavailable: {why}", **fields_)  # fmt: skip
 
 
 def _resolve(path: str | None, settings: Settings) -> str | None:

@@ -37,7 +37,7 @@ from daguerre.engine.schedulers import make_scheduler
 from daguerre.engine.weighting import encode as weighted_encode
 from daguerre.errors import Cancelled, DaguerreError, OutOfMemory, RequestError, UnsupportedError
 from daguerre.imaging import encode, to_pil
-from daguerre.prompts.studio import DEFAULT_NEGATIVE, enhance_prompt, lint
+from daguerre.prompts.studio import CLIP_WINDOW, DEFAULT_NEGATIVE, enhance_prompt, lint
 from daguerre.prompts.weighting import parse as parse_prompt
 from daguerre.recipe import Recipe, pixels_sha256
 from daguerre.request import CONTROL_TYPES, DEFAULT_STRENGTH, GenerationRequest, OutputSpec, validate
@@ -163,8 +163,8 @@ class Engine:
         max_batch = max_batch or self.max_batch
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         original = req.positive_prompt
-        req, notes = _enhanced(req, seed)
         with self.models.lease(req.model) as model:
+            req, notes = _enhanced(req, seed, model)
             try:
                 images, chunks = self._run(
                     model, req, seed, t0, on_progress, cancel, preview, max_batch, on_image, original, notes
@@ -229,7 +229,7 @@ class Engine:
                 try:
                     validate(req)
                     seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
-                    enhanced, notes = _enhanced(req, seed)
+                    enhanced, notes = _enhanced(req, seed, model)
                     prep = self._prepare(model, enhanced, seed, req.positive_prompt, notes)
                 except DaguerreError as e:
                     outcomes[k] = e
@@ -456,7 +456,7 @@ class Engine:
         (FluxControlPipeline*): a full control checkpoint is the request's model, a control LoRA
         widens a dev model's input layer. Either is given as a controlNet entry with its guide.
         """
-        entries = [(c, self.models.catalog.get(c.model)) for c in req.controlnets]
+        entries = [(c, self.models.catalog.get(c.model, parameter="controlNet.model")) for c in req.controlnets]
         found = [(c, s) for c, s in entries if s.kind in ("control", "controllora")]
         if model.kind == "control" and not any(s.id == model.spec.id for _, s in found):
             raise RequestError(
@@ -525,7 +525,7 @@ class Engine:
         # exact (diffusers' ControlNet pipeline would otherwise draw its guide latent from the same
         # generators first, shifting the noise).
         for c in (c for c in req.controlnets if c.weight != 0):
-            spec = self.models.catalog.get(c.model)
+            spec = self.models.catalog.get(c.model, parameter="controlNet.model")
             if spec.kind in ("control", "controllora"):
                 continue  # handled by _structural_control
             if model.kind not in ("dev", "schnell") or req.workflow == "outpaint" or req.mask_margin:
@@ -591,7 +591,7 @@ class Engine:
         """
         specs = []
         for ip in req.ip_adapters:
-            spec = self.models.catalog.get(ip.model)
+            spec = self.models.catalog.get(ip.model, parameter="ipAdapters.model")
             if spec.kind != "ipadapter":
                 raise RequestError(
                     f"ipAdapters.model {ip.model!r} is a {spec.kind} model, not a FLUX.1 IP-Adapter",
@@ -645,7 +645,7 @@ class Engine:
         """(spec, file sha256, weight) for each requested LoRA; the catalog must know it as a LoRA."""
         out = []
         for ref in req.loras:
-            spec = self.models.catalog.get(ref.model)
+            spec = self.models.catalog.get(ref.model, parameter="lora.model")
             if spec.kind != "lora":
                 raise RequestError(
                     f"lora.model {ref.model!r} is a {spec.kind} model, not a LoRA", parameter="lora.model"
@@ -809,12 +809,18 @@ def _out_of_memory(message: str) -> OutOfMemory:
     return OutOfMemory(message)
 
 
-def _enhanced(req: GenerationRequest, seed: int) -> tuple[GenerationRequest, tuple[str, ...]]:
+def _enhanced(req: GenerationRequest, seed: int, model: LoadedModel) -> tuple[GenerationRequest, tuple[str, ...]]:
     """The request with its prompt enhanced when it asks (deterministic per seed, so a seed reproduces the
-    prompt too), and the notes to report."""
+    prompt too), and the notes to report. Additions stop before CLIP's token window: the pooled embedding
+    would not see them."""
     if not req.enhance_prompt:
         return req, ()
-    enhanced = enhance_prompt(req.positive_prompt, seed)
+    tokenizer = model.pipe.tokenizer
+
+    def fits(text: str) -> bool:
+        return len(tokenizer(text, truncation=False, verbose=False).input_ids) <= CLIP_WINDOW
+
+    enhanced = enhance_prompt(req.positive_prompt, seed, fits=fits)
     return replace(req, positive_prompt=enhanced.text), tuple(f"enhance_prompt: {n}" for n in enhanced.notes)
 
 

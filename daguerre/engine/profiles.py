@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from daguerre.engine.accel import AccelOptions
 from daguerre.errors import ModelLoadError, RequestError
+from daguerre.request import AccelOptions
 
 log = logging.getLogger(__name__)
 

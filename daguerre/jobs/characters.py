@@ -1,7 +1,7 @@
 """Saved characters: an anchor text and a locked seed (plus an optional reference image), per API key.
 
 A request naming a character gets the anchor prepended to its prompt and the character's seed, the
-two things reference 004 says consistency needs ("a locked seed and a stable character anchor").
+two things the photoreal guides say consistency needs ("a locked seed and a stable character anchor").
 They live in the job store's SQLite file, in their own table, keyed by (owner, name).
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from daguerre.errors import RequestError
+from daguerre.request import check_text
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_ANCHOR = 1000
@@ -51,6 +52,7 @@ def check(name: str, anchor: str, seed: int) -> None:
         )
     if not isinstance(anchor, str) or not 2 <= len(anchor.strip()) <= MAX_ANCHOR:
         raise RequestError(f"character anchor must be 2-{MAX_ANCHOR} characters of text", parameter="anchor")
+    check_text("anchor", anchor)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise RequestError(f"character seed must be an integer in [0, 2^63), got {seed!r}", parameter="seed")
 

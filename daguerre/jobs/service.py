@@ -74,19 +74,25 @@ class JobService:
         with self._submit_lock:
             existing = self.store.create(job)
             if existing is not None:
-                if existing.fingerprint != fp:
-                    raise DuplicateTask(
-                        f"taskUUID {task_uuid} was already used for a different task; use a new UUID v4 per task",
-                        parameter="taskUUID",
-                    )
+                self.check_same(existing, task)
                 return existing, False
             try:
                 self.queue.push(job.key)
-            except Exception:
-                job.status, job.error = "error", {"code": "queueFull", "message": "the queue is full"}
-                self.store.update(job)
+            except BaseException:
+                # A job that never reached the queue is forgotten: the client's retry of the same task
+                # (honouring Retry-After) must be a fresh submission, not a lookup of a dead job.
+                self.store.delete(owner, task_uuid)
                 raise
         return job, True
+
+    @staticmethod
+    def check_same(existing: Job, task: dict) -> None:
+        """A taskUUID already used by this key must come with the same task (a resend), else it is an error."""
+        if existing.fingerprint != fingerprint(task):
+            raise DuplicateTask(
+                f"taskUUID {existing.task_uuid} was already used for a different task; use a new UUID v4 per task",
+                parameter="taskUUID",
+            )
 
     def get(self, owner: str, task_uuid: str) -> Job | None:
         return self.store.get(owner, task_uuid)

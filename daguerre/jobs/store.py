@@ -55,6 +55,9 @@ class JobStore(Protocol):
     def update(self, job: Job) -> None:
         """Persist a job's status, results and error; called by the worker after each change."""
 
+    def delete(self, owner: str, task_uuid: str) -> None:
+        """Forget a job; called by the service when a job it created could not be queued."""
+
     def unfinished(self) -> list[Job]:
         """Queued and running jobs, oldest first; called once at start-up to re-queue them."""
 
@@ -125,6 +128,10 @@ class SQLiteJobStore:
                     job.task_uuid,
                 ),
             )
+
+    def delete(self, owner: str, task_uuid: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE owner=? AND task_uuid=?", (owner, task_uuid))
 
     def unfinished(self) -> list[Job]:
         with self._lock:

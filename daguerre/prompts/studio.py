@@ -1,7 +1,7 @@
 """Photographic prompt studio: presets, the prompt formula, a deterministic enhancer, and lint.
 
-Pure Python (no model): the craft of ../shared/reference 001 and 004 as data (presets.json) and
-rules. The formula is subject + physical details + lighting + camera/lens (+ film stock) + quality
+Pure Python (no model): the photographic-prompt craft of the photoreal services' guides as data
+(presets.json) and rules. The formula is subject + physical details + lighting + camera/lens (+ film stock) + quality
 markers. `enhance_prompt` fills in only the parts a prompt leaves out, so it never drops or
 contradicts what the user wrote: the user's text comes first, verbatim, and a category the text
 already touches (any lighting or time-of-day word, any lens/camera word...) gets nothing added; a
@@ -14,6 +14,7 @@ import functools
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +56,7 @@ MOOD = ("cinematic", "moody", "dramatic", "dreamy", "ethereal", "vibrant", "grit
 # Colour words: a prompt with any keeps monochrome presets out (they would contradict it).
 COLOURS = ("red", "blue", "green", "yellow", "orange", "purple", "pink", "brown", "auburn", "blonde", "golden",
            "teal", "turquoise", "crimson", "colorful", "colourful", "vibrant", "color", "colour", "neon")  # fmt: skip
-MAX_STYLE_DESCRIPTORS = 6  # more and FLUX averages them out (reference 004, "Overloaded prompts")
+MAX_STYLE_DESCRIPTORS = 6  # more and FLUX averages them out (the Fluxgram guide, "Overloaded prompts")
 CLIP_WINDOW = 77  # CLIP's context, BOS and EOS included
 
 
@@ -150,12 +151,15 @@ def _choices(category: str, kind: str) -> list[Preset]:
     return fit or ([] if category == "detail" else items)
 
 
-def enhance_prompt(prompt: str, seed: int = 0, *, max_length: int | None = None) -> Enhanced:
+def enhance_prompt(
+    prompt: str, seed: int = 0, *, max_length: int | None = None, fits: Callable[[str], bool] | None = None
+) -> Enhanced:
     """Expand a short prompt along the photographic formula, deterministically for a seed.
 
     The result starts with the prompt itself (whitespace-trimmed); only categories the prompt leaves
     open get one preset each, picked for the subject kind. max_length (characters) stops additions
-    that would exceed it; the user's text is never cut.
+    that would exceed it, and so does `fits` (the engine's check against CLIP's token window) when it
+    says no; the user's text is never cut.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise RequestError("the prompt to enhance is empty", parameter="prompt")
@@ -180,6 +184,10 @@ def enhance_prompt(prompt: str, seed: int = 0, *, max_length: int | None = None)
         candidate = f"{out}, {pick.text}"
         if max_length is not None and len(candidate) > max_length:
             notes.append(f"stopped at {max_length} characters (promptMaxLength)")
+            break
+        if fits is not None and not fits(candidate):
+            if fits(out):  # a prompt already past the window is the lint's to report, not the enhancer's
+                notes.append(f"stopped before CLIP's {CLIP_WINDOW}-token window, so every word added is read")
             break
         out = candidate
         added.append(pick.id)
@@ -278,7 +286,7 @@ def lint(
         used = f"; the default photoreal negative prompt was used: {default_negative!r}" if default_negative else ""
         out.append(LintWarning("no_negative_prompt", f"true CFG is on without a negativePrompt{used}"))
     if clip_tokenizer is not None:
-        ids = clip_tokenizer(prompt, truncation=False, add_special_tokens=True).input_ids
+        ids = clip_tokenizer(prompt, truncation=False, add_special_tokens=True, verbose=False).input_ids
         if len(ids) > CLIP_WINDOW:
             cut = clip_tokenizer.decode(ids[CLIP_WINDOW - 1 : -1]).strip()
             out.append(
@@ -289,7 +297,7 @@ def lint(
                 )
             )
     if t5_tokenizer is not None:
-        ids = t5_tokenizer(prompt, truncation=False, add_special_tokens=True).input_ids
+        ids = t5_tokenizer(prompt, truncation=False, add_special_tokens=True, verbose=False).input_ids
         if len(ids) > max_sequence_length:
             cut = t5_tokenizer.decode(ids[max_sequence_length - 1 : -1], skip_special_tokens=True).strip()
             out.append(

@@ -18,6 +18,7 @@ Layouts:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ KINDS = ("dev", "schnell", "fill", "kontext", "control")
 HEAD_DIM, HEADS, DOUBLE, SINGLE = 16, 2, 1, 2
 AXES_DIMS_ROPE = (4, 6, 6)
 TEXT_DIM = 32  # CLIP hidden (pooled projection) and T5 d_model (joint attention dim)
-VOCAB = 600
+VOCAB = 1200
 CLIP_MAX, T5_MAX = 77, 512
 
 # A small photographic corpus so the tokenizers know the words our prompts use.
@@ -48,6 +49,14 @@ a cat sitting on a wooden table, a dog running on the beach, a red car, a city s
 digital art, illustration, cartoon, painting, 3D render, CGI, plastic skin, blurry, low quality
 hyper-realistic skin detail, individual eyelashes, catchlights, subsurface scattering, freckles
 """.strip().splitlines()
+
+
+def _preset_lines() -> list[str]:
+    """The prompt studio's preset texts: a real CLIP tokenizer reads each of their words as one token or two, and
+    so should the tiny one, or the enhancer's additions would overflow its 77-token window at once."""
+    from daguerre.prompts.studio import library
+
+    return [p.text for items in library().presets.values() for p in items]
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ def train_tokenizer(max_length: int, *, add_bos: bool):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
+    tok.train_from_iterator((_CORPUS + _preset_lines()) * 4, trainer)
     template = "<s> $A </s>" if add_bos else "$A </s>"
     tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=[("<s>", 2), ("</s>", 3)])
     return PreTrainedTokenizerFast(
@@ -207,13 +216,28 @@ def _model_index(kind: str = "dev") -> dict:
 
 def save_folder(components: dict, folder: Path, *, with_transformer_weights: bool, kind: str = "dev") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, part in components.items():
-        if name == "transformer" and not with_transformer_weights:
-            (folder / name).mkdir(exist_ok=True)
-            (folder / name / "config.json").write_text(json.dumps(dict(part.config), indent=2, default=list))
-            continue
-        part.save_pretrained(folder / name)
+    with _quiet_saving():
+        for name, part in components.items():
+            if name == "transformer" and not with_transformer_weights:
+                (folder / name).mkdir(exist_ok=True)
+                (folder / name / "config.json").write_text(json.dumps(dict(part.config), indent=2, default=list))
+                continue
+            part.save_pretrained(folder / name)
     (folder / "model_index.json").write_text(json.dumps(_model_index(kind), indent=2))
+
+
+@contextlib.contextmanager
+def _quiet_saving():
+    """transformers draws a "Writing model shards" bar per part; for a 1 MB model it is only noise."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def write_gguf(sd: dict[str, torch.Tensor], path: Path, quant: str = "Q8_0") -> Path:
@@ -324,7 +348,8 @@ def tiny_controlnet(*, seed: int = 0, union_modes: int | None = None, xlabs: boo
 
 def build_controlnet(folder: Path, *, seed: int = 0, union_modes: int | None = None) -> Path:
     """A tiny random ControlNet saved as a diffusers folder (InstantX layout; Union with union_modes)."""
-    tiny_controlnet(seed=seed, union_modes=union_modes).save_pretrained(folder)
+    with _quiet_saving():
+        tiny_controlnet(seed=seed, union_modes=union_modes).save_pretrained(folder)
     return Path(folder)
 
 
@@ -364,7 +389,8 @@ def build_ip_adapter(folder: Path, *, seed: int = 0) -> tuple[Path, Path]:
             projection_dim=16,
         )
     ).eval()
-    encoder.save_pretrained(folder / "image_encoder")
+    with _quiet_saving():
+        encoder.save_pretrained(folder / "image_encoder")
     inner = HEADS * HEAD_DIM
     g = torch.Generator().manual_seed(seed)
     sd = {
