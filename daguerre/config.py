@@ -12,13 +12,25 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from daguerre.errors import RequestError
 from daguerre.prompts.studio import DEFAULT_NEGATIVE
+
+Profile = Literal["exact", "fast", "turbo"]  # speed profiles (engine/profiles.py says what each does)
+Offload = Literal["none", "model", "group"]  # memory modes (engine/memory.py)
+T5Mode = Literal["device", "cpu", "int8"]
+PROFILES, OFFLOADS, T5_MODES = get_args(Profile), get_args(Offload), get_args(T5Mode)
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """`value` is one of `allowed`, else a RequestError naming the setting."""
+    if value not in allowed:
+        raise RequestError(f"{name} must be one of {', '.join(allowed)}, got {value!r}", parameter=name)
+    return value
 
 
 class ImageLimits(BaseModel):
@@ -105,17 +117,17 @@ class Settings(BaseSettings):
     memory_budget_gb: float | None = Field(
         None, gt=0, description="resident-model budget; default 90% of GPU memory or 60% of RAM on CPU"
     )
-    profile: Literal["exact", "fast", "turbo"] = Field(
+    profile: Profile = Field(
         "exact",
         description="speed profile: exact (eager numerics, compiled where `compile`), fast (+ fp8 transformer, "
         "CUDA >= 8.9 only), turbo (+ TeaCache for requests without acceleratorOptions); per model: `profile`",
     )
-    offload: Literal["none", "model", "group"] = Field(
+    offload: Offload = Field(
         "none",
         description="memory mode for GPUs smaller than the model: none (all resident), model (each part moves to "
         "the GPU when it runs), group (transformer blocks stream in); CUDA only; per model: `offload`",
     )
-    t5: Literal["device", "cpu", "int8"] = Field(
+    t5: T5Mode = Field(
         "device", description="where the T5 text encoder runs: device, cpu (frees ~9.5 GB of GPU), int8 (half size)"
     )
     attention: str = Field(

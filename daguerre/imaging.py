@@ -27,10 +27,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from daguerre.config import ImageLimits
 from daguerre.errors import ImageInputError
 
-ALLOWED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WEBP"}
+# The one image format table: output format (as the API names it) -> (Pillow's name, file extension, MIME
+# type). Inputs are accepted in the same three formats, judged by their bytes.
+FORMATS = {
+    "JPG": ("JPEG", "jpg", "image/jpeg"),
+    "PNG": ("PNG", "png", "image/png"),
+    "WEBP": ("WEBP", "webp", "image/webp"),
+}
+PIL_FORMAT = {name: pil for name, (pil, _, _) in FORMATS.items()}
+EXTENSION = {name: ext for name, (_, ext, _) in FORMATS.items()}  # output format -> file extension
+CONTENT_TYPES = {ext: mime for _, ext, mime in FORMATS.values()}  # file extension -> MIME type
+_DECODED_EXT = {pil: ext for pil, ext, _ in FORMATS.values()}  # what Pillow reports -> file extension
 _DATA_URI = re.compile(r"^data:(image/[a-z0-9.+-]+)?(;[a-z0-9=.-]+)*;base64,", re.I)
 _B64_CHARS = re.compile(rb"^[A-Za-z0-9+/=_-]*$")
-PIL_FORMAT = {"JPG": "JPEG", "PNG": "PNG", "WEBP": "WEBP"}
 EXIF_USER_COMMENT = 0x9286
 EXIF_IFD = 0x8769
 XMP_NS = "https://daguerre.dev/ns/recipe/1.0/"
@@ -154,7 +163,7 @@ def open_image(data: bytes, *, parameter: str, limits: ImageLimits) -> Image.Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+            im = Image.open(io.BytesIO(data), formats=list(_DECODED_EXT))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         # Pillow's own (higher) limit tripped before the size could be read: say ours, and the image's size.
         found = re.search(r"\((\d+) pixels\)", str(e))
@@ -219,13 +228,10 @@ def normalize_mask(im: Image.Image) -> Image.Image:
     return im.convert("L")
 
 
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # decoded format -> file extension
-
-
 def decode(data: bytes, *, parameter: str, limits: ImageLimits, mask: bool = False) -> tuple[Image.Image, str]:
     """Encoded bytes -> (normalized RGB image or L mask, file extension), decoded once with every check."""
     im = open_image(data, parameter=parameter, limits=limits)
-    ext = EXTENSIONS[im.format]
+    ext = _DECODED_EXT[im.format]
     try:
         return (normalize_mask(im) if mask else normalize_rgb(im)), ext
     except ImageInputError:

@@ -51,13 +51,9 @@ def settings_factory(tmp_path_factory):
 @pytest.fixture(scope="session")
 def engine(settings_factory, tiny_single):
     """One engine for the session; models stay resident across tests, as in a server."""
-    from daguerre.engine.catalog import Catalog
-    from daguerre.engine.generate import Engine
-    from daguerre.engine.models import ModelManager
+    from daguerre.services import build_engine
 
-    s = settings_factory(base_model=str(tiny_single.base_path))
-    manager = ModelManager(catalog=Catalog.from_settings(s), cache_dir=s.cache_dir)
-    return Engine(models=manager, max_batch=4)
+    return build_engine(settings_factory(base_model=str(tiny_single.base_path), max_batch=4))
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +77,7 @@ class LiveServer:
         import uvicorn
 
         self.app = app
+        self.services = app.state.services  # what the server runs on (services.build_server)
         self.port = port
         self.url = f"http://127.0.0.1:{port}/v1"
         self.ws_url = f"ws://127.0.0.1:{port}/v1"
@@ -118,9 +115,7 @@ def make_server(tiny_folder, tmp_path_factory):
     """Build a live server on the tiny model: make_server(**server_settings) -> context manager."""
     from daguerre.api.app import create_app
     from daguerre.config import ServerSettings, Settings
-    from daguerre.engine.catalog import Catalog
-    from daguerre.engine.generate import Engine
-    from daguerre.engine.models import ModelManager
+    from daguerre.services import build_server
 
     cache = tmp_path_factory.mktemp("server-cache")
 
@@ -130,12 +125,11 @@ def make_server(tiny_folder, tmp_path_factory):
         settings = Settings(
             discover=False,
             cache_dir=cache,
+            max_batch=1,
             models={"tiny": {"id": "daguerre:tiny@1", "path": str(tiny_folder.model_path)}, **(extra_models or {})},
             server=ServerSettings(port=port, **server),
         )
-        manager = ModelManager(catalog=Catalog.from_settings(settings), cache_dir=cache)
-        app = create_app(settings, engine=Engine(models=manager, max_batch=1))
-        return LiveServer(app, port)
+        return LiveServer(create_app(build_server(settings)), port)
 
     return make
 

@@ -59,7 +59,7 @@ def test_a_high_threshold_skips_passes_within_the_limits(engine, tiny_folder, ac
 
 
 def test_window_and_max_consecutive_are_respected(engine, tiny_folder):
-    from daguerre.engine import accel as accel_mod
+    from daguerre.engine import stepcache as accel_mod
 
     seen = []
     original = accel_mod.StepCache.__exit__

@@ -84,7 +84,7 @@ def test_same_task_uuid_same_payload_runs_once_different_payload_is_an_error(srv
 
 def test_twenty_concurrent_duplicates_run_once(srv):
     t = task(seed=77, deliveryMethod="async")
-    jobs = srv.app.state.jobs
+    jobs = srv.services.jobs
     replies = []
 
     def submit():
@@ -274,18 +274,18 @@ def test_health(srv):
 
 
 def test_draining_refuses_new_tasks_and_is_not_ready(srv):
-    srv.app.state.lifecycle["draining"] = True
+    srv.services.lifecycle["draining"] = True
     try:
         r = post(srv, [task()])
         assert r.status_code == 503 and r.json()["errors"][0]["code"] == "serverShuttingDown"
         assert httpx.get(srv.url.replace("/v1", "/health/ready")).status_code == 503
     finally:
-        srv.app.state.lifecycle["draining"] = False
+        srv.services.lifecycle["draining"] = False
     assert post(srv, [task()]).status_code == 200
 
 
 def test_a_crashing_job_is_an_internal_error_and_the_worker_survives(srv, monkeypatch):
-    engine = srv.app.state.worker.engine
+    engine = srv.services.worker.engine
     real = engine.generate
 
     def boom(*a, **kw):
@@ -324,7 +324,7 @@ def test_model_that_fails_to_load(make_server, tmp_path):
 def test_ttl_expiry_deletes_images(make_server):
     with make_server(api_keys=[KEY], sweep_interval_s=0.2) as s:
         [item] = post(s, [task(ttl=60)]).json()["data"]
-        store = s.app.state.worker.results
+        store = s.services.worker.results
         assert httpx.get(item["imageURL"]).status_code == 200
         assert store.sweep(now=time.time() + 61) == 1
         r = post(s, [{"taskType": "getResponse", "taskUUID": item["taskUUID"]}]).json()
@@ -336,7 +336,7 @@ def test_ttl_expiry_deletes_images(make_server):
 
 def test_queue_full_is_429_with_retry_after(make_server):
     with make_server(api_keys=[KEY], max_queue=1) as s:
-        worker = s.app.state.worker
+        worker = s.services.worker
         worker._stop.set()  # nothing is claimed: the queue fills
         time.sleep(0.5)
         assert post(s, [task(deliveryMethod="async")]).status_code == 200
@@ -348,7 +348,7 @@ def test_restart_with_queued_jobs_loses_none(make_server, tmp_path):
     data = tmp_path / "data"
     tasks = [task(deliveryMethod="async", seed=i) for i in range(3)]
     with make_server(data_dir=data, api_keys=[KEY]) as s:
-        s.app.state.worker._stop.set()  # the worker stops claiming: jobs stay queued
+        s.services.worker._stop.set()  # the worker stops claiming: jobs stay queued
         time.sleep(0.5)
         for t in tasks:
             assert post(s, [t]).status_code == 200
@@ -375,7 +375,7 @@ def test_anonymous_only_on_loopback_without_keys(make_server):
 
 def test_a_task_refused_with_429_runs_when_resent(make_server):
     with make_server(api_keys=[KEY], max_queue=1) as s:
-        worker = s.app.state.worker
+        worker = s.services.worker
         worker._stop.set()  # nothing is claimed: the queue fills
         time.sleep(0.5)
         first = task(deliveryMethod="async")
@@ -383,9 +383,10 @@ def test_a_task_refused_with_429_runs_when_resent(make_server):
         refused = task(seedImage=_png_b64(), strength=0.5)
         r = post(s, [refused])
         assert r.status_code == 429 and r.json()["errors"][0]["code"] == "queueFull"
-        images = s.app.state.worker.results.root
+        images = s.services.worker.results.root
         assert not any(images.glob("*.json")), "a refused task left its stored input behind"
-        s.app.state.jobs.queue.take([(key_id(digest(KEY)), first["taskUUID"])])  # room again
+        queue = s.services.jobs.queue
+        assert queue.take(queue.waiting(10))  # room again
         worker._stop.clear()
         worker.start()
         r = post(s, [refused])  # the same task again, as a client honouring Retry-After sends it
@@ -442,7 +443,7 @@ def test_only_json_bodies_are_run(make_server, content_type, body):
         headers = {"Content-Type": content_type} if content_type else {}
         r = httpx.post(s.url, content=json.dumps([t]).encode(), headers=headers, timeout=60)
         assert r.status_code == 415 and r.json()["errors"][0]["code"] == "unsupportedMediaType"
-        assert s.app.state.jobs.get("anonymous", t["taskUUID"]) is None, "a refused body was run"
+        assert s.services.jobs.get("anonymous", t["taskUUID"]) is None, "a refused body was run"
         assert "access-control-allow-origin" not in httpx.options(s.url, headers={
             "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}).headers  # fmt: skip
 

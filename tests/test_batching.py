@@ -16,13 +16,9 @@ from daguerre.request import GenerationRequest, LoraRef, OutputSpec
 
 @pytest.fixture(scope="module")
 def batch_engine(settings_factory, tiny_single):
-    from daguerre.engine.catalog import Catalog
-    from daguerre.engine.generate import Engine
-    from daguerre.engine.models import ModelManager
+    from daguerre.services import build_engine
 
-    s = settings_factory(base_model=str(tiny_single.base_path))
-    manager = ModelManager(catalog=Catalog.from_settings(s), cache_dir=s.cache_dir)
-    return Engine(models=manager, max_batch=4)
+    return build_engine(settings_factory(base_model=str(tiny_single.base_path), max_batch=4))
 
 
 def _req(model, prompt="a red barn at dusk", **kw) -> GenerationRequest:
@@ -110,39 +106,42 @@ def test_queue_waiting_and_take():
 
     q = InProcessQueue(maxsize=3)
     for i in range(3):
-        q.push(("o", str(i)))
-    assert q.waiting(2) == [("o", "0"), ("o", "1")]
-    assert q.take([("o", "1"), ("o", "9")]) == [("o", "1")]
+        q.push(f"job {i}")
+    assert q.waiting(2) == ["job 0", "job 1"]
+    assert q.take(["job 1", "job 9"]) == ["job 1"]
     assert len(q) == 2
-    q.push(("o", "3"))  # a slot was freed
-    assert [q.claim(0.1) for _ in range(3)] == [("o", "0"), ("o", "2"), ("o", "3")]
+    q.push("job 3")  # a slot was freed
+    assert [q.claim(0.1) for _ in range(3)] == ["job 0", "job 2", "job 3"]
 
 
 def test_worker_runs_compatible_queued_jobs_together(batch_engine, tiny_single, tmp_path):
-    from daguerre.engine.worker import Worker
+    from daguerre.engine.plan import resolved
+    from daguerre.jobs import spec as specs
     from daguerre.jobs.queue import InProcessQueue
     from daguerre.jobs.service import JobService
     from daguerre.jobs.store import SQLiteJobStore
+    from daguerre.jobs.worker import Worker
+    from daguerre.request import OutputSpec
     from daguerre.storage import LocalResultStore
 
     model = str(tiny_single.model_path)
     jobs = JobService(store=SQLiteJobStore(tmp_path / "jobs.sqlite3"), queue=InProcessQueue(20))
 
     def task(**kw):
-        t = {"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": model, "width": 128,
-             "height": 128, "steps": 2, "positivePrompt": "a lighthouse on a cliff", "outputFormat": "PNG"}  # fmt: skip
-        t.update(kw)
-        return t
+        base = {"model": model, "width": 128, "height": 128, "steps": 2, "positive_prompt": "a lighthouse on a cliff",
+                "output": OutputSpec(format="PNG")}  # fmt: skip
+        req = resolved(GenerationRequest(**{**base, **kw}), batch_engine.models.catalog)
+        return specs.new("anonymous", str(uuid.uuid4()), req)
 
     tasks = [
         task(seed=1),
-        task(seed=2, positivePrompt="a bowl of lemons", numberResults=2),
+        task(seed=2, positive_prompt="a bowl of lemons", number_results=2),
         task(seed=3, width=192),  # another size: runs alone
-        task(seed=4, positivePrompt="a (broken:1.2 prompt", promptWeighting="compel"),  # fails in the group
+        task(seed=4, positive_prompt="a (broken:1.2 prompt", prompt_weighting="compel"),  # fails in the group
         task(seed=5),  # no room left in the pass: runs alone
     ]
     for t in tasks:
-        jobs.submit("anonymous", t, t.get("numberResults", 1))
+        jobs.submit(t)
     batches: list[int] = []
     original = batch_engine.generate_batch
 
@@ -152,17 +151,16 @@ def test_worker_runs_compatible_queued_jobs_together(batch_engine, tiny_single, 
 
     batch_engine.generate_batch = spy
     results = LocalResultStore(tmp_path / "images")
-    worker = Worker(engine=batch_engine, jobs=jobs, results=results, resolver_for=lambda owner: None,
-                    default_ttl=3600)  # fmt: skip
+    worker = Worker(engine=batch_engine, jobs=jobs, results=results, default_ttl=3600)
     try:
         worker.start()
         deadline = time.time() + 120
-        while time.time() < deadline and not all(jobs.get("anonymous", t["taskUUID"]).done for t in tasks):
+        while time.time() < deadline and not all(jobs.get(*t.key).done for t in tasks):
             time.sleep(0.1)
     finally:
         worker.stop(30)
         del batch_engine.generate_batch
-    done = [jobs.get("anonymous", t["taskUUID"]) for t in tasks]
+    done = [jobs.get(*t.key) for t in tasks]
     assert [j.status for j in done] == ["success", "success", "success", "error", "success"]
     assert done[3].error["parameter"] == "positivePrompt"
     assert batches == [3]  # jobs 1, 2 (two images) and 4 shared one pass (max_batch 4); 3 and 5 ran alone

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from daguerre.config import Settings
-from daguerre.engine.catalog import Catalog, slug
+from daguerre.engine.models.catalog import Catalog, slug
 from daguerre.errors import ModelLoadError, ModelNotFoundError, RequestError
 
 

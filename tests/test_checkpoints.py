@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from daguerre.engine import checkpoints
+from daguerre.engine.models import checkpoints, loading
 from daguerre.errors import ModelLoadError, UnsupportedError
 
 
@@ -26,7 +26,7 @@ def test_bfl_round_trip_is_exact(diffusers_sd):
 
 
 def test_single_file_loads_to_the_folder_weights(tiny_single, diffusers_sd):
-    sd, config = checkpoints.load_transformer_state_dict(tiny_single.model_path, torch.float32)
+    sd, config = loading.load_transformer_state_dict(tiny_single.model_path, torch.float32)
     assert all(torch.equal(sd[k], diffusers_sd[k]) for k in diffusers_sd)
     assert config["num_layers"] == 1 and config["num_single_layers"] == 2 and config["guidance_embeds"]
     assert config["attention_head_dim"] == 16 and config["num_attention_heads"] == 2
@@ -46,7 +46,7 @@ def test_comfyui_prefixed_all_in_one_file(tiny_single, diffusers_sd, tmp_path):
     path = tmp_path / "comfy.safetensors"
     save_file(prefixed, path)
     assert checkpoints.inspect(path).kind == "dev"
-    out, _ = checkpoints.load_transformer_state_dict(path, torch.float32)
+    out, _ = loading.load_transformer_state_dict(path, torch.float32)
     assert all(torch.equal(out[k], diffusers_sd[k]) for k in diffusers_sd)
 
 
@@ -54,7 +54,7 @@ def test_diffusers_layout_single_file(diffusers_sd, tmp_path):
     path = tmp_path / "flat.safetensors"
     save_file({k: v.contiguous() for k, v in diffusers_sd.items()}, path)
     assert checkpoints.inspect(path).layout == "diffusers"
-    out, _ = checkpoints.load_transformer_state_dict(path, torch.float32)
+    out, _ = loading.load_transformer_state_dict(path, torch.float32)
     assert all(torch.equal(out[k], diffusers_sd[k]) for k in diffusers_sd)
 
 
@@ -63,7 +63,7 @@ def test_fp8_file_is_upcast_to_the_run_dtype(tiny_single, diffusers_sd, tmp_path
     path = tmp_path / "fp8.safetensors"
     save_file({k: v.to(torch.float8_e4m3fn) for k, v in bfl.items()}, path)
     assert checkpoints.inspect(path).dtype == "F8_E4M3"
-    out, _ = checkpoints.load_transformer_state_dict(path, torch.bfloat16)
+    out, _ = loading.load_transformer_state_dict(path, torch.bfloat16)
     for k, v in diffusers_sd.items():
         assert out[k].dtype == torch.bfloat16
         assert torch.equal(out[k], v.to(torch.float8_e4m3fn).to(torch.bfloat16)), k
@@ -78,7 +78,7 @@ def test_scaled_fp8_file_multiplies_by_scale_weight(tiny_single, tmp_path):
     scaled["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
     path = tmp_path / "scaled.safetensors"
     save_file(scaled, path)
-    out, _ = checkpoints.load_transformer_state_dict(path, torch.float32)
+    out, _ = loading.load_transformer_state_dict(path, torch.float32)
     want = (bfl[key] / 0.5).to(torch.float8_e4m3fn).float() * 0.5
     assert torch.equal(out["transformer_blocks.0.attn.to_out.0.weight"], want)
 

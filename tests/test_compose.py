@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from daguerre.engine.compose import feather_alpha, outpaint_canvas
+from daguerre.engine.inputs import feather_alpha, outpaint_canvas
 from daguerre.errors import RequestError, UnsupportedError
 from daguerre.request import GenerationRequest, Outpaint, validate
 
@@ -306,6 +306,6 @@ def test_kontext_refuses_what_it_cannot_do(engine, tiny_kontext, src, mask):
 
 
 def test_kontext_kind_comes_from_the_folder(tiny_kontext):
-    from daguerre.engine.catalog import Catalog
+    from daguerre.engine.models.catalog import Catalog
 
     assert Catalog([]).get(str(tiny_kontext.model_path)).kind == "kontext"

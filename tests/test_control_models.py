@@ -87,7 +87,8 @@ def test_control_checkpoint_errors(engine, tiny_control, tiny_folder, guide):
 def test_control_lora_equals_the_merged_control_model_and_unloads_exactly(engine, tiny_folder, guide, tmp_path):
     from diffusers import FluxControlPipeline, FluxPipeline, FluxTransformer2DModel
 
-    from daguerre.engine.loras import detect, read
+    from daguerre.engine.models.loading import read_lora as read
+    from daguerre.engine.models.lora_files import detect
     from daguerre.testing.loras import build_control_lora, merged_control_state_dict
 
     lora = build_control_lora(tmp_path / "flux1-canny-dev-lora.safetensors", tiny_folder.model_path, seed=4)

@@ -100,7 +100,7 @@ def test_weight_zero_equals_no_controlnet(engine, tiny_folder, tiny_controlnets,
 
 
 def test_canny_preprocessing_turns_a_photo_into_edges(engine, tiny_folder, tiny_controlnets):
-    from daguerre.engine.generate import canny
+    from daguerre.engine.controlnet import canny
 
     photo = Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 40 + 100).astype("uint8")).resize((128, 128))
     photo.paste((250, 250, 250), (40, 40, 90, 90))
@@ -188,7 +188,7 @@ def test_union_controlnet_follows_its_control_type(engine, tiny_folder, guide, t
 
 
 def test_xlabs_controlnet_file_equals_the_diffusers_model(engine, tiny_folder, tiny_controlnets, guide, tmp_path):
-    from daguerre.engine.checkpoints import inspect
+    from daguerre.engine.models.checkpoints import inspect
     from daguerre.testing.tiny import build_xlabs_controlnet, tiny_controlnet
 
     path = build_xlabs_controlnet(tmp_path / "flux-canny-controlnet-v3.safetensors", seed=6)

@@ -82,7 +82,7 @@ def test_webhook_per_result_signed_and_retried_with_the_same_id(srv):
         reqs = rx.wait(4)
         time.sleep(0.8)  # no further retries once each result got its 200
         assert len(rx.requests) == 4  # one webhook per result, plus two retries
-        secret = derived_webhook_secret(srv.app.state.secret_key, key_id(digest(KEY)))
+        secret = derived_webhook_secret(srv.services.secret, key_id(digest(KEY)))
         by_id: dict[str, list[bytes]] = {}
         seeds = {}
         for method, _path, headers, body in reqs:
@@ -137,7 +137,7 @@ def test_webhook_carries_job_errors(srv, monkeypatch):
     def vanished(*a, **kw):
         raise ModelNotFoundError("model path /models/gone does not exist", parameter="model")
 
-    monkeypatch.setattr(srv.app.state.worker.engine, "generate", vanished)
+    monkeypatch.setattr(srv.services.worker.engine, "generate", vanished)
     rx = Receiver([])
     try:
         t = task(webhookURL=rx.url(), deliveryMethod="async")
@@ -145,7 +145,7 @@ def test_webhook_carries_job_errors(srv, monkeypatch):
         [(_m, _p, headers, body)] = rx.wait(1)
         [err] = json.loads(body)["errors"]
         assert err["code"] == "modelNotFound" and err["taskUUID"] == t["taskUUID"]
-        secret = derived_webhook_secret(srv.app.state.secret_key, key_id(digest(KEY)))
+        secret = derived_webhook_secret(srv.services.secret, key_id(digest(KEY)))
         Webhook(secret).verify(body, {k.lower(): v for k, v in headers.items()})
     finally:
         rx.close()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from daguerre.engine.generate import CancelToken, ProgressEvent
+from daguerre.engine.engine import CancelToken, ProgressEvent
 from daguerre.errors import Cancelled, RequestError
 from daguerre.request import GenerationRequest
 

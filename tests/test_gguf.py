@@ -25,12 +25,9 @@ def gguf_models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gguf_engine(settings_factory, gguf_models):
-    from daguerre.engine.catalog import Catalog
-    from daguerre.engine.generate import Engine
-    from daguerre.engine.models import ModelManager
+    from daguerre.services import build_engine
 
-    s = settings_factory(base_model=str(gguf_models["full"].base_path))
-    return Engine(models=ModelManager(catalog=Catalog.from_settings(s), cache_dir=s.cache_dir))
+    return build_engine(settings_factory(base_model=str(gguf_models["full"].base_path)))
 
 
 def _gen(engine, path, **kw):
@@ -44,7 +41,7 @@ def _psnr(a, b) -> float:
 
 
 def test_inspect_reads_the_gguf_header(gguf_models):
-    from daguerre.engine.checkpoints import inspect
+    from daguerre.engine.models.checkpoints import inspect
 
     info = inspect(gguf_models["Q8_0"].model_path)
     assert (info.layout, info.kind, info.dtype) == ("bfl", "dev", "Q8_0")
@@ -52,7 +49,7 @@ def test_inspect_reads_the_gguf_header(gguf_models):
 
 @pytest.mark.parametrize("quant,min_psnr,max_ratio", [("Q8_0", 40, 0.3), ("Q4_0", 20, 0.2)])
 def test_quantized_transformer_stays_quantized_and_close(gguf_engine, gguf_models, quant, min_psnr, max_ratio):
-    from daguerre.engine.models import module_bytes
+    from daguerre.engine.models.resident import module_bytes
 
     full = _gen(gguf_engine, gguf_models["full"].model_path)
     quantized = _gen(gguf_engine, gguf_models[quant].model_path)
@@ -81,7 +78,7 @@ def test_lora_on_a_gguf_model(gguf_engine, gguf_models, tiny_folder, tmp_path):
 def test_discovered_in_comfyui_folders(gguf_models, tmp_path):
     import shutil
 
-    from daguerre.engine.catalog import discover_model_dirs
+    from daguerre.engine.models.catalog import discover_model_dirs
 
     unet = tmp_path / "ComfyUI" / "models" / "unet"
     unet.mkdir(parents=True)
@@ -92,7 +89,7 @@ def test_discovered_in_comfyui_folders(gguf_models, tmp_path):
 
 
 def test_a_broken_gguf_file_is_a_clear_error(tmp_path):
-    from daguerre.engine.checkpoints import inspect
+    from daguerre.engine.models.checkpoints import inspect
 
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 20)

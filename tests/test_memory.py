@@ -10,13 +10,11 @@ from daguerre.errors import ModelLoadError, RequestError
 from daguerre.request import GenerationRequest
 
 
-def _engine(settings_factory, tiny_folder, **manager):
-    from daguerre.engine.catalog import Catalog
-    from daguerre.engine.generate import Engine
-    from daguerre.engine.models import ModelManager
+def _engine(settings_factory, tiny_folder, entry=None, **memory):
+    from daguerre.services import build_engine
 
-    s = settings_factory(models={"tiny": {"path": str(tiny_folder.model_path), **manager.pop("entry", {})}})
-    return Engine(models=ModelManager(catalog=Catalog.from_settings(s), cache_dir=s.cache_dir, **manager))
+    return build_engine(settings_factory(models={"tiny": {"path": str(tiny_folder.model_path), **(entry or {})}},
+                                         **memory))  # fmt: skip
 
 
 def _gen(engine):
@@ -30,7 +28,7 @@ def plain(settings_factory, tiny_folder):
 
 
 def test_t5_int8_shrinks_t5_and_stays_close(plain, settings_factory, tiny_folder):
-    from daguerre.engine.models import tensor_bytes
+    from daguerre.engine.models.resident import tensor_bytes
 
     def linear_bytes(module):  # the quantized part (the token embedding stays as it is)
         return sum(tensor_bytes(m.weight) for m in module.modules() if isinstance(m, torch.nn.Linear))

@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from daguerre.engine.catalog import Catalog
-from daguerre.engine.models import ModelManager, resolve_device, resolve_dtype
+from daguerre.engine.models.catalog import Catalog
+from daguerre.engine.models.resident import ModelManager, resolve_device, resolve_dtype
 from daguerre.errors import ModelLoadError
 
 

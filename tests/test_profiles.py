@@ -13,8 +13,8 @@ from daguerre.request import AccelOptions, GenerationRequest, LoraRef
 
 
 def _manager(settings_factory, tmp_path, **kw):
-    from daguerre.engine.catalog import Catalog
-    from daguerre.engine.models import ModelManager
+    from daguerre.engine.models.catalog import Catalog
+    from daguerre.engine.models.resident import ModelManager
 
     s = settings_factory()
     return ModelManager(catalog=Catalog.from_settings(s), cache_dir=tmp_path / "cache", **kw)
@@ -27,7 +27,7 @@ def _req(folder, size=128, **kw):
 
 @pytest.mark.parametrize("profile", ["fast", "turbo"])
 def test_fp8_profiles_refuse_where_fp8_cannot_run(settings_factory, tiny_folder, tmp_path, profile):
-    from daguerre.engine.generate import Engine
+    from daguerre.engine.engine import Engine
 
     engine = Engine(models=_manager(settings_factory, tmp_path, profile=profile))
     with pytest.raises(ModelLoadError) as e:
@@ -53,7 +53,7 @@ def test_compiled_exact_profile_equals_eager_at_every_size_without_recompiling(
     images match the eager engine, and LoRA hot-swap still works on the compiled transformer."""
     from torch._dynamo.utils import counters
 
-    from daguerre.engine.generate import Engine
+    from daguerre.engine.engine import Engine
     from daguerre.testing.loras import build_lora
 
     compiled = Engine(models=_manager(settings_factory, tmp_path, compile_=True))
@@ -98,7 +98,7 @@ def test_attention_backend_choice(settings_factory, tiny_folder, tmp_path):
     import torch
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
-    from daguerre.engine.generate import Engine
+    from daguerre.engine.engine import Engine
     from daguerre.engine.profiles import attention_backend
     from daguerre.errors import RequestError
 

@@ -117,7 +117,7 @@ def test_model_is_required():
 
 
 def test_scheduler_names():
-    from daguerre.engine.schedulers import REFERENCE_NAMES
+    from daguerre.request import SCHEDULER_NAMES as REFERENCE_NAMES
 
     assert len(REFERENCE_NAMES) == 75
     for name in REFERENCE_NAMES:

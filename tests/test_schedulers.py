@@ -7,7 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from daguerre.engine.schedulers import REFERENCE_NAMES, SAMPLERS, make_scheduler
+from daguerre.engine.schedulers import REGISTRY, make_scheduler
+from daguerre.request import SCHEDULER_NAMES as REFERENCE_NAMES
+from daguerre.request import SCHEDULERS
 from daguerre.request import GenerationRequest
 
 STOCHASTIC = {"Euler a", "EulerAncestralDiscreteScheduler", "DDPMScheduler", "KDPM2AncestralDiscreteScheduler",
@@ -94,7 +96,8 @@ def test_higher_order_samplers_converge_to_the_ode_solution(reference_pipes):
 def test_every_name_maps_to_a_sampler_and_docs_list_them():
     from pathlib import Path
 
-    assert set(SAMPLERS) == set(REFERENCE_NAMES)
+    assert set(SCHEDULERS) == set(REFERENCE_NAMES) and len(REFERENCE_NAMES) == 75
+    assert {algorithm for algorithm, _ in SCHEDULERS.values()} <= set(REGISTRY)  # every name has a sampler
     doc = (Path(__file__).parents[1] / "docs" / "schedulers.md").read_text()
     for name in REFERENCE_NAMES:
         assert f"| `{name}` |" in doc, name

@@ -40,9 +40,9 @@ def main(argv=None) -> None:
 
     from diffusers import FluxPipeline
 
-    from daguerre.engine.catalog import Catalog
-    from daguerre.engine.generate import Engine
-    from daguerre.engine.models import ModelManager
+    from daguerre.engine.engine import Engine
+    from daguerre.engine.models.catalog import Catalog
+    from daguerre.engine.models.resident import ModelManager
     from daguerre.logs import quiet_libraries
     from daguerre.request import GenerationRequest
     from daguerre.testing.bench import build_model, disagreements, interleaved

@@ -115,7 +115,7 @@ MEMORY_PATHS = {
 
 def gpu_resident_bytes(modules) -> int:
     """Bytes of these modules' parameters and buffers that sit on a CUDA device now (shared ones once)."""
-    from daguerre.engine.models import tensor_bytes
+    from daguerre.engine.models.resident import tensor_bytes
 
     seen, total = set(), 0
     for module in modules:
@@ -131,20 +131,24 @@ def worker_throughput(engine, model: str, n: int, *, size: int, steps: int, tmp:
     compatible queued tasks in shared forward passes, up to the engine's max_batch images)."""
     import uuid
 
-    from daguerre.engine.worker import Worker
+    from daguerre.engine.plan import resolved
+    from daguerre.jobs import spec as specs
     from daguerre.jobs.queue import InProcessQueue
     from daguerre.jobs.service import JobService
     from daguerre.jobs.store import SQLiteJobStore
+    from daguerre.jobs.worker import Worker
+    from daguerre.request import GenerationRequest
     from daguerre.storage import LocalResultStore
 
     run = tmp / f"queue-{uuid.uuid4().hex[:8]}"
     run.mkdir()
     jobs = JobService(store=SQLiteJobStore(run / "jobs.sqlite3"), queue=InProcessQueue(max(n, 1)))
-    tasks = [
-        {"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": model, "width": size, "height": size,
-         "steps": steps, "seed": 100 + i, "positivePrompt": f"{PROMPT}, variation {i}"}
+    requests = [
+        resolved(GenerationRequest(model=model, width=size, height=size, steps=steps, seed=100 + i,
+                                   positive_prompt=f"{PROMPT}, variation {i}"), engine.models.catalog)
         for i in range(n)
     ]  # fmt: skip
+    tasks = [specs.new("bench", str(uuid.uuid4()), req) for req in requests]
     import threading
 
     left, all_done = [n], threading.Event()
@@ -155,10 +159,10 @@ def worker_throughput(engine, model: str, n: int, *, size: int, steps: int, tmp:
             if left[0] == 0:
                 all_done.set()
 
-    worker = Worker(engine=engine, jobs=jobs, results=LocalResultStore(run / "images"),
-                    resolver_for=lambda owner: None, default_ttl=3600, on_result=on_result)  # fmt: skip
+    worker = Worker(engine=engine, jobs=jobs, results=LocalResultStore(run / "images"), default_ttl=3600,
+                    on_result=on_result)  # fmt: skip
     for task in tasks:
-        jobs.submit("bench", task, 1)
+        jobs.submit(task)
     t = time.perf_counter()
     worker.start()
     try:
@@ -166,7 +170,7 @@ def worker_throughput(engine, model: str, n: int, *, size: int, steps: int, tmp:
     finally:
         worker.stop(60)
     seconds = time.perf_counter() - t
-    failed = [j.error for j in (jobs.get("bench", task["taskUUID"]) for task in tasks) if j.status != "success"]
+    failed = [j.error for j in (jobs.get(*task.key) for task in tasks) if j.status != "success"]
     if failed:
         raise RuntimeError(f"throughput run failed: {failed[0]}")
     return 60 * n / seconds
@@ -204,9 +208,9 @@ def main(argv=None) -> None:
     from diffusers import FluxPipeline
 
     from daguerre.config import Settings
-    from daguerre.engine.catalog import Catalog
-    from daguerre.engine.generate import Engine
-    from daguerre.engine.models import ModelManager
+    from daguerre.engine.engine import Engine
+    from daguerre.engine.models.catalog import Catalog
+    from daguerre.engine.models.resident import ModelManager
     from daguerre.errors import DaguerreError
     from daguerre.logs import quiet_libraries
     from daguerre.request import AccelOptions, GenerationRequest

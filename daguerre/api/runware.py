@@ -1,31 +1,26 @@
-"""The Runware task protocol, shared by REST (POST /v1) and WebSocket (/v1).
+"""The Runware task protocol, shared by REST (POST /v1) and WebSocket (/v1): one dispatch table.
 
 Tasks: authentication, ping, imageInference, getResponse, imageUpload, promptEnhance. Replies are
 `{"data": [...]}` and `{"errors": [...]}` routed by taskUUID; a success item never carries
-`error`/`code` keys. Error codes are listed in docs/api.md.
+`error`/`code` keys. Error codes are listed in docs/api.md. The transports (rest.py, ws.py) handle
+authentication and what "sync" means to them; every task goes through `Runware.handle`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from daguerre.api.keys import ANONYMOUS, KeyStore
+from daguerre.api.intake import Inputs, Intake, ProtocolError
 from daguerre.api.schema import parse_image_inference
-from daguerre.config import ServerSettings, Settings
-from daguerre.errors import DaguerreError, ImageInputError, RequestError, UnsupportedError
-from daguerre.imaging import decode, read_source
-from daguerre.jobs.characters import Characters
-from daguerre.jobs.outbound import OutboundClient
-from daguerre.jobs.queue import QueueFull
-from daguerre.jobs.service import JobService, check_task_uuid
+from daguerre.errors import DaguerreError, RequestError, UnsupportedError
+from daguerre.imaging import CONTENT_TYPES
+from daguerre.jobs import spec as specs
+from daguerre.jobs.service import check_task_uuid
+from daguerre.jobs.spec import JobSpec
 from daguerre.jobs.store import ERROR, Job
-from daguerre.request import DeliverySpec, check_text
-from daguerre.storage import CONTENT_TYPES, ResultStore, StoredObject, UrlSigner
+from daguerre.request import check_text
 
 # HTTP status for each error code on REST (everything else: 400).
 HTTP_STATUS = {
@@ -43,10 +38,6 @@ HTTP_STATUS = {
 TASK_TYPES = ("authentication", "ping", "imageInference", "getResponse", "imageUpload", "promptEnhance")
 
 
-class ProtocolError(DaguerreError):
-    """An error at the protocol level (auth, task type, routing)."""
-
-
 def error_item(e: DaguerreError, task: dict | None) -> dict:
     task = task if isinstance(task, dict) else {}
     return {
@@ -62,8 +53,8 @@ def error_item(e: DaguerreError, task: dict | None) -> dict:
 class Reply:
     """What one batch of tasks produced."""
 
-    data: list[dict]
-    errors: list[dict]
+    data: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
 
     def body(self) -> dict:
         out = {}
@@ -74,98 +65,45 @@ class Reply:
         return out or {"data": []}
 
 
-class Protocol:
-    """Turns tasks into jobs and jobs into reply items. Holds no per-connection state."""
+@dataclass
+class Running:
+    """A sync imageInference in progress: the transport waits for it (REST) or streams it (WebSocket)."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        jobs: JobService,
-        results: ResultStore,
-        signer: UrlSigner,
-        keys: KeyStore,
-        anonymous: bool,
-        is_draining: Callable[[], bool],
-        outbound: OutboundClient,
-        catalog,
-        characters: Characters | None = None,
-    ):
-        self.settings = settings
-        self.server: ServerSettings = settings.server
-        self.jobs = jobs
-        self.results = results
-        self.signer = signer
-        self.keys = keys
-        self.anonymous = anonymous
-        self.is_draining = is_draining
-        self.outbound = outbound
-        self.catalog = catalog  # the model catalog: requests are checked against it at submission
-        self.characters = characters
+    job: Job
 
-    def characters_for(self, owner: str):
-        """This owner's saved-character lookup for parse_image_inference (None: no store)."""
-        if self.characters is None:
-            return None
-        return lambda name: self.characters.get(owner, name)
 
-    # ---- authentication
-    def authenticate(self, api_key: str | None) -> str:
-        """The owner id for a key; anonymous when allowed and no key is given."""
-        if api_key:
-            owner = self.keys.verify(api_key)
-            if owner is None:
-                raise ProtocolError("invalid API key", parameter="apiKey", code="invalidApiKey")
-            return owner
-        if self.anonymous:
-            return ANONYMOUS
+def check_task_type(task: dict) -> str:
+    task_type = task.get("taskType")
+    if task_type not in TASK_TYPES:
         raise ProtocolError(
-            "an API key is required: 'Authorization: Bearer KEY' or an authentication task",
-            parameter="apiKey",
-            code="missingApiKey",
+            f"taskType {task_type!r} is not supported; supported: {', '.join(TASK_TYPES)}",
+            parameter="taskType",
+            code="unsupportedTaskType",
         )
+    return task_type
 
-    # ---- images
-    def fetch_bytes(self, value: str, parameter: str) -> bytes:
-        """The encoded bytes behind an image value from the wire: URL (guarded fetch), data URI or base64."""
-        limits = self.settings.image_limits
-        if value.startswith(("http://", "https://")):
-            resp = self.outbound.request("GET", value, parameter=parameter, max_redirects=3, max_bytes=limits.max_bytes)
-            if resp.status != 200:
-                raise ImageInputError(
-                    f"{parameter}: fetching the image URL answered HTTP {resp.status}", parameter=parameter
-                )
-            return resp.body
-        return read_source(value, parameter=parameter, limits=limits, allow_paths=False)
 
-    def resolver_for(self, owner: str, captured: dict[str, tuple[str, bytes, str]] | None = None):
-        """Image resolver for parse_image_inference: an imageUUID of this owner, a URL, data URI or base64.
+class Runware:
+    """Runware tasks -> jobs, and jobs -> Runware reply items and webhook bodies."""
 
-        With `captured`, every non-UUID image value is recorded (value -> (parameter, encoded bytes, file
-        extension)), so the submission can store them once, without decoding them again, and the job refers
-        to them by UUID.
-        """
-        limits = self.settings.image_limits
+    def __init__(self, intake: Intake):
+        self.intake = intake
+        self.server = intake.server
+        # taskType -> handler(owner, task) -> Reply (answered now) | Running (a sync job to wait on)
+        self.handlers: dict[str, Callable[[str, dict], Reply | Running]] = {
+            "ping": lambda owner, task: Reply([{"taskType": "ping", "pong": True}]),
+            "imageUpload": self.upload,
+            "promptEnhance": self.prompt_enhance,
+            "getResponse": self.get_response,
+            "imageInference": self.inference,
+        }
 
-        def resolve(value: str, parameter: str, is_mask: bool):
-            if _is_uuid(value):
-                found = self.results.get(value.lower(), owner)
-                if found is None:
-                    raise ImageInputError(
-                        f"{parameter}: no image with UUID {value} (unknown, expired or not yours)",
-                        parameter=parameter,
-                        code="imageNotFound",
-                    )
-                return decode(found[1], parameter=parameter, limits=limits, mask=is_mask)[0]
-            data = self.fetch_bytes(value, parameter)
-            image, ext = decode(data, parameter=parameter, limits=limits, mask=is_mask)
-            if captured is not None:
-                captured[value] = (parameter, data, ext)
-            return image
+    def handle(self, owner: str, task: dict) -> Reply | Running:
+        """Run one authenticated task (blocking: transports call it from a worker thread)."""
+        return self.handlers[check_task_type(task)](owner, task)
 
-        return resolve
-
-    def upload(self, owner: str, task: dict) -> dict:
+    # ---- tasks
+    def upload(self, owner: str, task: dict) -> Reply:
         """imageUpload: store the image for this owner; its imageUUID works wherever an image is accepted."""
         check_task_uuid(task.get("taskUUID"))
         unknown = set(task) - {"taskType", "taskUUID", "image", "deliveryMethod"}
@@ -179,26 +117,12 @@ class Protocol:
         value = task.get("image")
         if not isinstance(value, str) or not value:
             raise RequestError("image is required: a data URI or base64 string", parameter="image")
-        image_uuid, ext, expires = self.store_upload(owner, self.fetch_bytes(value, "image"), "image")
-        return {
-            "taskType": "imageUpload",
-            "taskUUID": task["taskUUID"],
-            "imageUUID": image_uuid,
-            "imageURL": self.signer.sign(image_uuid, ext, expires),
-        }
+        image_uuid, ext, expires = self.intake.store_upload(owner, self.intake.fetch_bytes(value, "image"), "image")
+        item = {"taskType": "imageUpload", "taskUUID": task["taskUUID"], "imageUUID": image_uuid,
+                "imageURL": self.intake.signer.sign(image_uuid, ext, expires)}  # fmt: skip
+        return Reply([item])
 
-    def store_upload(self, owner: str, data: bytes, parameter: str, ext: str | None = None) -> tuple[str, str, float]:
-        """Keep an input image for this owner: (imageUUID, ext, expiry). Bytes not yet decoded (ext None) are
-        validated first; `ext` says they already were."""
-        if ext is None:
-            ext = decode(data, parameter=parameter, limits=self.settings.image_limits)[1]
-        image_uuid = str(uuid.uuid4())
-        expires = time.time() + self.server.default_ttl
-        self.results.put(StoredObject(uuid=image_uuid, owner=owner, ext=ext, kind="upload", expires_at=expires), data)
-        return image_uuid, ext, expires
-
-    # ---- prompt studio
-    def prompt_enhance(self, task: dict) -> list[dict]:
+    def prompt_enhance(self, owner: str, task: dict) -> Reply:
         """promptEnhance: up to promptVersions distinct photographic expansions of a prompt (no model needed).
 
         Fields: prompt (required), promptMaxLength 12-400 (default 380, characters; the prompt itself is
@@ -240,60 +164,38 @@ class Protocol:
             if task.get("includeCost"):
                 item["cost"] = 0
             out.append(item)
-        return out
+        return Reply(out)
 
-    # ---- inference
-    def submit(self, owner: str, task: dict) -> tuple[Job, DeliverySpec]:
-        """Validate and enqueue an imageInference task (or find the identical one already submitted).
-
-        A refusal (bad input, queue full) leaves nothing behind: no job and no stored image, so the client's
-        retry of the same task is a fresh submission.
-        """
-        if self.is_draining():
-            raise ProtocolError("the server is shutting down and takes no new tasks", code="serverShuttingDown")
+    def get_response(self, owner: str, task: dict) -> Reply:
+        """getResponse: the job (this owner's only), one item per image, or its error."""
         task_uuid = check_task_uuid(task.get("taskUUID"))
-        existing = self.jobs.get(owner, task_uuid)
-        if existing is not None:  # a resend: the same job, without parsing or fetching anything again
-            self.jobs.check_same(existing, task)
-            return existing, delivery_of(existing)
-        captured: dict[str, tuple[str, bytes, str]] = {}
-        req, delivery = parse_image_inference(task, self.resolver_for(owner, captured), self.characters_for(owner))
-        self.check_models(req)
-        for name, url in (("webhookURL", delivery.webhook_url), ("uploadEndpoint", delivery.upload_endpoint)):
-            if url is not None:
-                self.outbound.check_url(url, parameter=name)  # refused now, and re-checked when sent
-        # Inline and URL images are stored once; the job refers to them by UUID (small rows, one fetch).
-        stored: dict[str, str] = {}
-        try:
-            for value, (name, data, ext) in captured.items():
-                stored[value] = self.store_upload(owner, data, name, ext)[0]
-            payload = _with_images(task, stored)
-            if req.character is not None:  # the character's locked seed, not a random one, is what the job runs
-                payload["seed"] = req.seed
-            job, created = self.jobs.submit(owner, task, req.number_results, payload=payload)
-        except QueueFull as e:
-            self._forget(stored)
-            raise ProtocolError(f"{e}; retry later", code="queueFull") from e
-        except BaseException:
-            self._forget(stored)
-            raise
-        if not created:  # an identical submission won the race: its job has its own copies
-            self._forget(stored)
-        return job, delivery
+        job = self.intake.jobs.get(owner, task_uuid)
+        if job is None:
+            raise ProtocolError(f"no task {task_uuid} for this API key", parameter="taskUUID", code="taskNotFound")
+        return self.reply_for(job, with_status=True)
 
-    def _forget(self, stored: dict[str, str]) -> None:
-        for image_uuid in stored.values():
-            self.results.delete(image_uuid)
+    def inference(self, owner: str, task: dict) -> Reply | Running:
+        """imageInference: validated and queued once (a resend finds the same job); async answers at once."""
+        intake = self.intake
+        intake.check_open()
+        task_uuid = check_task_uuid(task.get("taskUUID"))
+        job = intake.existing(owner, task_uuid, task)
+        if job is None:
+            inputs = Inputs()
+            req, delivery = parse_image_inference(task, intake.resolver(owner, inputs), intake.characters_for(owner))
+            job = intake.submit(owner, task_uuid, task, req, delivery, inputs)
+        if job.spec.delivery.method == "async":
+            return Reply([{"taskType": job.task_type, "taskUUID": job.task_uuid, "status": "processing"}])
+        return Running(job)
 
-    def check_models(self, req) -> None:
-        """Every model a request names must be in the catalog (paths only where the operator allows them)."""
-        refs = [(req.model, "model"), *((x.model, "lora.model") for x in req.loras),
-                *((x.model, "controlNet.model") for x in req.controlnets),
-                *((x.model, "ipAdapters.model") for x in req.ip_adapters)]  # fmt: skip
-        for ref, parameter in refs:
-            self.catalog.get(ref, parameter=parameter, allow_paths=self.server.allow_model_paths)
+    # ---- replies
+    def reply_for(self, job: Job, *, with_status: bool, only_new: set[str] | None = None) -> Reply:
+        """A job's items (or its error), as getResponse, the sync reply and the WebSocket stream show it."""
+        if job.status == ERROR:
+            return Reply([], [self.job_error(job)])
+        return Reply(self.items(job, with_status=with_status, only_new=only_new))
 
-    def items(self, job: Job, delivery: DeliverySpec, *, with_status: bool, only_new: set[str] | None = None) -> list:
+    def items(self, job: Job, *, with_status: bool, only_new: set[str] | None = None) -> list:
         """Reply items for a job: one per finished image (and, with status, one per pending image)."""
         out = []
         done = {r["imageUUID"]: r for r in job.results}
@@ -303,27 +205,22 @@ class Protocol:
             r = done.get(image_uuid)
             if r is None:
                 if with_status and job.status != ERROR:
-                    out.append(
-                        {
-                            "taskType": job.task_type,
-                            "taskUUID": job.task_uuid,
-                            "imageUUID": image_uuid,
-                            "status": "processing",
-                        }
-                    )
+                    out.append({"taskType": job.task_type, "taskUUID": job.task_uuid, "imageUUID": image_uuid,
+                                "status": "processing"})  # fmt: skip
                 continue
-            item = self._result_item(job, r, delivery)
+            item = self._result_item(job, r)
             if item is not None:
                 if with_status:
                     item["status"] = "success"
                 out.append(item)
         return out
 
-    def _result_item(self, job: Job, r: dict, delivery: DeliverySpec) -> dict | None:
-        found = self.results.get(r["imageUUID"], job.owner)
+    def _result_item(self, job: Job, r: dict) -> dict | None:
+        found = self.intake.results.get(r["imageUUID"], job.owner)
         if found is None:  # expired and swept
             return None
         obj, data = found
+        delivery = job.spec.delivery
         item = {
             "taskType": job.task_type,
             "taskUUID": job.task_uuid,
@@ -333,7 +230,7 @@ class Protocol:
         }
         for kind in delivery.output_types:
             if kind == "URL":
-                item["imageURL"] = self.signer.sign(obj.uuid, obj.ext, obj.expires_at)
+                item["imageURL"] = self.intake.signer.sign(obj.uuid, obj.ext, obj.expires_at)
             elif kind == "base64Data":
                 item["imageBase64Data"] = base64.b64encode(data).decode()
             else:
@@ -354,90 +251,26 @@ class Protocol:
             "taskUUID": job.task_uuid,
         }
 
-    def lookup(self, owner: str, task: dict) -> tuple[Job, DeliverySpec]:
-        """getResponse: the job (this owner's only) and how its results are shaped."""
-        task_uuid = check_task_uuid(task.get("taskUUID"))
-        job = self.jobs.get(owner, task_uuid)
-        if job is None:
-            raise ProtocolError(f"no task {task_uuid} for this API key", parameter="taskUUID", code="taskNotFound")
-        return job, delivery_of(job)
+    def webhook_body(self, job: Job, result: dict | None) -> dict | None:
+        """A webhook body: {"data": [the new result's item]}, or {"errors": [...]} when the job failed."""
+        if result is not None:
+            return {"data": self.items(job, with_status=False, only_new={result["imageUUID"]})}
+        if job.status == ERROR:
+            return {"errors": [self.job_error(job)]}
+        return None
 
-    async def wait(self, job: Job, timeout: float, on_change: Callable[[Job], Awaitable[None]] | None = None) -> Job:
-        """Wait until the job is done (or `timeout`), calling `on_change` on the event loop for each change."""
-        loop = asyncio.get_running_loop()
-        changes: asyncio.Queue[Job] = asyncio.Queue()
-        unsubscribe = self.jobs.subscribe(job.key, lambda j: loop.call_soon_threadsafe(changes.put_nowait, j))
-        try:
-            current = self.jobs.get(*job.key) or job  # it may have changed before we subscribed
-            if on_change is not None:
-                await on_change(current)
-            deadline = loop.time() + timeout
-            while not current.done:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(changes.get(), remaining)
-                except TimeoutError:
-                    break
-                current = self.jobs.get(*job.key) or current
-                if on_change is not None:
-                    await on_change(current)
-            return current
-        finally:
-            unsubscribe()
+    # ---- jobs stored before JobSpec
+    def upgrade(self, job: Job) -> JobSpec:
+        """The JobSpec of a job an older Daguerre stored as its raw Runware task (images as stored imageUUIDs,
+        the seed fixed): parsed once more, exactly as at submission then."""
+        intake = self.intake
+        inputs = Inputs()
+        req, delivery = parse_image_inference(job.legacy, intake.resolver(job.owner, inputs),
+                                              intake.characters_for(job.owner))  # fmt: skip
+        stored = dict(inputs.stored)
+        for key, (parameter, data, ext) in inputs.captured.items():
+            stored[key] = intake.store_upload(job.owner, data, parameter, ext)[0]
+        from daguerre.engine.plan import resolved
 
-
-def delivery_of(job: Job) -> DeliverySpec:
-    """Delivery options re-read from the stored task (already validated at submission)."""
-    t = job.payload
-    types = t.get("outputType", "URL")
-    return DeliverySpec(
-        method=t.get("deliveryMethod", "sync"),
-        output_types=tuple(types) if isinstance(types, list) else (types,),
-        include_cost=bool(t.get("includeCost", False)),
-        ttl=t.get("ttl"),
-        webhook_url=t.get("webhookURL"),
-        upload_endpoint=t.get("uploadEndpoint"),
-    )
-
-
-def _with_images(task: dict, stored: dict[str, str]) -> dict:
-    """The task with every image value found in `stored` (inline or URL -> imageUUID) replaced, wherever it
-    was given: seedImage / maskImage at the top level or in inputs, and each controlNet guideImage."""
-
-    def swap(value):
-        return stored.get(value, value) if isinstance(value, str) else value
-
-    out = dict(task)
-    for name in ("seedImage", "maskImage"):
-        if name in out:
-            out[name] = swap(out[name])
-    if isinstance(out.get("inputs"), dict):
-        out["inputs"] = {k: swap(v) for k, v in out["inputs"].items()}
-    if isinstance(out.get("ipAdapters"), list):
-        out["ipAdapters"] = [
-            {
-                **a,
-                **{
-                    k: (swap(a[k]) if k == "guideImage" else [swap(x) for x in a[k]])
-                    for k in ("guideImage", "guideImages")
-                    if k in a and a[k] is not None
-                },
-            }
-            if isinstance(a, dict)
-            else a
-            for a in out["ipAdapters"]
-        ]
-    if isinstance(out.get("controlNet"), list):
-        out["controlNet"] = [
-            {**c, "guideImage": swap(c.get("guideImage"))} if isinstance(c, dict) else c for c in out["controlNet"]
-        ]
-    return out
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value.lower()
-    except (ValueError, AttributeError):
-        return False
+        req = resolved(req, intake.catalog)
+        return specs.build(job.owner, job.task_uuid, req, stored, job.image_uuids, delivery, job.task_type)

@@ -3,7 +3,8 @@
 Every field of the Runware API's imageInference parameter list is recognised here.
 Fields whose feature is not built yet are refused with `unsupportedParameter` naming them,
 never accepted and ignored; fields the reference does not list are refused as unknown.
-Ranges are checked by `request.validate`, so the CLI and the API share one set of rules.
+Ranges are checked by `request.validate`, so the CLI and the API share one set of rules; integers sent
+as floats (1024.0) are accepted for every integer field (request.INTEGERS, and ttl), nested ones included.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from typing import Any
 from PIL import Image
 
 from daguerre.errors import RequestError, UnsupportedError
+from daguerre.jobs.spec import DELIVERY_METHODS, MIN_TTL, OUTPUT_TYPES, DeliverySpec
 from daguerre.request import (
-    DELIVERY_METHODS,
-    MIN_TTL,
+    INTEGERS,
     OUTPUT_FORMATS,
-    OUTPUT_TYPES,
     AccelOptions,
     ControlRef,
-    DeliverySpec,
     GenerationRequest,
     IpAdapterRef,
     LoraRef,
@@ -50,12 +49,19 @@ def _present(value: Any) -> bool:
     return value not in (None, [], {}, False)
 
 
+WIRE_INTEGERS = INTEGERS | {"ttl"}
+
+
+def _whole(value: Any, name: str) -> Any:
+    """An integer field's value: integral floats (1024.0, as JavaScript sends numbers) become ints; anything
+    else is passed on for validation to refuse."""
+    if name in WIRE_INTEGERS and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _int(task: dict, name: str) -> Any:
-    """Integers may arrive as floats from JS clients (1024.0); anything else is passed on for validation."""
-    v = task.get(name)
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
+    return _whole(task.get(name), name)
 
 
 CharacterLookup = Callable[[str], Any]  # name -> jobs.characters.Character (raises RequestError if unknown)
@@ -186,6 +192,7 @@ def parse_image_inference(
     )
     validate(req)
     return req, DeliverySpec(
+        protocol="runware",
         method=method,
         output_types=out_types,
         include_cost=include_cost,
@@ -245,11 +252,7 @@ def _parse_controlnets(value: Any, resolve_image: ImageResolver) -> tuple[Contro
         for name in ("model", "guideImage"):
             if not isinstance(entry.get(name), str) or not entry[name]:
                 raise RequestError(f"controlNet[{i}].{name} is required (a string)", parameter=f"controlNet.{name}")
-        kwargs = {
-            CONTROL_FIELDS[k]: (int(v) if isinstance(v, float) and v.is_integer() and k != "weight" else v)
-            for k, v in entry.items()
-            if CONTROL_FIELDS[k]
-        }
+        kwargs = {CONTROL_FIELDS[k]: _whole(v, f"controlNet.{k}") for k, v in entry.items() if CONTROL_FIELDS[k]}
         guide = resolve_image(entry["guideImage"], "controlNet.guideImage", False)
         out.append(ControlRef(guide_image=guide, **kwargs))
     return tuple(out)
@@ -273,12 +276,7 @@ def _parse_accel(value: Any) -> AccelOptions:
     extra = sorted(set(value) - set(ACCEL_FIELDS))
     if extra:
         raise RequestError(f"unknown field acceleratorOptions.{extra[0]}", parameter=f"acceleratorOptions.{extra[0]}")
-    return AccelOptions(
-        **{
-            ACCEL_FIELDS[k]: (int(v) if isinstance(v, float) and v.is_integer() and "Step" in k else v)
-            for k, v in value.items()
-        }
-    )
+    return AccelOptions(**{ACCEL_FIELDS[k]: _whole(v, f"acceleratorOptions.{k}") for k, v in value.items()})
 
 
 def _parse_ip_adapters(value: Any, resolve_image: ImageResolver) -> tuple[IpAdapterRef, ...]:
@@ -328,39 +326,85 @@ def _parse_outpaint(value: Any) -> Outpaint | None:
     extra = sorted(set(value) - {"top", "bottom", "left", "right", "blur"})
     if extra:
         raise RequestError(f"unknown field outpaint.{extra[0]}", parameter=f"outpaint.{extra[0]}")
-    sides = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in value.items() if v is not None}
+    sides = {k: _whole(v, f"outpaint.{k}") for k, v in value.items() if v is not None}
     return Outpaint(**sides)
 
 
 def openapi_tasks_schema() -> dict:
-    """JSON Schema of the POST /v1 body for /openapi.json, built from the same ranges `validate` uses."""
-    from daguerre.engine.schedulers import REFERENCE_NAMES
-    from daguerre.request import PROMPT_CHARS, RANGES
+    """JSON Schema of the POST /v1 body for /openapi.json, built from the tables `validate` uses
+    (request.RANGES, INTEGERS, SCHEDULERS...), so every field shows its type and range."""
+    from daguerre.request import (
+        CONTROL_MODES,
+        CONTROL_TYPES,
+        MAX_CONTROLNETS,
+        MAX_IP_ADAPTERS,
+        MAX_LORAS,
+        PREPROCESSORS,
+        PROMPT_CHARS,
+        PROMPT_WEIGHTINGS,
+        RANGES,
+        SCHEDULER_NAMES,
+        SIZE_STEP,
+    )
 
-    def num(name: str, integer: bool) -> dict:
+    def num(name: str) -> dict:
         lo, hi = RANGES[name]
-        return {"type": "integer" if integer else "number", "minimum": lo, "maximum": hi}
+        return {"type": "integer" if name in INTEGERS else "number", "minimum": lo, "maximum": hi}
+
+    def nested(prefix: str, fields_: dict) -> dict:
+        """Properties of a nested object: the ranged ones from RANGES, the rest as given."""
+        return {k: num(f"{prefix}.{k}") if f"{prefix}.{k}" in RANGES else v for k, v in fields_.items()}
 
     image = {"type": "string", "description": "imageUUID, http(s) URL, data URI or base64"}
     prompt = {"type": "string", "minLength": PROMPT_CHARS[0], "maxLength": PROMPT_CHARS[1]}
+    model = {"type": "string", "description": "a catalog id (AIR), short name or alias"}
+    control = nested(
+        "controlNet",
+        {
+            "model": model,
+            "guideImage": image,
+            "weight": {},
+            "startStep": {},
+            "endStep": {},
+            "startStepPercentage": {},
+            "endStepPercentage": {},
+            "controlMode": {"enum": list(CONTROL_MODES)},
+            "preprocessor": {"enum": list(PREPROCESSORS)},
+            "lowThresholdCanny": {},
+            "highThresholdCanny": {},
+            "controlType": {"enum": list(CONTROL_TYPES), "description": "Union ControlNets only"},
+            "includeHandsAndFaceOpenPose": {"type": "boolean"},
+        },
+    )
+    accel = nested(
+        "acceleratorOptions",
+        {
+            "teaCache": {"type": "boolean"},
+            "teaCacheDistance": {},
+            "dbCache": {"type": "boolean"},
+            "dbCacheThreshold": {},
+            "dbCacheSkipInterval": {},
+            "cacheStartStep": {},
+            "cacheEndStep": {},
+            "cacheStartStepPercentage": {},
+            "cacheEndStepPercentage": {},
+            "cacheMaxConsecutiveSteps": {},
+        },
+    )
     inference = {
         "type": "object",
         "required": ["taskType", "taskUUID", "model", "positivePrompt", "width", "height"],
         "properties": {
             "taskType": {"const": "imageInference"},
             "taskUUID": {"type": "string", "format": "uuid"},
-            "model": {"type": "string", "description": "AIR id or short name from the catalog"},
+            "model": model,
             "positivePrompt": prompt,
             "negativePrompt": prompt,
-            "width": {**num("width", True), "multipleOf": 64},
-            "height": {**num("height", True), "multipleOf": 64},
-            "steps": num("steps", True),
-            "CFGScale": num("CFGScale", False),
-            "trueCFGScale": num("trueCFGScale", False),
-            "seed": num("seed", True),
-            "numberResults": num("numberResults", True),
-            "strength": num("strength", False),
-            "scheduler": {"type": "string", "enum": list(REFERENCE_NAMES)},
+            "width": {**num("width"), "multipleOf": SIZE_STEP},
+            "height": {**num("height"), "multipleOf": SIZE_STEP},
+            **{name: num(name) for name in ("steps", "CFGScale", "trueCFGScale", "seed", "numberResults",
+                                            "strength", "outputQuality", "maskMargin")},
+            "scheduler": {"type": "string", "enum": list(SCHEDULER_NAMES)},
             "inputs": {"type": "object", "properties": {"seedImage": image, "maskImage": image}},
             "seedImage": image,
             "maskImage": image,
@@ -368,43 +412,27 @@ def openapi_tasks_schema() -> dict:
                 "oneOf": [{"enum": list(OUTPUT_TYPES)}, {"type": "array", "items": {"enum": list(OUTPUT_TYPES)}}]
             },
             "outputFormat": {"enum": list(OUTPUT_FORMATS)},
-            "outputQuality": num("outputQuality", True),
             "deliveryMethod": {"enum": list(DELIVERY_METHODS)},
             "ttl": {"type": "integer", "minimum": MIN_TTL},
             "includeCost": {"type": "boolean"},
             "webhookURL": {"type": "string", "format": "uri"},
             "uploadEndpoint": {"type": "string", "format": "uri"},
             "safety": {"type": "object", "properties": {"checkContent": {"const": False}}},
-            "maskMargin": {"type": "integer", "minimum": 32, "maximum": 128},
-            "promptWeighting": {"enum": ["compel", "sdEmbeds"]},
-            "outpaint": {
-                "type": "object",
-                "properties": {
-                    k: {"type": "integer", "minimum": 0} for k in ("top", "bottom", "left", "right", "blur")
-                },
-            },
-            "lora": {
-                "type": "array",
-                "maxItems": 8,
-                "items": {
-                    "type": "object",
-                    "required": ["model"],
-                    "properties": {
-                        "model": {"type": "string"},
-                        "weight": num("lora.weight", False),
-                        "transformer": {"const": "both"},
-                    },
-                },
-            },
-            "controlNet": {"type": "array", "maxItems": 4,
-                           "items": {"type": "object", "required": ["model", "guideImage"],
-                                     "properties": {k: {} for k in CONTROL_FIELDS}}},
-            "ipAdapters": {"type": "array", "maxItems": 4, "items": {"type": "object", "required": ["model"],
-                           "properties": {"model": {"type": "string"}, "guideImages": {"type": "array"},
-                                          "guideImage": image, "weight": {"type": "number"}}}},
+            "promptWeighting": {"enum": list(PROMPT_WEIGHTINGS)},
+            "outpaint": {"type": "object", "properties": nested("outpaint", dict.fromkeys(
+                ("top", "bottom", "left", "right", "blur"), {}))},
+            "lora": {"type": "array", "maxItems": MAX_LORAS, "items": {
+                "type": "object", "required": ["model"],
+                "properties": {"model": model, "weight": num("lora.weight"), "transformer": {"const": "both"}}}},
+            "controlNet": {"type": "array", "maxItems": MAX_CONTROLNETS, "items": {
+                "type": "object", "required": ["model", "guideImage"], "properties": control}},
+            "ipAdapters": {"type": "array", "maxItems": MAX_IP_ADAPTERS, "items": {
+                "type": "object", "required": ["model"],
+                "properties": {"model": model, "guideImages": {"type": "array", "items": image}, "guideImage": image,
+                               "weight": num("ipAdapters.weight")}}},
             "enhancePrompt": {"type": "boolean"},
             "character": {"type": "string", "description": "a saved character's name (this API key's)"},
-            "acceleratorOptions": {"type": "object", "properties": {k: {} for k in ACCEL_FIELDS}},
+            "acceleratorOptions": {"type": "object", "properties": accel},
             **{name: {"description": "not supported yet: refused with unsupportedParameter"} for name in NOT_YET},
         },
     }  # fmt: skip

@@ -29,24 +29,18 @@ import logging
 
 import torch
 
-from daguerre.errors import ModelLoadError, RequestError
+from daguerre.config import OFFLOADS, T5_MODES, check_choice
+from daguerre.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-OFFLOADS = ("none", "model", "group")
-T5_MODES = ("device", "cpu", "int8")
-
 
 def check_offload(value: str) -> str:
-    if value not in OFFLOADS:
-        raise RequestError(f"offload must be one of {', '.join(OFFLOADS)}, got {value!r}", parameter="offload")
-    return value
+    return check_choice("offload", value, OFFLOADS)
 
 
 def check_t5(value: str) -> str:
-    if value not in T5_MODES:
-        raise RequestError(f"t5 must be one of {', '.join(T5_MODES)}, got {value!r}", parameter="t5")
-    return value
+    return check_choice("t5", value, T5_MODES)
 
 
 def check_supported(offload: str, t5: str, *, device: torch.device, profile: str) -> None:

@@ -33,13 +33,13 @@ from pathlib import Path
 
 import torch
 
+from daguerre.config import PROFILES, check_choice
 from daguerre.errors import ModelLoadError, RequestError
-from daguerre.request import AccelOptions
+from daguerre.request import AccelOptions, resolve_accel
 
 log = logging.getLogger(__name__)
 
-PROFILES = ("exact", "fast", "turbo")
-TURBO_CACHE = AccelOptions(tea_cache=True, tea_cache_distance=0.4)
+TURBO_CACHE = resolve_accel(AccelOptions(tea_cache=True, tea_cache_distance=0.4))
 CPU_ATTENTION = ("native", "_native_math", "flex")  # attention backends that run without a GPU
 WARMUP_SIZES = ((256, 256), (320, 256))  # two shapes: the second marks the token dimension dynamic
 
@@ -57,9 +57,7 @@ class Applied:
 
 
 def check(profile: str) -> str:
-    if profile not in PROFILES:
-        raise RequestError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}", parameter="profile")
-    return profile
+    return check_choice("profile", profile, PROFILES)
 
 
 def fp8_unavailable(device: torch.device) -> str | None:

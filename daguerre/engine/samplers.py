@@ -37,6 +37,30 @@ def time_shift(mu: float, sigmas: np.ndarray) -> np.ndarray:
     return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
 
 
+def karras(hi: float, lo: float, n: int) -> np.ndarray:
+    """rho = 7 spacing between sigma_max and sigma_min (Karras et al. 2022, eq. 5)."""
+    rho = 7.0
+    ramp = np.linspace(0, 1, n)
+    return (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+
+
+def exponential(hi: float, lo: float, n: int) -> np.ndarray:
+    """Log-linear spacing between sigma_max and sigma_min (k-diffusion `get_sigmas_exponential`)."""
+    return np.exp(np.linspace(math.log(hi), math.log(lo), n))
+
+
+def beta(hi: float, lo: float, n: int) -> np.ndarray:
+    """Beta(0.6, 0.6) quantile spacing (Lee et al. 2024, "Beta sampling is all you need"), as diffusers has it."""
+    import scipy.stats
+
+    q = scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), 0.6, 0.6)
+    return lo + q * (hi - lo)
+
+
+# A spacing re-spaces the N sigmas between the schedule's first and last; "default" keeps FLUX's own.
+SPACINGS = {"karras": karras, "exponential": exponential, "beta": beta}
+
+
 def flux_sigmas(
     num_steps: int, config: dict, *, sigmas=None, mu: float | None = None, schedule: str = "default"
 ) -> np.ndarray:
@@ -52,22 +76,11 @@ def flux_sigmas(
         shift = float(config.get("shift", 1.0))
         shifted = shift * base / (1 + (shift - 1) * base)
     spacing = schedule.removeprefix("uniform").strip() or "default"
-    hi, lo = float(shifted[0]), float(shifted[-1])
-    n = len(shifted)
     if spacing == "default":
         return shifted
-    if spacing == "karras":
-        rho = 7.0
-        ramp = np.linspace(0, 1, n)
-        return (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-    if spacing == "exponential":
-        return np.exp(np.linspace(math.log(hi), math.log(lo), n))
-    if spacing == "beta":
-        import scipy.stats
-
-        q = scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), 0.6, 0.6)
-        return lo + q * (hi - lo)
-    raise ValueError(f"unknown schedule {schedule!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown schedule {schedule!r}")
+    return SPACINGS[spacing](float(shifted[0]), float(shifted[-1]), len(shifted))
 
 
 def flow_scale_noise(sample, timestep, noise):
@@ -99,40 +112,189 @@ def _lms_coefficient(order: int, sigmas: np.ndarray, i: int, j: int) -> float:
     return float(anti(sigmas[i + 1]) - anti(sigmas[i]))
 
 
+def _ancestral(s: float, sn: float, eta: float = 1.0) -> tuple[float, float]:
+    """(sigma_down, renoise std) of an ancestral step on the flow path (rectified-flow form)."""
+    if sn == 0:
+        return 0.0, 0.0
+    down = sn * (1 + (sn / s - 1) * eta)
+    renoise = math.sqrt(max(sn**2 - (down * (1 - sn) / (1 - down)) ** 2, 0.0))
+    return down, renoise
+
+
+# ---- one-call samplers: step(sampler, i, x, x0, v, s, sn) -> x at sigma sn
+# x: the latent at sigma s; v: the model's velocity there; x0 = x - s v, the denoised estimate.
+
+
+def euler(sp: FlowSampler, i: int, x, x0, v, s: float, sn: float):
+    """Euler on the flow ODE (what FlowMatchEulerDiscreteScheduler does), for the other spacings."""
+    return x + (sn - s) * v
+
+
+def euler_ancestral(sp: FlowSampler, i: int, x, x0, v, s: float, sn: float):
+    """Euler to sigma_down, then re-noise (rectified-flow form of k-diffusion's `sample_euler_ancestral`, eta 1)."""
+    down, std = _ancestral(s, sn)
+    if sn == 0:
+        return x0
+    return sp.renoise(x + (down - s) * v, down, sn, std)
+
+
+def ddpm(sp: FlowSampler, i: int, x, x0, v, s: float, sn: float):
+    """Flow DDIM with eta 1: the DDPM posterior q(x_n | x, x0) (Ho et al. 2020; Song et al. 2021, eq. 16, in the
+    (alpha, sigma) form)."""
+    if sn == 0:
+        return x0
+    eps = (x - (1 - s) * x0) / s
+    std = sn * math.sqrt(max(1 - ((1 - s) * sn / ((1 - sn) * s)) ** 2, 0.0))
+    return (1 - sn) * x0 + math.sqrt(sn**2 - std**2) * eps + std * sp.noise(x)
+
+
+def tcd(sp: FlowSampler, i: int, x, x0, v, s: float, sn: float):
+    """Trajectory Consistency Distillation sampling, gamma 0.3 (Zheng et al. 2024)."""
+    gamma = 0.3
+    eps = (x - (1 - s) * x0) / s
+    mid = (1 - gamma) * sn
+    x_mid = (1 - mid) * x0 + mid * eps
+    if sn == 0:
+        return x0
+    std = math.sqrt(max(sn**2 - ((1 - sn) * mid / (1 - mid)) ** 2, 0.0))
+    return (1 - sn) / (1 - mid) * x_mid + std * sp.noise(x)
+
+
+def lms(sp: FlowSampler, i: int, x, x0, v, s: float, sn: float):
+    """Linear multistep, order 4 (k-diffusion `sample_lms`)."""
+    sp.history.append(v)
+    hist = sp.history[-4:]
+    # First order into sigma = 0: extrapolating a cubic over that last, longest step is unstable on dense
+    # low-sigma schedules (Karras); diffusers' multistep solvers do the same.
+    order = 1 if sn == 0 else min(len(hist), 4, i + 1)
+    sig = np.array(sp.sigma_list)
+    return x + sum(_lms_coefficient(order, sig, i, j) * hist[-1 - j] for j in range(order))
+
+
+def ipndm(sp: FlowSampler, i: int, x, x0, v, s: float, sn: float):
+    """Improved pseudo-numerical method: Adams-Bashforth up to order 4 (Zhang & Chen 2023, the DEIS paper)."""
+    sp.history.append(v)
+    hist = sp.history[-4:]
+    h = sn - s
+    order = len(hist)
+    if order == 1:
+        return x + h * hist[-1]
+    if order == 2:
+        return x + h * (3 * hist[-1] - hist[-2]) / 2
+    if order == 3:
+        return x + h * (23 * hist[-1] - 16 * hist[-2] + 5 * hist[-3]) / 12
+    return x + h * (55 * hist[-1] - 59 * hist[-2] + 37 * hist[-3] - 9 * hist[-4]) / 24
+
+
+def _sde_step(sp: FlowSampler, x, x0, s: float, sn: float, eta: float = 1.0):
+    """First-order DPM-Solver++ SDE step from s to sn with data estimate x0 (alpha = 1 - sigma)."""
+    if sn == 0:
+        return x0
+    h = _lam(sn) - _lam(s)
+    mean = (sn / s) * math.exp(-eta * h) * x + (1 - sn) * (-math.expm1(-(1 + eta) * h)) * x0
+    return mean + sn * math.sqrt(-math.expm1(-2 * eta * h)) * sp.noise(x)
+
+
+def dpmpp_3m_sde(sp: FlowSampler, i: int, x, x0, v, s: float, sn: float, eta: float = 1.0):
+    """DPM-Solver++(3M) SDE, eta 1 (k-diffusion `sample_dpmpp_3m_sde`, with alpha = 1 - sigma)."""
+    hist = sp.history
+    hist.append((x0, s))
+    if sn == 0:
+        return x0
+    h = _lam(sn) - _lam(s)
+    h_eta = h * (eta + 1)
+    out = (sn / s) * math.exp(-eta * h) * x + (1 - sn) * (-math.expm1(-h_eta)) * x0
+    phi_2 = math.expm1(-h_eta) / h_eta + 1
+    if len(hist) >= 3:
+        (d1_x0, s1), (d2_x0, s2) = hist[-2], hist[-3]
+        h_1, h_2 = _lam(s) - _lam(s1), _lam(s1) - _lam(s2)
+        r0, r1 = h_1 / h, h_2 / h
+        d1_0 = (x0 - d1_x0) / r0
+        d1_1 = (d1_x0 - d2_x0) / r1
+        d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        phi_3 = phi_2 / h_eta - 0.5
+        out = out + (1 - sn) * (phi_2 * d1 - phi_3 * d2)
+    elif len(hist) == 2:
+        (d1_x0, s1) = hist[-2]
+        r = (_lam(s) - _lam(s1)) / h
+        out = out + (1 - sn) * phi_2 * (x0 - d1_x0) / r
+    return out + sn * math.sqrt(-math.expm1(-2 * eta * h)) * sp.noise(x)
+
+
+# ---- two-call samplers: a first model call at sigma s, a second at stage(s, sn); then finish(...)
+# stage0 moves x to the second evaluation point; finish combines both evaluations into x at sn.
+
+
+def _midpoint_log_sigma(s: float, sn: float) -> float:
+    return math.exp((math.log(s) + math.log(sn)) / 2)
+
+
+def heun_stage(s: float, sn: float) -> float:
+    """2nd-order Heun (Karras et al. 2022, Alg. 1): the second call is at the next sigma."""
+    return sn
+
+
+def heun_finish(sp: FlowSampler, first: dict, x, x0, v, s: float, sn: float):
+    return first["x"] + (sn - s) * (first["v"] + v) / 2
+
+
+def dpm2_stage(s: float, sn: float) -> float:
+    """DPM-Solver-2: the midpoint in log sigma (k-diffusion `sample_dpm_2`)."""
+    return _midpoint_log_sigma(s, sn)
+
+
+def dpm2_finish(sp: FlowSampler, first: dict, x, x0, v, s: float, sn: float):
+    return first["x"] + (sn - s) * v
+
+
+def dpm2_ancestral_stage(s: float, sn: float) -> float:
+    """DPM2 to sigma_down, then re-noise (k-diffusion `sample_dpm_2_ancestral`): the midpoint towards sigma_down."""
+    down, _ = _ancestral(s, sn)
+    return _midpoint_log_sigma(s, down) if down > 0 else sn
+
+
+def dpm2_ancestral_finish(sp: FlowSampler, first: dict, x, x0, v, s: float, sn: float):
+    down, std = _ancestral(s, sn)
+    return sp.renoise(first["x"] + (down - s) * v, down, sn, std)
+
+
+def dpmpp_sde_stage(s: float, sn: float) -> float:
+    """DPM-Solver++(2S) SDE, eta 1 (Lu et al. 2022; k-diffusion `sample_dpmpp_sde`, independent noise instead of a
+    Brownian tree): the midpoint in lambda."""
+    return _sigma_from_lambda(_lam(s) + 0.5 * (_lam(sn) - _lam(s)))
+
+
+def dpmpp_sde_finish(sp: FlowSampler, first: dict, x, x0, v, s: float, sn: float):
+    return _sde_step(sp, first["x"], x0, s, sn)  # with the midpoint's denoised estimate
+
+
+ONE_CALL = {"euler": euler, "euler_ancestral": euler_ancestral, "ddpm": ddpm, "tcd": tcd, "lms": lms,
+            "ipndm": ipndm, "dpmpp_3m_sde": dpmpp_3m_sde}  # fmt: skip
+TWO_CALL = {
+    "heun": (heun_stage, heun_finish),
+    "dpm2": (dpm2_stage, dpm2_finish),
+    "dpm2_ancestral": (dpm2_ancestral_stage, dpm2_ancestral_finish),
+    "dpmpp_sde": (dpmpp_sde_stage, dpmpp_sde_finish),
+}
+
+
 class FlowSampler:
-    """A k-diffusion-style sampler for FLUX's flow ODE/SDE behind diffusers' scheduler interface.
+    """The flow samplers above behind diffusers' scheduler interface: one `step` per model call.
 
-    algorithm:
-      euler             Euler on the flow ODE (what FlowMatchEulerDiscreteScheduler does), for other schedules
-      heun              2nd-order Heun (Karras et al. 2022, Alg. 1); 2 model calls a step
-      dpm2              DPM-Solver-2 midpoint in log sigma (k-diffusion `sample_dpm_2`); 2 calls
-      dpm2_ancestral    DPM2 to sigma_down, then re-noise (k-diffusion `sample_dpm_2_ancestral`); 2 calls
-      euler_ancestral   Euler to sigma_down, then re-noise (rectified-flow form of k-diffusion's
-                        `sample_euler_ancestral`, eta 1)
-      ddpm              flow DDIM with eta 1: the DDPM posterior q(x_n | x, x0) (Ho et al. 2020; Song et al.
-                        2021, eq. 16, in the (alpha, sigma) form)
-      lms               linear multistep, order 4 (k-diffusion `sample_lms`)
-      ipndm             improved pseudo-numerical (Adams-Bashforth up to order 4; Zhang & Chen 2023, DEIS
-                        paper, iPNDM)
-      dpmpp_sde         DPM-Solver++(2S) SDE, midpoint in lambda, eta 1 (Lu et al. 2022; k-diffusion
-                        `sample_dpmpp_sde`, independent noise instead of a Brownian tree); 2 calls
-      dpmpp_3m_sde      DPM-Solver++(3M) SDE, eta 1 (k-diffusion `sample_dpmpp_3m_sde`, alpha = 1 - sigma)
-      tcd               Trajectory Consistency Distillation sampling, gamma 0.3 (Zheng et al. 2024)
+    Two-call samplers plan two model calls per step; their first call moves x to the second evaluation
+    point (by Euler, or the SDE step for dpmpp_sde) and the second finishes the step.
     """
-
-    TWO_CALL = ("heun", "dpm2", "dpm2_ancestral", "dpmpp_sde")
-    ALGORITHMS = ("euler", "heun", "dpm2", "dpm2_ancestral", "euler_ancestral", "ddpm", "lms", "ipndm", "dpmpp_sde",
-                  "dpmpp_3m_sde", "tcd")  # fmt: skip
 
     def __init__(self, algorithm: str, config: dict, schedule: str = "default"):
         from diffusers.configuration_utils import FrozenDict
 
-        if algorithm not in self.ALGORITHMS:
+        if algorithm not in ONE_CALL and algorithm not in TWO_CALL:
             raise ValueError(f"unknown flow sampler {algorithm!r}")
         self.algorithm = algorithm
         self.schedule = schedule
         self.config = FrozenDict({**config, "_class_name": "FlowSampler"})
-        self.order = 2 if algorithm in self.TWO_CALL else 1
+        self.order = 2 if algorithm in TWO_CALL else 1
         self.init_noise_sigma = 1.0
         self.generators: list[torch.Generator] | None = None
         self.timesteps = torch.zeros(0)
@@ -150,14 +312,14 @@ class FlowSampler:
         plan = []
         for i in range(n):
             plan.append((i, 0, self.sigma_list[i]))
-            if self.algorithm in self.TWO_CALL and self.sigma_list[i + 1] > 0:
-                plan.append((i, 1, self._stage_sigma(i)))
+            if self.algorithm in TWO_CALL and self.sigma_list[i + 1] > 0:
+                plan.append((i, 1, TWO_CALL[self.algorithm][0](self.sigma_list[i], self.sigma_list[i + 1])))
         self._plan = plan
         self.timesteps = torch.tensor([p[2] * 1000 for p in plan], dtype=torch.float32, device=device)
         self.num_inference_steps = n
         self._begin, self._call = 0, None
-        self._history: list[torch.Tensor] = []  # denoised (or d) of earlier steps, newest last
-        self._stash: dict = {}
+        self.history: list = []  # what multistep samplers keep of earlier steps, newest last
+        self._first: dict = {}  # a two-call step's first evaluation
 
     def set_begin_index(self, begin_index: int = 0):
         self._begin = begin_index
@@ -168,147 +330,43 @@ class FlowSampler:
     def step(self, model_output, timestep, sample, return_dict: bool = True, **_):
         if self._call is None:
             self._call = self._begin
-        step, stage, sigma = self._plan[self._call]
+        i, stage, sigma = self._plan[self._call]
         self._call += 1
         x = sample.to(torch.float32)
         v = model_output.to(torch.float32)
-        out = self._advance(step, stage, sigma, x, v).to(sample.dtype)
+        out = self._advance(i, stage, sigma, x, v).to(sample.dtype)
         if not return_dict:
             return (out,)
         from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
         return SchedulerOutput(prev_sample=out)
 
-    # --- the algorithms ----------------------------------------------------------------------
-    def _stage_sigma(self, i: int) -> float:
+    def _advance(self, i: int, stage: int, sigma: float, x, v):
         s, sn = self.sigma_list[i], self.sigma_list[i + 1]
-        if self.algorithm == "heun":
-            return sn
-        if self.algorithm == "dpm2":
-            return math.exp((math.log(s) + math.log(sn)) / 2)
-        if self.algorithm == "dpm2_ancestral":
-            down, _ = self._ancestral(s, sn)
-            return math.exp((math.log(s) + math.log(down)) / 2) if down > 0 else sn
-        return _sigma_from_lambda(_lam(s) + 0.5 * (_lam(sn) - _lam(s)))  # dpmpp_sde midpoint
+        x0 = x - sigma * v
+        if self.algorithm in ONE_CALL:
+            return ONE_CALL[self.algorithm](self, i, x, x0, v, s, sn)
+        stage_sigma, finish = TWO_CALL[self.algorithm]
+        if stage == 1:
+            return finish(self, self._first, x, x0, v, s, sn)
+        if sn == 0:  # last step: the denoised estimate
+            return x0
+        self._first = {"x": x, "v": v, "x0": x0}
+        target = stage_sigma(s, sn)
+        if self.algorithm == "dpmpp_sde":
+            return _sde_step(self, x, x0, s, target)
+        return x + (target - s) * v  # Euler to the stage point
 
-    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+    # --- noise -----------------------------------------------------------------------------
+    def noise(self, like: torch.Tensor) -> torch.Tensor:
         if self.generators is None:
             raise RuntimeError(f"{self.algorithm} is stochastic: set .generators (one per image) first")
         return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in self.generators]).to(
             like.device
         )
 
-    @staticmethod
-    def _ancestral(s: float, sn: float, eta: float = 1.0) -> tuple[float, float]:
-        """(sigma_down, renoise std) of an ancestral step on the flow path (rectified-flow form)."""
-        if sn == 0:
-            return 0.0, 0.0
-        down = sn * (1 + (sn / s - 1) * eta)
-        renoise = math.sqrt(max(sn**2 - (down * (1 - sn) / (1 - down)) ** 2, 0.0))
-        return down, renoise
-
-    def _renoise(self, x_down, down: float, sn: float, std: float):
-        return (1 - sn) / (1 - down) * x_down + std * self._noise(x_down)
-
-    def _advance(self, i: int, stage: int, sigma: float, x, v):
-        a = self.algorithm
-        s, sn = self.sigma_list[i], self.sigma_list[i + 1]
-        x0 = x - sigma * v
-        if a in self.TWO_CALL:
-            if stage == 0:
-                if sn == 0:  # last step: the denoised estimate
-                    return x0
-                self._stash = {"x": x, "v": v, "x0": x0}
-                target = self._stage_sigma(i)
-                if a == "dpmpp_sde":
-                    return self._sde_step(x, x0, s, target)
-                return x + (target - s) * v  # Euler to the stage point
-            first = self._stash
-            if a == "heun":
-                return first["x"] + (sn - s) * (first["v"] + v) / 2
-            if a == "dpm2":
-                return first["x"] + (sn - s) * v
-            if a == "dpm2_ancestral":
-                down, std = self._ancestral(s, sn)
-                return self._renoise(first["x"] + (down - s) * v, down, sn, std)
-            return self._sde_step(first["x"], x0, s, sn)  # dpmpp_sde, with the midpoint's denoised
-        if a == "euler":
-            return x + (sn - s) * v
-        if a == "euler_ancestral":
-            down, std = self._ancestral(s, sn)
-            if sn == 0:
-                return x0
-            return self._renoise(x + (down - s) * v, down, sn, std)
-        if a == "ddpm":
-            if sn == 0:
-                return x0
-            eps = (x - (1 - s) * x0) / s
-            std = sn * math.sqrt(max(1 - ((1 - s) * sn / ((1 - sn) * s)) ** 2, 0.0))
-            return (1 - sn) * x0 + math.sqrt(sn**2 - std**2) * eps + std * self._noise(x)
-        if a == "tcd":
-            gamma = 0.3
-            eps = (x - (1 - s) * x0) / s
-            mid = (1 - gamma) * sn
-            x_mid = (1 - mid) * x0 + mid * eps
-            if sn == 0:
-                return x0
-            std = math.sqrt(max(sn**2 - ((1 - sn) * mid / (1 - mid)) ** 2, 0.0))
-            return (1 - sn) / (1 - mid) * x_mid + std * self._noise(x)
-        if a in ("lms", "ipndm"):
-            d = v
-            self._history.append(d)
-            hist = self._history[-4:]
-            if a == "lms":
-                # First order into sigma = 0: extrapolating a cubic over that last, longest step is
-                # unstable on dense low-sigma schedules (Karras); diffusers' multistep solvers do the same.
-                order = 1 if sn == 0 else min(len(hist), 4, i + 1)
-                sig = np.array(self.sigma_list)
-                return x + sum(_lms_coefficient(order, sig, i, j) * hist[-1 - j] for j in range(order))
-            h = sn - s
-            order = len(hist)
-            if order == 1:
-                return x + h * hist[-1]
-            if order == 2:
-                return x + h * (3 * hist[-1] - hist[-2]) / 2
-            if order == 3:
-                return x + h * (23 * hist[-1] - 16 * hist[-2] + 5 * hist[-3]) / 12
-            return x + h * (55 * hist[-1] - 59 * hist[-2] + 37 * hist[-3] - 9 * hist[-4]) / 24
-        if a == "dpmpp_3m_sde":
-            return self._dpmpp_3m_sde(i, x, x0, s, sn)
-        raise AssertionError(a)
-
-    def _sde_step(self, x, x0, s: float, sn: float, eta: float = 1.0):
-        """First-order DPM-Solver++ SDE step from s to sn with data estimate x0 (alpha = 1 - sigma)."""
-        if sn == 0:
-            return x0
-        h = _lam(sn) - _lam(s)
-        mean = (sn / s) * math.exp(-eta * h) * x + (1 - sn) * (-math.expm1(-(1 + eta) * h)) * x0
-        return mean + sn * math.sqrt(-math.expm1(-2 * eta * h)) * self._noise(x)
-
-    def _dpmpp_3m_sde(self, i: int, x, x0, s: float, sn: float, eta: float = 1.0):
-        hist = self._history
-        hist.append((x0, s))
-        if sn == 0:
-            return x0
-        h = _lam(sn) - _lam(s)
-        h_eta = h * (eta + 1)
-        out = (sn / s) * math.exp(-eta * h) * x + (1 - sn) * (-math.expm1(-h_eta)) * x0
-        phi_2 = math.expm1(-h_eta) / h_eta + 1
-        if len(hist) >= 3:
-            (d1_x0, s1), (d2_x0, s2) = hist[-2], hist[-3]
-            h_1, h_2 = _lam(s) - _lam(s1), _lam(s1) - _lam(s2)
-            r0, r1 = h_1 / h, h_2 / h
-            d1_0 = (x0 - d1_x0) / r0
-            d1_1 = (d1_x0 - d2_x0) / r1
-            d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-            d2 = (d1_0 - d1_1) / (r0 + r1)
-            phi_3 = phi_2 / h_eta - 0.5
-            out = out + (1 - sn) * (phi_2 * d1 - phi_3 * d2)
-        elif len(hist) == 2:
-            (d1_x0, s1) = hist[-2]
-            r = (_lam(s) - _lam(s1)) / h
-            out = out + (1 - sn) * phi_2 * (x0 - d1_x0) / r
-        return out + sn * math.sqrt(-math.expm1(-2 * eta * h)) * self._noise(x)
+    def renoise(self, x_down, down: float, sn: float, std: float):
+        return (1 - sn) / (1 - down) * x_down + std * self.noise(x_down)
 
 
 class FluxSigmas:

@@ -1,5 +1,8 @@
 """Pushing results out: webhooks (Standard Webhooks signatures) and uploadEndpoint PUTs, with retries.
 
+`ResultDelivery` is what the worker calls after each stored image and at a job's end: it asks the job's
+protocol adapter for the webhook body (each door shapes its own) and hands the sends to `DeliveryService`.
+
 Every request goes through the guarded OutboundClient with redirects off. A webhook is retried
 on any non-2xx answer or a network failure, an upload on 5xx or a network failure (a 4xx is
 final), following the configured schedule; a webhook keeps its webhook-id across retries so
@@ -18,11 +21,15 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from daguerre.imaging import CONTENT_TYPES
 from daguerre.jobs.outbound import OutboundClient, OutboundError
+from daguerre.jobs.store import Job
+from daguerre.storage import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +165,31 @@ class DeliveryService:
             self._stop = True
             self._cv.notify()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# A protocol adapter's webhook body for one stored result, or for the job's end (result None); None = send nothing.
+WebhookBody = Callable[[Job, dict | None], dict | None]
+
+
+class ResultDelivery:
+    """The worker's on_result hook: webhook each result (or the job's error), PUT each image to uploadEndpoint."""
+
+    def __init__(self, *, sender: DeliveryService, results: ResultStore, server_secret: bytes,
+                 bodies: dict[str, WebhookBody]):  # fmt: skip
+        self.sender = sender
+        self.results = results
+        self.server_secret = server_secret
+        self.bodies = bodies  # protocol name (DeliverySpec.protocol) -> its adapter's webhook body
+
+    def __call__(self, job: Job, result: dict | None) -> None:
+        d = job.spec.delivery
+        if d.webhook_url:
+            payload = self.bodies[d.protocol](job, result)
+            if payload is not None:
+                secret = derived_webhook_secret(self.server_secret, job.owner)
+                self.sender.webhook(d.webhook_url, payload, secret=secret, task_uuid=job.task_uuid)
+        if d.upload_endpoint and result is not None:
+            found = self.results.get(result["imageUUID"], job.owner)
+            if found is not None:
+                obj, data = found
+                self.sender.upload(d.upload_endpoint, data, CONTENT_TYPES[obj.ext], task_uuid=job.task_uuid)

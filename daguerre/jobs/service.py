@@ -1,14 +1,13 @@
-"""The job service: idempotent submission, lookups, and change events for subscribers.
+"""The job service: idempotent submission, lookups, start-up recovery, and change events for subscribers.
 
-Routes call `submit` and `get`; the worker calls `changed` after every update; the WebSocket
-and sync-REST paths `subscribe` to hear about a job without polling.
+Adapters call `submit` (with a JobSpec) and `get`; the worker calls `changed` after every update; the
+WebSocket and sync-REST paths `subscribe` to hear about a job without polling.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import threading
 import uuid
 from collections import defaultdict
@@ -16,7 +15,8 @@ from collections.abc import Callable
 
 from daguerre.errors import DaguerreError, RequestError
 from daguerre.jobs.queue import JobQueue
-from daguerre.jobs.store import Job, JobStore
+from daguerre.jobs.spec import JobSpec, to_json
+from daguerre.jobs.store import ERROR, QUEUED, RUNNING, Job, JobStore
 
 Listener = Callable[[Job], None]
 
@@ -50,45 +50,41 @@ class JobService:
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()
 
-    def submit(self, owner: str, task: dict, number_results: int, *, payload: dict | None = None) -> tuple[Job, bool]:
-        """Store and enqueue a validated task; returns (job, created). A repeat with the same payload
-        returns the existing job (created False) and never runs twice; a different payload raises.
+    def submit(self, spec: JobSpec, fingerprint_: str | None = None) -> tuple[Job, bool]:
+        """Store and enqueue a job; returns (job, created). A repeat with the same fingerprint returns the
+        existing job (created False) and never runs twice; a different one raises DuplicateTask.
 
-        `payload` is what the worker will run (the task with inline images swapped for stored
-        imageUUIDs); the idempotency fingerprint is always taken from the task as the client sent it.
+        `fingerprint_` is taken from the task as the client sent it (`fingerprint(task)`), so a resend is
+        recognised whatever the adapter made of it; without one (a library caller), the spec's own.
         """
-        task_uuid = check_task_uuid(task.get("taskUUID"))
-        fp = fingerprint(task)
-        payload = dict(payload if payload is not None else task)
-        if payload.get("seed") is None:
-            # Fix the random seed now, so a job re-run after a restart makes the same images.
-            payload["seed"] = secrets.randbelow(2**32)
+        if fingerprint_ is None:
+            fingerprint_ = hashlib.sha256(to_json(spec).encode()).hexdigest()
         job = Job(
-            owner=owner,
-            task_uuid=task_uuid,
-            task_type=task["taskType"],
-            payload=payload,
-            fingerprint=fp,
-            image_uuids=[str(uuid.uuid4()) for _ in range(number_results)],
+            owner=spec.owner,
+            task_uuid=spec.task_uuid,
+            task_type=spec.task_type,
+            spec=spec,
+            fingerprint=fingerprint_,
+            image_uuids=list(spec.image_uuids),
         )
         with self._submit_lock:
             existing = self.store.create(job)
             if existing is not None:
-                self.check_same(existing, task)
+                self.check_same(existing, fingerprint_)
                 return existing, False
             try:
-                self.queue.push(job.key)
+                self.queue.push(to_json(spec))
             except BaseException:
                 # A job that never reached the queue is forgotten: the client's retry of the same task
                 # (honouring Retry-After) must be a fresh submission, not a lookup of a dead job.
-                self.store.delete(owner, task_uuid)
+                self.store.delete(spec.owner, spec.task_uuid)
                 raise
         return job, True
 
     @staticmethod
-    def check_same(existing: Job, task: dict) -> None:
+    def check_same(existing: Job, fingerprint_: str) -> None:
         """A taskUUID already used by this key must come with the same task (a resend), else it is an error."""
-        if existing.fingerprint != fingerprint(task):
+        if existing.fingerprint != fingerprint_:
             raise DuplicateTask(
                 f"taskUUID {existing.task_uuid} was already used for a different task; use a new UUID v4 per task",
                 parameter="taskUUID",
@@ -97,14 +93,28 @@ class JobService:
     def get(self, owner: str, task_uuid: str) -> Job | None:
         return self.store.get(owner, task_uuid)
 
-    def recover(self) -> int:
-        """Re-queue every queued or running job; called once at start-up."""
+    def recover(self, upgrade: Callable[[Job], JobSpec] | None = None) -> int:
+        """Re-queue every queued or running job; called once at start-up.
+
+        A job stored before JobSpec existed (its raw task in `legacy`) is given its spec by `upgrade` (the
+        Runware adapter's reader for the old form) first; one that cannot be upgraded fails with its error.
+        """
         jobs = self.store.unfinished()
         for job in jobs:
-            if job.status == "running":
-                job.status, job.results = "queued", []
-                self.store.update(job)
-            self.queue.push(job.key, force=True)
+            if job.spec is None:
+                try:
+                    if upgrade is None:
+                        raise DaguerreError("this job was stored by an older Daguerre and no reader was given")
+                    job.spec = upgrade(job)
+                except DaguerreError as e:
+                    job.status, job.error = ERROR, {"code": e.code, "message": e.message, "parameter": e.parameter}
+                    self.store.update(job)
+                    continue
+                job.legacy = None
+            if job.status == RUNNING:
+                job.status, job.results = QUEUED, []
+            self.store.update(job)
+            self.queue.push(to_json(job.spec), force=True)
         return len(jobs)
 
     def subscribe(self, key: tuple[str, str], listener: Listener) -> Callable[[], None]:

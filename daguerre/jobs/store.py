@@ -1,8 +1,10 @@
 """Jobs: the record of one task, the JobStore protocol, and its SQLite implementation.
 
-A job is keyed by (owner, taskUUID): taskUUIDs are unique per API key. Its state survives a
-restart: queued jobs are run again after restart and running ones are re-queued (the worker
-is idempotent per job: results already stored are not produced twice).
+A job is keyed by (owner, taskUUID): taskUUIDs are unique per API key. Its record holds its JobSpec (the
+queue message), so its state survives a restart: queued jobs are run again after restart and running ones
+are re-queued (the worker is idempotent per job: results already stored are not produced twice). Rows
+written before JobSpec existed hold the raw Runware task instead; they come back with `legacy` set, and
+the start-up recovery upgrades them.
 """
 
 from __future__ import annotations
@@ -15,24 +17,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from daguerre.jobs import spec
+from daguerre.jobs.spec import JobSpec
+
 QUEUED, RUNNING, SUCCESS, ERROR = "queued", "running", "success", "error"
 
 
 @dataclass
 class Job:
-    """One submitted task and everything known about its outcome. Crosses the queue as its key."""
+    """One submitted task and everything known about its outcome. Its spec is what the queue carries."""
 
     owner: str  # API key id ("anonymous" when keys are off)
     task_uuid: str  # client-chosen UUID v4, unique per owner
     task_type: str  # "imageInference"
-    payload: dict  # the task as received (images inline or by imageUUID); re-parsed by the worker
-    fingerprint: str  # sha256 of the canonical payload: same UUID + same payload = same task
+    spec: JobSpec | None  # what the worker runs; None only for a job stored before JobSpec (see `legacy`)
+    fingerprint: str  # sha256 of the task as the client sent it: same UUID + same task = same job
     image_uuids: list[str]  # pre-allocated, one per expected result, reported while processing
     status: str = QUEUED  # queued | running | success | error
     results: list[dict] = field(default_factory=list)  # per finished image: imageUUID, seed, ext, seconds
     error: dict | None = None  # {code, message, parameter} when status == error
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
+    legacy: dict | None = None  # a job stored by Daguerre before JobSpec: the raw task, upgraded at start-up
 
     @property
     def key(self) -> tuple[str, str]:
@@ -53,7 +59,8 @@ class JobStore(Protocol):
         """The job, or None (also when it belongs to another owner)."""
 
     def update(self, job: Job) -> None:
-        """Persist a job's status, results and error; called by the worker after each change."""
+        """Persist a job's status, results, error and spec; called by the worker after each change (and at
+        start-up, when a job stored before JobSpec gets its spec)."""
 
     def delete(self, owner: str, task_uuid: str) -> None:
         """Forget a job; called by the service when a job it created could not be queued."""
@@ -94,7 +101,7 @@ class SQLiteJobStore:
                         job.owner,
                         job.task_uuid,
                         job.task_type,
-                        json.dumps(job.payload),
+                        _payload(job),
                         job.fingerprint,
                         json.dumps(job.image_uuids),
                         job.status,
@@ -118,8 +125,9 @@ class SQLiteJobStore:
         job.updated_at = time.time()
         with self._lock:
             self._db.execute(
-                "UPDATE jobs SET status=?, results=?, error=?, updated_at=? WHERE owner=? AND task_uuid=?",
+                "UPDATE jobs SET payload=?, status=?, results=?, error=?, updated_at=? WHERE owner=? AND task_uuid=?",
                 (
+                    _payload(job),
                     job.status,
                     json.dumps(job.results),
                     json.dumps(job.error) if job.error else None,
@@ -150,13 +158,20 @@ class SQLiteJobStore:
             self._db.close()
 
 
+def _payload(job: Job) -> str:
+    """The payload column: the JobSpec's JSON (or, for a job stored before JobSpec, its raw task)."""
+    return spec.to_json(job.spec) if job.spec is not None else json.dumps(job.legacy)
+
+
 def _job(row) -> Job:
     (owner, task_uuid, task_type, payload, fingerprint, image_uuids, status, results, error, created, updated) = row
+    data = json.loads(payload)
+    is_spec = spec.is_spec(data)
     return Job(
         owner=owner,
         task_uuid=task_uuid,
         task_type=task_type,
-        payload=json.loads(payload),
+        spec=spec.from_json(data) if is_spec else None,
         fingerprint=fingerprint,
         image_uuids=json.loads(image_uuids),
         status=status,
@@ -164,4 +179,5 @@ def _job(row) -> Job:
         error=json.loads(error) if error else None,
         created_at=created,
         updated_at=updated,
+        legacy=None if is_spec else data,
     )

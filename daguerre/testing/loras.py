@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from daguerre.engine.checkpoints import bfl_to_diffusers, diffusers_to_bfl
+from daguerre.engine.models.checkpoints import bfl_to_diffusers, diffusers_to_bfl
 
 # Layers each format's test file touches: fused ones (qkv, linear1) and the swapped final modulation.
 KOHYA_LAYERS = ("double_blocks.0.img_attn.qkv", "double_blocks.0.txt_attn.proj", "single_blocks.0.linear1",

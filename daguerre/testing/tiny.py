@@ -270,7 +270,7 @@ def build(
     quantization type, e.g. Q8_0)."""
     from safetensors.torch import save_file
 
-    from daguerre.engine.checkpoints import diffusers_to_bfl
+    from daguerre.engine.models.checkpoints import diffusers_to_bfl
 
     root = Path(root)
     components = build_components(seed=seed, kind=kind)
@@ -357,7 +357,7 @@ def build_xlabs_controlnet(path: Path, *, seed: int = 0) -> Path:
     """A tiny random XLabs-architecture ControlNet saved as one .safetensors file in XLabs' key layout."""
     from safetensors.torch import save_file
 
-    from daguerre.engine.checkpoints import diffusers_to_xlabs_controlnet
+    from daguerre.engine.models.checkpoints import diffusers_to_xlabs_controlnet
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

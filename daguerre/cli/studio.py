@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from daguerre.cli import ConfigOpt, _fail, _settings, app, err
+from daguerre.cli.common import ConfigOpt, fail, load_settings, warn
 from daguerre.errors import DaguerreError
 
 LOCAL_OWNER = "anonymous"  # the owner a keyless local server uses; --key names another API key id
 
 
-@app.command()
 def prompt(
     text: Annotated[
         str | None, typer.Argument(help="a short prompt to expand, or the subject with --build (not with --presets)")
@@ -56,24 +54,23 @@ def prompt(
         for row in rows:
             typer.echo(json.dumps(row) if as_json else row["text"])
             for w in row["warnings"] if not as_json else ():
-                err.print(f"[yellow]warning[/]: {escape(w)}", highlight=False)
+                warn(w)
     except DaguerreError as e:
-        _fail(e, {"prompt": "TEXT", "subject": "TEXT", "promptVersions": "--variants"})
+        fail(e, {"prompt": "TEXT", "subject": "TEXT", "promptVersions": "--variants"})
 
 
 characters_app = typer.Typer(
     help="Saved characters: an anchor text and a locked seed, used with `character` / --character.",
     no_args_is_help=True,
 )
-app.add_typer(characters_app, name="characters")
 KeyOpt = Annotated[str, typer.Option("--key", help="API key id the character belongs to [anonymous: local use]")]
 DataOpt = Annotated[Path | None, typer.Option(help="the server's data folder [settings: server.data_dir]")]
 
 
-def _store(config, data_dir):
+def character_store(config, data_dir):
     from daguerre.jobs.characters import CharacterStore
 
-    folder = data_dir or _settings(config).server.data_dir
+    folder = data_dir or load_settings(config).server.data_dir
     return CharacterStore(Path(folder) / "jobs.sqlite3")
 
 
@@ -97,16 +94,16 @@ def characters_add(
 
             load_image(str(image), parameter="image")  # refuse what is not a readable image now
             ref = image.read_bytes()
-        c = _store(config, data_dir).put(key, Character(name, anchor, seed, ref))
+        c = character_store(config, data_dir).put(key, Character(name, anchor, seed, ref))
         typer.echo(f"{c.name}\tseed={c.seed}\t{c.anchor}")
     except DaguerreError as e:
-        _fail(e, {"character": "NAME", "anchor": "--anchor", "seed": "--seed", "image": "--image"})
+        fail(e, {"character": "NAME", "anchor": "--anchor", "seed": "--seed", "image": "--image"})
 
 
 @characters_app.command("list")
 def characters_list(key: KeyOpt = LOCAL_OWNER, config: ConfigOpt = None, data_dir: DataOpt = None):
     """List saved characters: name, seed, anchor."""
-    for c in _store(config, data_dir).list(key):
+    for c in character_store(config, data_dir).list(key):
         typer.echo(f"{c.name}\tseed={c.seed}\t{c.anchor}")
 
 
@@ -114,9 +111,9 @@ def characters_list(key: KeyOpt = LOCAL_OWNER, config: ConfigOpt = None, data_di
 def characters_show(name: str, key: KeyOpt = LOCAL_OWNER, config: ConfigOpt = None, data_dir: DataOpt = None):
     """One character as JSON."""
     try:
-        c = _store(config, data_dir).get(key, name)
+        c = character_store(config, data_dir).get(key, name)
     except DaguerreError as e:
-        _fail(e, {"character": "NAME"})
+        fail(e, {"character": "NAME"})
     typer.echo(
         json.dumps(
             {
@@ -133,7 +130,7 @@ def characters_show(name: str, key: KeyOpt = LOCAL_OWNER, config: ConfigOpt = No
 @characters_app.command("delete")
 def characters_delete(name: str, key: KeyOpt = LOCAL_OWNER, config: ConfigOpt = None, data_dir: DataOpt = None):
     """Delete a character."""
-    if not _store(config, data_dir).delete(key, name):
-        err.print(f"[red]error[/]: no character named {escape(repr(name))}", highlight=False)
-        raise typer.Exit(2)
+    if not character_store(config, data_dir).delete(key, name):
+        fail(DaguerreError(f"no character named {name!r}", parameter="character", code="invalidParameter"),
+             {"character": "NAME"})  # fmt: skip
     typer.echo(f"deleted {name}")

@@ -1,16 +1,15 @@
-"""Loading FLUX.1 models onto a device, and keeping them resident under a memory budget.
+"""Resident models: the device and dtype, a loaded model's pipelines, and the LRU set under a memory budget.
 
-The model code is diffusers' and transformers'; this module only decides where each part
-comes from (a diffusers folder, or a single-file transformer plus a base folder), in which
-dtype and on which device, and which models stay loaded. Text encoders and VAE that several
-single-file models borrow from one base folder are loaded once and shared.
+The model code is diffusers' and transformers'; loading.py reads the files. This module decides where each
+part goes (a diffusers folder, or a single-file transformer plus a base folder; the device, or the CPU for
+the memory modes), prepares it for its speed profile, and keeps models loaded until the budget needs the
+room. Text encoders and VAE that several single-file models borrow from one base folder are loaded once and
+shared.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
 import os
 import threading
@@ -23,21 +22,17 @@ from pathlib import Path
 
 import torch
 
-from daguerre.engine import checkpoints, memory, profiles
-from daguerre.engine.catalog import Catalog, ModelSpec
+from daguerre.engine import memory, profiles
+from daguerre.engine.models import loading
+from daguerre.engine.models.catalog import Catalog, ModelSpec
+from daguerre.engine.models.hashes import HashCache, transformer_files
 from daguerre.engine.schedulers import make_scheduler
-from daguerre.errors import ModelLoadError, RequestError, UnsupportedError
+from daguerre.errors import ModelLoadError, RequestError
+from daguerre.request import DEFAULT_SCHEDULER, MAX_SEQUENCE_LENGTH
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-# Default sampling settings of the FLUX.1 families (BFL's reference CLI and diffusers' docs):
-# schnell is timestep-distilled for 4 steps and was trained with 256 T5 tokens; dev with 512.
-DEFAULT_STEPS = {"schnell": 4, "dev": 28, "fill": 28, "kontext": 28, "control": 28}
-# Fill was distilled at guidance 30, Kontext at 2.5, Canny at 30 and Depth at 10 (BFL's reference
-# settings); a control model's default is Depth's when its name says depth, else Canny's.
-DEFAULT_GUIDANCE = {"dev": 3.5, "fill": 30.0, "kontext": 2.5, "control": 30.0, "control-depth": 10.0}
-MAX_SEQUENCE_LENGTH = {"schnell": 256, "dev": 512, "fill": 512, "kontext": 512, "control": 512}
 
 
 def resolve_device(preference: str | None = None) -> torch.device:
@@ -177,200 +172,14 @@ class LoadedModel:
     def controlnet(self, path: Path):
         """The ControlNet module for a diffusers folder or an XLabs file, loaded on first use and kept
         (LRU, max_controlnets)."""
-        from diffusers import FluxControlNetModel
-
         if path in self.controlnets:
             self.controlnets.move_to_end(path)
             return self.controlnets[path]
-        try:
-            if Path(path).is_file():
-                net = self._xlabs_controlnet(Path(path))
-            else:
-                net = FluxControlNetModel.from_pretrained(path, torch_dtype=self.dtype)
-            net = net.to(self.device).eval()
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
-            raise ModelLoadError(f"{path}: cannot load the FLUX.1 ControlNet: {e}", parameter="controlNet.model") from e
+        net = loading.load_controlnet(path, self.dtype, self.device, self.pipe.transformer.config.axes_dims_rope)
         self.controlnets[path] = net
         while len(self.controlnets) > self.max_controlnets:
             self.controlnets.popitem(last=False)
         return net
-
-    def _xlabs_controlnet(self, path: Path):
-        from diffusers import FluxControlNetModel
-        from safetensors.torch import load_file
-
-        sd = checkpoints.xlabs_controlnet_to_diffusers(load_file(str(path)))
-        config = checkpoints.xlabs_controlnet_config(sd, self.pipe.transformer.config.axes_dims_rope)
-        with torch.device("meta"):
-            net = FluxControlNetModel(**config)
-        net.load_state_dict({k: v.to(self.dtype) for k, v in sd.items()}, strict=True, assign=True)
-        return net
-
-
-def set_loras(
-    model: LoadedModel, loras: list[tuple[str, Path, float]], control: tuple[str, Path, float] | None = None
-) -> None:
-    """Make exactly these (adapter name, file, weight) LoRAs active on the model's transformer,
-    plus an optional BFL control LoRA (Canny/Depth) for the control pipelines.
-
-    The base weights are never touched: PEFT layers add the low-rank update, and with no LoRA
-    requested they are disabled, which gives the base output bit for bit. Loaded adapters stay
-    cached (LRU) so switching sets between requests costs no reload of the base or the LoRA.
-    A control LoRA widens the transformer's input layer and replaces some norm scales, so it is
-    not cached beside the others: switching it on or off unloads every adapter and restores the
-    original layers (diffusers keeps them), and the plain LoRAs are loaded again on next use.
-    """
-    pipe = model.pipe
-    control_path = control[1] if control is not None else None
-    current = model.control_lora[1] if model.control_lora is not None else None
-    if control_path != current and (current is not None or model.adapters):
-        pipe.unload_lora_weights(reset_to_overwritten_params=True)
-        model.adapters.clear()
-        model.control_lora = None
-    if control is not None and model.control_lora is None:
-        _load_lora(model, control[0], control[1], parameter="controlNet.model")
-        model.control_lora = control[:2]
-    for name, path, _ in loras:
-        if name in model.adapters:
-            model.adapters.move_to_end(name)
-            continue
-        _load_lora(model, name, path)
-        model.adapters[name] = path
-    wanted = {name for name, _, _ in loras}
-    while len(model.adapters) > model.max_adapters:
-        old = next(n for n in model.adapters if n not in wanted)
-        pipe.delete_adapters(old)
-        del model.adapters[old]
-    active = [*loras, *([control] if control is not None else [])]
-    if not model.adapters and model.control_lora is None:
-        return
-    if active:
-        pipe.enable_lora()
-        pipe.set_adapters([n for n, _, _ in active], [w for _, _, w in active])
-    else:
-        pipe.disable_lora()
-
-
-def _load_lora(model: LoadedModel, name: str, path: Path, parameter: str = "lora") -> None:
-    from daguerre.engine import loras as lora_files
-
-    pipe = model.pipe
-    sd = lora_files.read(path)
-    clip = tuple(n for n, m in pipe.text_encoder.named_modules() if isinstance(m, torch.nn.Linear))
-    converted = lora_files.to_peft(sd, lora_files.detect(sd, path), pipe.transformer.config, path, clip)
-    try:
-        pipe.load_lora_weights({k: v.to(model.device, model.dtype) for k, v in converted.items()}, adapter_name=name)
-    except (ValueError, RuntimeError, KeyError) as e:
-        raise ModelLoadError(f"{path}: LoRA does not fit {model.spec.name}: {e}", parameter=parameter) from e
-
-
-def set_ip_adapters(model: LoadedModel, specs: list) -> None:
-    """Make exactly these IP-Adapters (catalog specs) loaded; a different set is swapped in whole.
-
-    diffusers replaces the double blocks' attention processors to add IP-Adapters and restores the
-    defaults on unload, so with none requested the transformer is the base model again, bit for bit.
-    """
-    paths = tuple(s.path for s in specs)
-    if paths == model.ip_adapters:
-        return
-    pipe = model.pipe
-    if model.ip_adapters:
-        pipe.unload_ip_adapter()
-        model.ip_adapters = ()
-    if not specs:
-        return
-    encoders = {s.image_encoder for s in specs}
-    if None in encoders:
-        name = next(s.name for s in specs if s.image_encoder is None)
-        raise ModelLoadError(
-            f'IP-Adapter {name} needs a CLIP image encoder: set image_encoder = "<folder>" on its '
-            "catalog entry, or put an image_encoder/ folder beside the file",
-            parameter="ipAdapters",
-        )
-    if len(encoders) > 1:
-        raise UnsupportedError(
-            "IP-Adapters with different image encoders cannot run together yet", parameter="ipAdapters"
-        )
-    try:
-        pipe.load_ip_adapter(
-            [str(s.path.parent) for s in specs],
-            weight_name=[s.path.name for s in specs],
-            image_encoder_pretrained_model_name_or_path=encoders.pop(),
-            image_encoder_dtype=model.dtype,
-        )
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise ModelLoadError(
-            f"cannot load IP-Adapter(s) {', '.join(s.name for s in specs)}: {e}", parameter="ipAdapters"
-        ) from e
-    model.ip_adapters = paths
-
-
-def _attach_gguf(model: torch.nn.Module, sd: dict, compute_dtype: torch.dtype) -> set[str]:
-    """Swap the linears whose weights are GGUF-quantized for diffusers' GGUFLinear (dequantized per
-    layer at run time, fused CUDA kernels where available) and attach those weights; returns their keys."""
-    quantized = {k for k, v in sd.items() if checkpoints.is_quantized(v)}
-    if not quantized:
-        return quantized
-    from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
-
-    _replace_with_gguf_linear(model, compute_dtype, sd)
-    for key in quantized:
-        owner, attr = key.rsplit(".", 1)
-        setattr(model.get_submodule(owner), attr, sd[key])
-    return quantized
-
-
-class HashCache:
-    """sha256 of weight files, remembered by (path, size, mtime) so a 24 GB file is read once."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / "hashes.json"
-        self._lock = threading.Lock()
-
-    def sha256(self, files: list[Path]) -> str:
-        digests = [self._file(f) for f in sorted(files)]
-        if len(digests) == 1:
-            return digests[0]
-        return hashlib.sha256("".join(digests).encode()).hexdigest()
-
-    def _file(self, f: Path) -> str:
-        st = f.stat()
-        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        with self._lock:
-            cache = self._read()
-            if key in cache:
-                return cache[key]
-        h = hashlib.sha256()
-        with f.open("rb") as fh:
-            while chunk := fh.read(16 * 2**20):
-                h.update(chunk)
-        digest = h.hexdigest()
-        with self._lock:
-            cache = self._read()
-            cache[key] = digest
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(cache, indent=0))
-                tmp.replace(self.path)
-            except OSError as e:  # a read-only cache folder only costs re-hashing
-                log.warning("cannot write hash cache %s: %s", self.path, e)
-        return digest
-
-    def _read(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-
-def transformer_files(spec: ModelSpec) -> list[Path]:
-    if spec.format == "single-file":
-        return [spec.path]
-    files = sorted((spec.path / "transformer").glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"{spec.path}/transformer has no .safetensors weights", parameter="model")
-    return files
 
 
 class ModelManager:
@@ -493,13 +302,10 @@ class ModelManager:
         def where(part: str) -> torch.device:
             return memory.load_device(part, self.device, offload, self.t5)
 
-        transformer = self._load_transformer(spec, folder, where("transformer"))
+        transformer = loading.load_transformer(spec, folder, self.dtype, where("transformer"))
         # 3. The rest, shared with every model that uses the same folder and placement.
-        parts = {
-            name: self._shared_part(folder, name, where(name))
-            for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
-        }
-        scheduler = self._scheduler(folder, spec.kind)
+        parts = {name: self._shared_part(folder, name, where(name)) for name in loading.PARTS}
+        scheduler = make_scheduler(DEFAULT_SCHEDULER, loading.load_scheduler_config(folder), spec.kind)
         pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, **parts)
         pipe.set_progress_bar_config(disable=True)
         digest = self.hashes.sha256(transformer_files(spec))
@@ -525,79 +331,13 @@ class ModelManager:
             spec=spec, pipe=pipe, checkpoint_hash=digest, device=self.device, dtype=self.dtype, applied=applied
         )
 
-    def _load_transformer(self, spec: ModelSpec, folder: Path, device: torch.device) -> torch.nn.Module:
-        from accelerate import init_empty_weights
-        from diffusers import FluxTransformer2DModel
-
-        try:
-            if spec.format == "folder":
-                model = FluxTransformer2DModel.from_pretrained(
-                    spec.path, subfolder="transformer", torch_dtype=self.dtype
-                )
-            else:
-                sd, implied = checkpoints.load_transformer_state_dict(spec.path, self.dtype, device)
-                config = (
-                    dict(FluxTransformer2DModel.load_config(folder, subfolder="transformer"))
-                    if (folder / "transformer" / "config.json").exists()
-                    else {}
-                )
-                config.update(implied)
-                if "axes_dims_rope" not in config and implied["attention_head_dim"] != 128:
-                    raise ModelLoadError(
-                        f"{spec.path}: head dim {implied['attention_head_dim']} differs from FLUX.1's 128 and the "
-                        f"base folder {folder} has no transformer/config.json to give the rope axes"
-                    )
-                with init_empty_weights():
-                    model = FluxTransformer2DModel.from_config(config)
-                quantized = _attach_gguf(model, sd, self.dtype)
-                missing, unexpected = model.load_state_dict(
-                    {k: v for k, v in sd.items() if k not in quantized}, strict=False, assign=True
-                )
-                missing = [k for k in missing if k not in quantized]
-                if missing or unexpected:
-                    raise ModelLoadError(
-                        f"{spec.path}: weights do not fit a FLUX.1 transformer "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-                    )
-        except ModelLoadError:
-            raise
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
-            raise ModelLoadError(f"{spec.path}: cannot load the FLUX.1 transformer: {e}", parameter="model") from e
-        return model.to(device).eval()  # already in the run dtype
-
     def _shared_part(self, folder: Path, name: str, device: torch.device):
         key = (str(folder), name, self.dtype, str(device))
         with self._lock:
             if key in self._shared:
                 return self._shared[key]
-        part = self._load_part(folder, name, device)
-        with self._lock:
-            return self._shared.setdefault(key, part)
-
-    def _load_part(self, folder: Path, name: str, device: torch.device):
-        from diffusers import AutoencoderKL
-        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
-
-        sub = folder / name
-        if not sub.is_dir():
-            raise ModelLoadError(
-                f"{folder} has no {name}/ folder; a FLUX.1 base folder needs text_encoder/, "
-                "text_encoder_2/, tokenizer/, tokenizer_2/ and vae/",
-                parameter="model",
-            )
-        try:
-            if name.startswith("tokenizer"):
-                return AutoTokenizer.from_pretrained(sub)
-            cls = {"text_encoder": CLIPTextModel, "text_encoder_2": T5EncoderModel, "vae": AutoencoderKL}[name]
-            part = cls.from_pretrained(sub, torch_dtype=self.dtype).to(device).eval()
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ModelLoadError(f"{sub}: cannot load {name}: {e}", parameter="model") from e
+        part = loading.load_part(folder, name, self.dtype, device)
         if name == "text_encoder_2":  # T5 on the CPU or in int8, per settings `t5`
             part = memory.prepare_t5(part, self.t5, self.device)
-        return part
-
-    def _scheduler(self, folder: Path, kind: str):
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        config = dict(FlowMatchEulerDiscreteScheduler.load_config(folder, subfolder="scheduler"))
-        return make_scheduler("Default", config, kind)
+        with self._lock:
+            return self._shared.setdefault(key, part)

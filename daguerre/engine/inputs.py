@@ -1,13 +1,22 @@
-"""Image composition the pipelines lack: outpaint canvases and feathered paste-back.
+"""Image inputs: what img2img, inpaint, outpaint and mask-crop inpainting give the pipelines, and the
+composition the pipelines lack (outpaint canvases, feathered paste-back).
 
-Both keep the promise that pixels outside the mask come back unchanged: the blend weight is
-the mask itself, softened only inwards, so it is exactly 0 wherever the mask is 0.
+Outpaint and mask-crop inpainting keep the promise that pixels outside the mask come back unchanged: the
+blend weight is the mask itself, softened only inwards, so it is exactly 0 wherever the mask is 0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image, ImageFilter
+
+from daguerre.request import GenerationRequest
+
+if TYPE_CHECKING:
+    from daguerre.engine.plan import Plan
 
 
 def outpaint_canvas(
@@ -50,3 +59,32 @@ def composite(original: Image.Image, generated: np.ndarray, alpha: np.ndarray) -
     orig = np.asarray(original.convert("RGB"), dtype=np.float32) / 255.0
     a = alpha[..., None]
     return (orig * (1.0 - a) + generated * a).astype(np.float32)
+
+
+MASK_FEATHER = 4  # px of inward feather when a mask crop is pasted back
+
+
+def image_inputs(req: GenerationRequest, plan: Plan) -> tuple[dict, str, Callable[[np.ndarray], np.ndarray]]:
+    """(pipeline image kwargs, output type, finish) for the request's workflow.
+
+    finish turns a pipeline output (H, W, 3 floats) into the final pixels: the identity, or a
+    feathered paste onto the source so pixels outside the mask come back as they were.
+    """
+    if req.workflow == "outpaint":
+        o = req.outpaint
+        canvas, mask = outpaint_canvas(req.seed_image, top=o.top, bottom=o.bottom, left=o.left, right=o.right)
+        alpha = feather_alpha(mask, o.blur, inward=False)
+        return {"image": canvas, "mask_image": mask}, "np", lambda px: composite(canvas, px, alpha)
+    if req.workflow == "inpaint" and req.mask_margin is not None:
+        size = (req.width, req.height)
+        source = req.seed_image.resize(size, Image.Resampling.LANCZOS)
+        mask = req.mask_image.resize(size, Image.Resampling.BILINEAR)
+        alpha = feather_alpha(mask, MASK_FEATHER, inward=True)
+        kwargs = {"image": source, "mask_image": mask, "padding_mask_crop": req.mask_margin}
+        return kwargs, "pil", lambda px: composite(source, px, alpha)
+    kwargs = {}
+    if req.seed_image is not None:
+        kwargs["image"] = req.seed_image
+    if req.mask_image is not None:
+        kwargs["mask_image"] = req.mask_image
+    return kwargs, "np", lambda px: px

@@ -1,6 +1,7 @@
-"""Encode a weighted prompt (daguerre.prompts.weighting) into FLUX.1's two text conditionings.
+"""Prompt encoding: a request's prompts -> FLUX.1's two text conditionings (T5 sequence, CLIP pooled).
 
-Semantics (documented in docs/api.md):
+Plain prompts go through the pipeline's own encode_prompt; weighted ones (daguerre.prompts.weighting's
+compel and sdEmbeds syntaxes) through `encode`, with these semantics (documented in docs/api.md):
 - T5 sequence: each fragment is tokenized on its own, the tokens concatenated (then EOS and padding,
   as the pipeline does), encoded once, and each token's embedding multiplied by its fragment's
   weight; the result is rescaled so its mean equals the unweighted encoding's (AUTOMATIC1111's
@@ -18,6 +19,18 @@ from __future__ import annotations
 import torch
 
 from daguerre.prompts.weighting import Blend, Conjunction, Prompt, Weighted
+from daguerre.prompts.weighting import parse as parse_prompt
+
+
+def encode_prompt(pipe, text: str, syntax: str | None, device, max_seq: int, parameter: str = "positivePrompt"):
+    """(T5 sequence, CLIP pooled) embeddings: the pipeline's own encoding, or weighted per `syntax`."""
+    with torch.inference_mode():
+        if syntax is None or not text:
+            pe, ppe, _ = pipe.encode_prompt(
+                prompt=text, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=max_seq
+            )
+            return pe, ppe
+        return encode(pipe, parse_prompt(text, syntax, parameter), device=device, max_sequence_length=max_seq)
 
 
 def encode(pipe, prompt: Prompt, *, device, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The worker loop: claim a job, run it on the engine, store its images, report.
+"""The worker loop: claim a JobSpec, run it on the engine, store its images, report.
 
 One job at a time, except that waiting jobs that can share its forward passes (Engine.batch_key:
 plain text-to-image with the same model, size, steps and guidance) are claimed with it and run
@@ -16,23 +16,26 @@ import threading
 import time
 from collections.abc import Callable
 
-from daguerre.api.schema import ImageResolver, parse_image_inference
-from daguerre.engine.generate import Engine, GeneratedImage
-from daguerre.errors import DaguerreError
+from daguerre.config import ImageLimits
+from daguerre.engine.engine import Engine, GeneratedImage
+from daguerre.errors import DaguerreError, ImageInputError
+from daguerre.imaging import EXTENSION, decode
 from daguerre.jobs.service import JobService
+from daguerre.jobs.spec import JobSpec, from_json, hydrate
 from daguerre.jobs.store import ERROR, RUNNING, SUCCESS, Job
-from daguerre.request import DeliverySpec, GenerationRequest
+from daguerre.request import GenerationRequest
 from daguerre.storage import ResultStore, StoredObject
 
 log = logging.getLogger(__name__)
-EXT = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 LOOKAHEAD = 32  # waiting jobs examined for a shared forward pass
-# Wire fields that carry images: such a job never shares a pass, so it is not parsed to find out.
-IMAGE_FIELDS = ("seedImage", "maskImage", "referenceImages", "inputs", "controlNet", "ipAdapters", "outpaint")
 
 
 class Worker:
-    """Runs jobs from the queue on one engine (one device), in a background thread."""
+    """Runs jobs from the queue on one engine (one device), in a background thread.
+
+    It knows JobSpecs and nothing of any wire protocol: images come from the ResultStore by imageUUID,
+    results go back into it, and `on_result` (given by the composition root) delivers them.
+    """
 
     def __init__(
         self,
@@ -40,17 +43,15 @@ class Worker:
         engine: Engine,
         jobs: JobService,
         results: ResultStore,
-        resolver_for: Callable[[str], ImageResolver],
         default_ttl: int,
-        characters_for: Callable[[str], object] | None = None,
+        image_limits: ImageLimits | None = None,
         on_result: Callable[[Job, dict | None], None] | None = None,
     ):
         self.engine = engine
         self.jobs = jobs
         self.results = results
-        self.resolver_for = resolver_for  # owner -> image resolver (uploads are per key)
         self.default_ttl = default_ttl
-        self.characters_for = characters_for  # owner -> saved-character lookup (or None)
+        self.image_limits = image_limits or ImageLimits()
         self.on_result = on_result  # (job, result) after each stored image; (job, None) when the job ends
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -71,109 +72,117 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            key = self.jobs.queue.claim(timeout=0.2)
-            if key is None:
+            message = self.jobs.queue.claim(timeout=0.2)
+            if message is None:
                 continue
-            job = self.jobs.get(*key)
+            spec = from_json(message)
+            job = self.jobs.get(*spec.key)
             if job is None or job.done:
                 continue
             self.busy.set()
             try:
-                self.run(job)
+                self.run(job, spec)
             finally:
                 self.busy.clear()
 
-    def run(self, job: Job) -> None:
+    def run(self, job: Job, spec: JobSpec) -> None:
         """Run a claimed job to success or error, with any waiting jobs that can share its forward passes."""
-        parsed = self._start(job)
-        if parsed is None:
+        req = self._start(job, spec)
+        if req is None:
             return
-        group = [(job, *parsed)]
-        key = self.engine.batch_key(parsed[0])
+        group = [(job, spec, req)]
+        key = self.engine.batch_key(req) if not spec.images else None
         if key is not None:
-            group += self._companions(key, room=self.engine.max_batch - parsed[0].number_results)
+            group += self._companions(key, room=self.engine.max_batch - req.number_results)
         if len(group) == 1:
             self._run_alone(*group[0])
         else:
             self._run_group(group)
 
-    def _start(self, job: Job):
-        """Mark the job running and parse its payload: (request, delivery), or None when it failed."""
+    def _start(self, job: Job, spec: JobSpec) -> GenerationRequest | None:
+        """Mark the job running and load its images: the request to run, or None when that failed."""
         self._mark_running(job)
         try:
-            return self._parse(job)
+            return hydrate(spec, self._loader(spec.owner))
         except Exception as e:  # noqa: BLE001 - reported as the job's error
             self._finish(job, e)
             return None
 
-    def _parse(self, job: Job) -> tuple[GenerationRequest, DeliverySpec]:
-        characters = self.characters_for(job.owner) if self.characters_for is not None else None
-        return parse_image_inference(job.payload, self.resolver_for(job.owner), characters)
+    def _loader(self, owner: str):
+        """load(imageUUID, is_mask) -> the decoded input image this owner stored at submission."""
+
+        def load(image_uuid: str, is_mask: bool):
+            found = self.results.get(image_uuid, owner)
+            if found is None:
+                raise ImageInputError(f"input image {image_uuid} expired before the job ran", code="imageNotFound")
+            return decode(found[1], parameter="image", limits=self.image_limits, mask=is_mask)[0]
+
+        return load
 
     def _mark_running(self, job: Job) -> None:
         job.status, job.results, job.error = RUNNING, [], None
         self._started[job.key] = time.perf_counter()
         self.jobs.changed(job)
 
-    def _companions(self, key: tuple, room: int) -> list[tuple[Job, GenerationRequest, DeliverySpec]]:
+    def _companions(self, key: tuple, room: int) -> list[tuple[Job, JobSpec, GenerationRequest]]:
         """Waiting jobs with this batch key, up to `room` more images, claimed from the queue (oldest first)."""
-        chosen: list[tuple[Job, GenerationRequest, DeliverySpec]] = []
-        for k in self.jobs.queue.waiting(LOOKAHEAD):
+        chosen: list[tuple[str, Job, JobSpec]] = []
+        for message in self.jobs.queue.waiting(LOOKAHEAD):
             if room <= 0:
                 break
-            job = self.jobs.get(*k)
-            # Payloads carrying images never share a pass: skip them before parsing (which fetches URLs).
-            if job is None or job.done or any(f in job.payload for f in IMAGE_FIELDS):
+            spec = from_json(message)
+            if spec.images:  # jobs with input images never share a pass
                 continue
-            try:
-                req, delivery = self._parse(job)
-            except Exception:  # noqa: BLE001 - a bad payload fails when its own turn comes
+            job = self.jobs.get(*spec.key)
+            if job is None or job.done:
                 continue
-            if self.engine.batch_key(req) == key and req.number_results <= room:
-                chosen.append((job, req, delivery))
-                room -= req.number_results
-        taken = set(self.jobs.queue.take([job.key for job, _, _ in chosen]))
-        group = [c for c in chosen if c[0].key in taken]
+            if self.engine.batch_key(spec.request) == key and spec.request.number_results <= room:
+                chosen.append((message, job, spec))
+                room -= spec.request.number_results
+        taken = set(self.jobs.queue.take([message for message, _, _ in chosen]))
+        group = [(job, spec, spec.request) for message, job, spec in chosen if message in taken]
         for job, _, _ in group:
             self._mark_running(job)
         return group
 
-    def _run_alone(self, job: Job, req: GenerationRequest, delivery: DeliverySpec) -> None:
+    def _run_alone(self, job: Job, spec: JobSpec, req: GenerationRequest) -> None:
         try:
-            self.engine.generate(req, on_image=self._on_image(job, req, delivery))
+            self.engine.generate(req, on_image=self._on_image(job, spec), checked=True)
         except Exception as e:  # noqa: BLE001 - reported as the job's error
             self._finish(job, e)
             return
         self._finish(job, None)
 
-    def _run_group(self, group: list[tuple[Job, GenerationRequest, DeliverySpec]]) -> None:
+    def _run_group(self, group: list[tuple[Job, JobSpec, GenerationRequest]]) -> None:
         """Jobs sharing forward passes. If a shared pass fails, every job without results runs again alone,
         so one job's trouble (or a batch too large for memory) never fails the others."""
-        hooks = [self._on_image(job, req, delivery) for job, req, delivery in group]
+        hooks = [self._on_image(job, spec) for job, spec, _ in group]
         try:
-            outcomes = self.engine.generate_batch([req for _, req, _ in group], on_image=lambda k, im: hooks[k](im))
+            outcomes = self.engine.generate_batch([req for _, _, req in group], on_image=lambda k, im: hooks[k](im),
+                                                  checked=True)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - retried alone below
             log.warning("a shared pass of %d tasks failed (%s); running them one by one", len(group), e)
-            for job, req, delivery in group:
+            for job, spec, req in group:
                 if job.results:  # images already delivered: do not deliver them twice
                     self._finish(job, e)
                 else:
-                    self._run_alone(job, req, delivery)
+                    self._run_alone(job, spec, req)
             return
         log.info("%d tasks shared forward passes", len(group))
         for (job, _, _), outcome in zip(group, outcomes, strict=True):
             self._finish(job, outcome if isinstance(outcome, Exception) else None)
 
-    def _on_image(self, job: Job, req: GenerationRequest, delivery: DeliverySpec):
+    def _on_image(self, job: Job, spec: JobSpec):
         """Store each image of a job as it comes, and announce it."""
-        ttl = delivery.ttl or self.default_ttl
-        ext = EXT[req.output.format]
+        ttl = spec.delivery.ttl or self.default_ttl
+        output = spec.request.output
+        ext = EXTENSION[output.format]
 
         def on_image(im: GeneratedImage) -> None:
             uuid = job.image_uuids[im.index]
             self.results.put(
                 StoredObject(uuid=uuid, owner=job.owner, ext=ext, kind="result", expires_at=time.time() + ttl),
-                im.encode(req.output),
+                im.encode(output),
             )
             result = {"imageUUID": uuid, "seed": im.seed, "ext": ext, "seconds": im.seconds, "index": im.index}
             if im.warnings:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from daguerre.request import AccelOptions
+from daguerre.request import AccelOptions, resolve_accel
 
 # TeaCache4FLUX's rescaling polynomial (highest power first), from the TeaCache authors' repository.
 TEACACHE_FLUX_COEFFICIENTS = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)
@@ -57,11 +57,11 @@ class StepCache:
 
     def __init__(self, transformer, options: AccelOptions, steps: int, order: int = 1):
         self.t = transformer
-        self.o = options
+        self.o = options = resolve_accel(options)  # the defaults of the cache that is on, filled in
         self.steps = steps
         self.order = max(order, 1)  # model calls per step (2-call samplers)
         self.start, self.end = options.window(steps)
-        self.max_consecutive = options.cache_max_consecutive or 3
+        self.max_consecutive = options.cache_max_consecutive
         self.stats = CacheStats()
         self._branches: dict[int, _Branch] = {}
         self._timesteps: list[float] = []
@@ -178,15 +178,15 @@ class StepCache:
         skip = False
         if branch.probe is not None:
             rel = ((residual - branch.probe).abs().mean() / branch.probe.abs().mean().clamp_min(1e-12)).item()
-            interval = self.o.db_cache_skip_interval or 5
+            interval = self.o.db_cache_skip_interval
             skip = allowed and self._threshold > 0 and rel < self._threshold and branch.since_refresh + 1 < interval
         branch.probe = residual
         return skip
 
     @property
     def _distance(self) -> float:
-        return 0.5 if self.o.tea_cache_distance is None else self.o.tea_cache_distance
+        return self.o.tea_cache_distance
 
     @property
     def _threshold(self) -> float:
-        return 0.25 if self.o.db_cache_threshold is None else self.o.db_cache_threshold
+        return self.o.db_cache_threshold

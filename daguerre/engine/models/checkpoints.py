@@ -23,16 +23,14 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from daguerre.errors import ModelLoadError, UnsupportedError
 
+if TYPE_CHECKING:  # the header readers run without torch (the API process reads the catalog); conversions import it
+    import torch
+
 COMFY_PREFIX = "model.diffusion_model."
-# Keys of an all-in-one ComfyUI checkpoint that belong to other components; we take the
-# transformer and load text encoders / VAE from the base folder.
-FOREIGN_PREFIXES = ("text_encoders.", "vae.", "cond_stage_model.", "first_stage_model.", "conditioner.")
-FP8_DTYPES = {torch.float8_e4m3fn, torch.float8_e5m2}
 
 # The transformer's input width tells the FLUX.1 variant apart (packed 2x2 latents):
 # 64 = 16 latent channels; 128 = + control image latents; 384 = + masked image + 4x4 mask.
@@ -94,7 +92,7 @@ def inspect(path: Path) -> CheckpointInfo:
     """Identify a single-file checkpoint: layout, FLUX.1 kind, dtype. Raises a clear error otherwise."""
     path = Path(path)
     header = gguf_header(path) if path.suffix.lower() == ".gguf" else read_header(path)
-    names = {_strip(k) for k in header}
+    names = {strip_prefix(k) for k in header}
     if any(k.startswith("ip_adapter_proj_model.") for k in names):
         return CheckpointInfo(
             path=path,
@@ -165,36 +163,12 @@ def _dominant_dtype(header: dict) -> str:
     return max(dtypes, key=dtypes.get) if dtypes else "none"
 
 
-def _strip(key: str) -> str:
+def strip_prefix(key: str) -> str:
     return key[len(COMFY_PREFIX) :] if key.startswith(COMFY_PREFIX) else key
 
 
 def _find(header: dict, name: str) -> str:
     return name if name in header else COMFY_PREFIX + name
-
-
-def load_gguf_state_dict(
-    path: Path, dtype: torch.dtype, device: str | torch.device = "cpu"
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """A GGUF transformer as a diffusers-layout state dict: quantized weights stay GGUFParameters (on
-    `device`), the others (norms, biases, F16/F32 tensors) are cast to `dtype`; plus the implied config."""
-    from diffusers.models.model_loading_utils import load_gguf_checkpoint
-    from diffusers.quantizers.gguf.utils import GGUFParameter
-
-    info = inspect(path)
-    try:
-        raw = load_gguf_checkpoint(str(path))
-    except ValueError as e:  # an unsupported quantization type names itself
-        raise ModelLoadError(f"{path}: {e}".split("\n\n")[0], parameter="model") from e
-    sd: dict[str, torch.Tensor] = {}
-    for key, t in raw.items():
-        name = _strip(key)
-        if key.startswith(FOREIGN_PREFIXES):
-            continue
-        sd[name] = t.to(device) if isinstance(t, GGUFParameter) else t.to(device, dtype)
-    if info.layout == "bfl":
-        sd = bfl_to_diffusers(sd)
-    return sd, config_from_state_dict(sd)
 
 
 def is_quantized(t: torch.Tensor) -> bool:
@@ -204,44 +178,6 @@ def is_quantized(t: torch.Tensor) -> bool:
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(getattr(t, "quant_shape", t.shape))
-
-
-def load_transformer_state_dict(
-    path: Path, dtype: torch.dtype, device: str | torch.device = "cpu"
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a single file into a diffusers-layout state dict in `dtype` on `device`, plus its implied config.
-
-    Tensors are read straight onto the device and fp8 ones upcast one by one (ComfyUI "scaled
-    fp8" files: times their `scale_weight`), so peak memory stays near one copy of the model in
-    the run dtype, and a GPU box does not stage 24 GB in host RAM.
-    """
-    from safetensors import safe_open
-
-    if Path(path).suffix.lower() == ".gguf":
-        return load_gguf_state_dict(path, dtype, device)
-    info = inspect(path)
-    sd: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        keys = list(f.keys())
-        scales = {k[: -len("scale_weight")]: k for k in keys if k.endswith(".scale_weight")}
-        for key in keys:
-            name = _strip(key)
-            if key.startswith(FOREIGN_PREFIXES) or name == "scaled_fp8" or key.endswith(".scale_weight"):
-                continue
-            if key.endswith(".scale_input"):
-                continue
-            t = f.get_tensor(key)
-            if t.dtype in FP8_DTYPES:
-                t = t.to(torch.float32)
-                prefix = key[: -len("weight")] if key.endswith("weight") else None
-                if prefix is not None and prefix in scales:
-                    t = t * f.get_tensor(scales[prefix]).to(torch.float32)
-            elif not t.is_floating_point():
-                raise ModelLoadError(f"{path}: tensor {key} has dtype {t.dtype}; quantized files are not supported")
-            sd[name] = t.to(dtype)
-    if info.layout == "bfl":
-        sd = bfl_to_diffusers(sd)
-    return sd, config_from_state_dict(sd)
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
@@ -264,7 +200,13 @@ def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
 def _swap_halves(t: torch.Tensor) -> torch.Tensor:
     """BFL's final modulation is (shift, scale); diffusers' AdaLayerNormContinuous is (scale, shift)."""
     a, b = t.chunk(2, dim=0)
-    return torch.cat([b, a], dim=0)
+    return _cat([b, a])
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    import torch  # here, not at import: inspecting a header needs no torch
+
+    return torch.cat(tensors, dim=0)
 
 
 # (BFL name, diffusers name) for tensors that only change name; {i} is the block index.
@@ -374,7 +316,7 @@ def diffusers_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[p + a] = src.pop(q + b)
         for fused, parts in _QKV_DOUBLE.items():
             for suffix in (".weight", ".bias"):
-                out[p + fused + suffix] = torch.cat([src.pop(q + n + suffix) for n in parts], dim=0)
+                out[p + fused + suffix] = _cat([src.pop(q + n + suffix) for n in parts])
     for i in range(_block_count(src, "single_transformer_blocks.")):
         p, q = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
         for a, b in _SINGLE:
@@ -382,7 +324,7 @@ def diffusers_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for a, b in _SINGLE_NORMS:
             out[p + a] = src.pop(q + b)
         for suffix in (".weight", ".bias"):
-            out[p + "linear1" + suffix] = torch.cat([src.pop(q + n + suffix) for n in _QKV_SINGLE], dim=0)
+            out[p + "linear1" + suffix] = _cat([src.pop(q + n + suffix) for n in _QKV_SINGLE])
     if src:
         raise ValueError(f"diffusers state dict has tensors with no BFL name: {sorted(src)[:5]}")
     return out

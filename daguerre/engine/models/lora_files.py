@@ -16,33 +16,15 @@ for a control LoRA when it loads it (and restores it on a full unload).
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import torch
 
-from daguerre.engine.checkpoints import _DOUBLE, _DOUBLE_NORMS, _SINGLE, _SINGLE_NORMS, _TOP
+from daguerre.engine.models.checkpoints import _DOUBLE, _DOUBLE_NORMS, _SINGLE, _SINGLE_NORMS, _TOP
 from daguerre.errors import ModelLoadError, UnsupportedError
 
 FORMATS = ("peft", "kohya", "xlabs", "bfl")
 BFL_PREFIX = "diffusion_model."
-
-
-def read(path: Path) -> dict[str, torch.Tensor]:
-    """A LoRA file's tensors (safetensors only: pickle files can run code)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise ModelLoadError(f"{path}: LoRA files must be .safetensors", parameter="lora")
-    try:
-        with path.open("rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-        if n > path.stat().st_size:
-            raise ValueError("bad header")
-        return load_file(str(path))
-    except (OSError, ValueError, struct.error, RuntimeError) as e:
-        raise ModelLoadError(f"{path}: not a readable .safetensors LoRA ({e})", parameter="lora") from e
 
 
 def detect(sd: dict[str, torch.Tensor], path: Path | str = "LoRA") -> str:

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from daguerre.config import Settings
-from daguerre.engine import checkpoints
+from daguerre.config import OFFLOADS, PROFILES, Settings, check_choice
+from daguerre.engine.models import checkpoints
 from daguerre.errors import ModelLoadError, ModelNotFoundError, RequestError
 
 log = logging.getLogger(__name__)
@@ -225,15 +225,16 @@ def discover_model_dirs(dirs: list[Path], *, base: str | None) -> list[ModelSpec
 class Catalog:
     """Resolves a model reference (AIR id, short name, alias or path) to a ModelSpec."""
 
-    def __init__(self, specs: list[ModelSpec], *, default_base: str | None = None):
+    def __init__(self, specs: list[ModelSpec], *, default_base: str | None = None, allow_paths: bool = True):
         self.default_base = default_base
+        self.allow_paths = allow_paths  # whether get() takes a path (the CLI) or only catalog keys (a server)
         self._specs: list[ModelSpec] = []
         self._index: dict[str, ModelSpec] = {}
         for spec in specs:
             self.add(spec)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Catalog:
+    def from_settings(cls, settings: Settings, *, allow_paths: bool = True) -> Catalog:
         specs = [_from_table(name, table, settings) for name, table in settings.models.items()]
         if settings.discover:
             specs += discover_hf_cache(settings.hf_cache)
@@ -242,7 +243,7 @@ class Catalog:
         if default_base is None:
             folders = [s for s in specs if s.format == "folder" and s.kind in ("dev", "schnell") and not s.missing]
             default_base = folders[0].id if folders else None
-        return cls(specs, default_base=default_base)
+        return cls(specs, default_base=default_base, allow_paths=allow_paths)
 
     def add(self, spec: ModelSpec) -> None:
         """Register a spec; a name taken by an earlier (higher-priority) spec gets a numeric suffix."""
@@ -268,8 +269,10 @@ class Catalog:
         """The entries that can be loaded (their files are there)."""
         return [s for s in self._specs if not s.missing]
 
-    def get(self, ref: str, *, parameter: str = "model", allow_paths: bool = True) -> ModelSpec:
+    def get(self, ref: str, *, parameter: str = "model", allow_paths: bool | None = None) -> ModelSpec:
         """The spec for an id, name, alias, or (allow_paths) a path to a folder or .safetensors / .gguf file.
+
+        allow_paths None: the catalog's own rule (`Catalog(allow_paths=...)`).
 
         `parameter` is the request field the reference came from (lora.model, controlNet.model...): errors
         name it. Without allow_paths (the network's rule) anything but a catalog key gets one answer, the
@@ -279,6 +282,7 @@ class Catalog:
             raise RequestError(
                 f"{parameter} must be a catalog id, a short name or a path; got {ref!r}", parameter=parameter
             )
+        allow_paths = self.allow_paths if allow_paths is None else allow_paths
         spec = self._index.get(ref)
         if spec is not None and (allow_paths or spec.source != "path"):
             if spec.missing:
@@ -329,13 +333,9 @@ def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
             parameter="models",
         )
     if table.get("profile") is not None:
-        from daguerre.engine.profiles import check
-
-        check(table["profile"])
+        check_choice("profile", table["profile"], PROFILES)
     if table.get("offload") is not None:
-        from daguerre.engine.memory import check_offload
-
-        check_offload(table["offload"])
+        check_choice("offload", table["offload"], OFFLOADS)
     if "path" not in table:
         raise RequestError(f"catalog entry {name!r} needs a path", parameter="models")
     air = table.get("id")

@@ -1,0 +1,85 @@
+"""REST routes: POST /v1 (Runware tasks) and the signed image links GET /v1/images/<uuid>.<ext>."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from daguerre.api.deps import Services, check_json_type, error_response, in_thread, parse_tasks, read_capped
+from daguerre.api.intake import ProtocolError
+from daguerre.api.runware import Reply, Running, error_item
+from daguerre.api.schema import openapi_tasks_schema
+from daguerre.errors import DaguerreError
+from daguerre.imaging import CONTENT_TYPES
+
+router = APIRouter()
+
+NOT_FOUND = {"errors": [{"code": "notFound", "message": "no such image or link expired"}]}
+
+
+@router.post(
+    "/v1",
+    summary="Run tasks (JSON array of Runware tasks)",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_tasks_schema()}}},
+        "responses": {
+            "200": {"description": '{"data": [result items]} and, for failed tasks, "errors"'},
+            "400": {"description": '{"errors": [{"code", "message", "parameter", "taskType", "taskUUID"}]}'},
+            "401": {"description": "missingApiKey / invalidApiKey"},
+            "404": {"description": "taskNotFound / imageNotFound"},
+            "413": {"description": "payloadTooLarge"},
+            "415": {"description": "unsupportedMediaType: the body must be application/json"},
+            "429": {"description": "queueFull (Retry-After)"},
+            "503": {"description": "serverShuttingDown"},
+        },
+    },
+)
+async def tasks(request: Request, services: Services):
+    runware, server = services.runware, services.settings.server
+    # 1. Body: JSON typed, capped, a list of task objects.
+    try:
+        check_json_type(request.headers.get("content-type"))
+        body = await read_capped(request, server.max_body_bytes)
+        batch = parse_tasks(body)
+        del body
+    except ProtocolError as e:
+        return error_response([error_item(e, None)], e.code)
+    # 2. Authentication: Bearer header, or a leading authentication task.
+    header = request.headers.get("authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else None
+    if batch[0].get("taskType") == "authentication":
+        key = key or batch[0].get("apiKey")
+    try:
+        owner = runware.intake.authenticate(key)
+    except ProtocolError as e:
+        return error_response([error_item(e, batch[0])], e.code)
+    # 3. Each task in order; errors are per task. A sync task waits (up to sync_wait_s), then goes on async.
+    reply = Reply()
+    for task in batch:
+        if task.get("taskType") == "authentication":
+            continue
+        try:
+            outcome = await in_thread(runware.handle, owner, task)
+            if isinstance(outcome, Running):
+                job = await runware.intake.wait(outcome.job, server.sync_wait_s)
+                # Past the wait cap the task goes on async: processing items tell the client to poll getResponse.
+                outcome = runware.reply_for(job, with_status=not job.done)
+        except DaguerreError as e:
+            reply.errors.append(error_item(e, task))
+            continue
+        reply.data.extend(outcome.data)
+        reply.errors.extend(outcome.errors)
+    code = reply.errors[0]["code"] if reply.errors and not reply.data else None
+    return error_response(reply.errors, code, reply) if code else JSONResponse(reply.body())
+
+
+@router.get("/v1/images/{name}")
+async def image(name: str, services: Services, exp: str = "0", sig: str = ""):
+    # exp and sig are read as text and checked by the signer: a malformed link is a 404 like any bad link.
+    image_uuid, _, ext = name.partition(".")
+    if not services.signer.check(image_uuid, exp, sig):
+        return JSONResponse(NOT_FOUND, status_code=404)
+    found = services.results.get(image_uuid, None)
+    if found is None or found[0].ext != ext:
+        return JSONResponse(NOT_FOUND, status_code=404)
+    return Response(found[1], media_type=CONTENT_TYPES[ext], headers={"Cache-Control": "private, max-age=3600"})

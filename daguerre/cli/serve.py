@@ -1,0 +1,170 @@
+"""`daguerre serve`: the task API on this machine (SQLite store, in-process queue and worker, local disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from daguerre.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    DtypeOpt,
+    OffloadOpt,
+    T5Opt,
+    err,
+    fail,
+    load_settings,
+    validated,
+    warn,
+)
+from daguerre.errors import DaguerreError
+
+
+def _model_entry(value: str) -> tuple[str, dict]:
+    """--model ID=PATH: an AIR-style id becomes the id (short name from the file), anything else the name."""
+    from daguerre.engine.models.catalog import AIR_RE, slug
+
+    ref, sep, path = value.partition("=")
+    if not sep or not ref or not path:
+        raise DaguerreError(f"--model takes ID=PATH, got {value!r}", parameter="model", code="invalidParameter")
+    if AIR_RE.match(ref):
+        return slug(Path(path).stem if path.endswith(".safetensors") else Path(path).name), {"id": ref, "path": path}
+    return ref, {"path": path}
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [8000]")] = None,
+    config: ConfigOpt = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="serve ID=PATH without a config file (repeatable)")
+    ] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option("--api-key", help="accept this key (repeatable; also env DAGUERRE_API_KEYS, comma-separated)"),
+    ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="build and serve a small random-weight model (images are noise) to try the API without weights",
+        ),
+    ] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="jobs, keys, images [./daguerre-data]")] = None,
+    preload: Annotated[
+        list[str] | None,
+        typer.Option(help="load (and compile) this model before reporting ready (repeatable; --demo: the demo)"),
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="speed profile: exact | fast | turbo [settings: exact]")] = None,
+    offload: OffloadOpt = None,
+    t5: T5Opt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    base: Annotated[str | None, typer.Option(help="folder lending text encoders/VAE to single-file models")] = None,
+):
+    """Serve the Runware-compatible task API (REST POST /v1, WebSocket /v1)."""
+    import os
+
+    import uvicorn
+
+    from daguerre.api.app import create_app
+    from daguerre.config import ServerSettings
+    from daguerre.services import build_catalog, build_engine, build_server
+
+    try:
+        settings = load_settings(config, device=device, dtype=dtype, base_model=base, offload=offload, t5=t5,
+                             profile=profile)  # fmt: skip
+        flags = {"host": host, "port": port, "data_dir": data_dir, "preload": preload}
+        given = {k: v for k, v in flags.items() if v is not None}
+        srv = validated(ServerSettings, {**settings.server.model_dump(), **given})
+        # The port first: a taken port is said before any model is looked at or anything is claimed.
+        sock = _bind(srv.host, srv.port)
+        env_keys = [k.strip() for k in os.environ.get("DAGUERRE_API_KEYS", "").split(",") if k.strip()]
+        srv.api_keys = [*srv.api_keys, *env_keys, *(api_key or [])]
+        models = dict(settings.models)
+        for value in model or []:
+            name, entry = _model_entry(value)
+            models[name] = entry
+        if demo:
+            from daguerre.testing.tiny import build
+
+            folder = srv.data_dir / "demo-model"
+            if not (folder / "model_index.json").exists():
+                err.print("building the demo model (random weights, about 1 MB)...")
+                build(folder, layout="folder", seed=0)
+            models = {"demo": {"id": "daguerre:demo@1", "path": str(folder.resolve())}}
+        settings = settings.model_copy(
+            update={"server": srv, "models": models, "discover": settings.discover and not demo}
+        )
+        from daguerre.logs import quiet_libraries
+
+        quiet_libraries()
+        # The server's catalog takes catalog keys only, unless the operator allows paths (server.allow_model_paths).
+        engine = build_engine(settings, build_catalog(settings, allow_paths=srv.allow_model_paths))
+        if not engine.models.catalog.available():
+            raise DaguerreError(
+                "no models to serve: pass --model ID=PATH, a --config with [models.*], or --demo",
+                parameter="model",
+                code="modelNotFound",
+            )
+        for spec in engine.models.catalog:
+            if spec.missing:
+                warn(spec.missing)
+        application = create_app(build_server(settings, engine=engine, demo=demo))
+    except DaguerreError as e:
+        fail(e)
+    shown = "127.0.0.1" if srv.host in ("0.0.0.0", "::", "") else srv.host
+    base_url = f"http://{shown}:{sock.getsockname()[1]}"
+    err.print(
+        f"serving {len(engine.models.catalog)} model(s){' [demo: random weights]' if demo else ''}\n"
+        f"  open      {base_url}/\n"
+        f"  task API  {base_url}/v1 (REST) and ws://{shown}:{sock.getsockname()[1]}/v1 (WebSocket)\n"
+        f"  API docs  {base_url}/docs (OpenAPI: {base_url}/openapi.json)\n"
+        "  stop with Ctrl+C (or SIGTERM): the running job finishes first",
+        highlight=False,
+        markup=False,
+    )
+    from daguerre.logs import configure
+
+    configure()
+    config_ = uvicorn.Config(
+        application,
+        log_config=None,
+        host=srv.host,
+        port=srv.port,
+        log_level="info",
+        timeout_graceful_shutdown=int(srv.drain_timeout_s) or None,
+        ws_max_size=srv.max_body_bytes,
+    )
+    uvicorn.Server(config_).run(sockets=[sock])
+
+
+def _bind(host: str, port: int):
+    """A listening socket on host:port, or a DaguerreError saying the port is taken (and what to do)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise DaguerreError(f"cannot bind to host {host!r}: {e.strerror}", parameter="host",
+                            code="invalidParameter") from e  # fmt: skip
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise DaguerreError(
+                f"port {port} on {host} is already in use (another server?); choose a free one with --port",
+                parameter="port",
+                code="invalidParameter",
+            ) from e
+        raise DaguerreError(f"cannot listen on {host}:{port}: {e.strerror}", parameter="port",
+                            code="invalidParameter") from e  # fmt: skip
+    sock.set_inheritable(True)
+    return sock
