@@ -18,6 +18,7 @@ from daguerre.api.keys import digest, key_id
 from tests.conftest import inference_task
 
 KEY, OTHER = "dg_test_key_one", "dg_test_key_two"
+PRICE = 0.5  # server.price_per_second: includeCost reports measured compute seconds x this
 
 
 def task(**kw):
@@ -31,7 +32,7 @@ def post(srv, tasks, key=KEY, **kw):
 
 @pytest.fixture(scope="module")
 def srv(make_server):
-    with make_server(api_keys=[KEY, OTHER], max_queue=50, max_body_bytes=2 * 2**20) as s:
+    with make_server(api_keys=[KEY, OTHER], max_queue=50, max_body_bytes=2 * 2**20, price_per_second=PRICE) as s:
         yield s
 
 
@@ -43,7 +44,8 @@ def test_sync_rest_returns_every_result_with_url_seed_and_cost(srv):
     assert [i["seed"] for i in items] == [40, 41]
     for i in items:
         assert i["taskUUID"] == t["taskUUID"] and i["taskType"] == "imageInference"
-        assert "error" not in i and "code" not in i and i["NSFWContent"] is False and i["cost"] >= 0
+        assert "error" not in i and "code" not in i and i["NSFWContent"] is False
+        assert 0 < i["cost"] < 60 * PRICE  # measured compute seconds x the price: some, and under a minute's
         img = httpx.get(i["imageURL"], timeout=30)
         assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(img.content)).size == (128, 128)

@@ -1,4 +1,5 @@
-"""The CLI end to end, in subprocesses, on a tiny model: generate, models, reproduce, errors."""
+"""The CLI on a tiny model: flag errors and the trust fixes in-process (Typer's CliRunner), the end-to-end
+flows (generate, models, reproduce, the README's commands) in subprocesses, as a user runs them."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from daguerre import recipe
+from daguerre.cli import app
 
 DAGUERRE = [sys.executable, "-m", "daguerre"]
 
@@ -23,6 +26,23 @@ def env(tmp_path_factory):
     e["DAGUERRE_DISCOVER"] = "false"
     e["HF_HUB_OFFLINE"] = "1"
     return e
+
+
+# ---- in-process (Typer's CliRunner): flag errors and the trust fixes, without a subprocess per case
+
+RUNNER = CliRunner()
+
+
+def invoke(*args, **kw):
+    return RUNNER.invoke(app, [str(a) for a in args], **kw)
+
+
+@pytest.fixture()
+def local_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGUERRE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DAGUERRE_DISCOVER", "false")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def run(args, env, cwd=None, timeout=300):
@@ -115,16 +135,16 @@ def test_img2img_and_inpaint_from_the_cli(tiny_folder, tmp_path, env):
         (["--image", "/no/such.png"], "--image (seedImage)"),
     ],
 )
-def test_bad_flags_give_one_line_errors(tiny_folder, env, args, needle):
-    out = run(["generate", "a cat", "--model", str(tiny_folder.model_path), *args], env)
-    assert out.returncode == 2
+def test_bad_flags_give_one_line_errors(tiny_folder, local_env, args, needle):
+    out = invoke("generate", "a cat", "--model", tiny_folder.model_path, *args)  # in-process: no model loads
+    assert out.exit_code == 2
     assert needle in " ".join(out.stderr.split()), out.stderr
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr and isinstance(out.exception, SystemExit)
 
 
-def test_unknown_model_lists_what_is_known(env):
-    out = run(["generate", "a cat", "--model", "runware:999@1"], env)
-    assert out.returncode == 2 and "not in the catalog" in out.stderr and "Traceback" not in out.stderr
+def test_unknown_model_lists_what_is_known(local_env):
+    out = invoke("generate", "a cat", "--model", "runware:999@1")
+    assert out.exit_code == 2 and "not in the catalog" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_models_lists_catalog_entries(tiny_folder, tiny_single, tmp_path, env):
@@ -140,7 +160,8 @@ def test_models_lists_catalog_entries(tiny_folder, tiny_single, tmp_path, env):
 
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["photo-flux"]["id"] == "rundiffusion:130@100" and rows["photo-flux"]["format"] == "single-file"
-    assert rows["flux-dev"]["kind"] == "dev" and rows["flux-dev"]["size_gb"] >= 0
+    weights = sum(p.stat().st_size for p in Path(tiny_folder.model_path).rglob("*.safetensors"))
+    assert rows["flux-dev"]["kind"] == "dev" and rows["flux-dev"]["size_bytes"] == weights
     table = run(["models", "--config", str(cfg)], env)
     assert "rundiffusion:130@100" in table.stdout and "photo-flux" in table.stdout
     gen = run(
@@ -351,27 +372,6 @@ def test_prompt_command_and_characters_with_generate(tiny_folder, tmp_path, env)
     assert clash.returncode == 2 and "--seed" in clash.stderr
     assert run(["characters", "delete", "anna"], env).returncode == 0
     assert run(["characters", "show", "anna"], env).returncode == 2
-
-
-# ---- in-process (Typer's CliRunner): the trust fixes, without a subprocess per case
-
-from typer.testing import CliRunner  # noqa: E402
-
-from daguerre.cli import app  # noqa: E402
-
-RUNNER = CliRunner()
-
-
-def invoke(*args, **kw):
-    return RUNNER.invoke(app, [str(a) for a in args], **kw)
-
-
-@pytest.fixture()
-def local_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("DAGUERRE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("DAGUERRE_DISCOVER", "false")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _generate(model, out, *extra, prompt="portrait of a woman in her 30s, soft light", seed=42):

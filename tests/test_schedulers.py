@@ -9,8 +9,7 @@ from PIL import Image
 
 from daguerre.engine.schedulers import REGISTRY, make_scheduler
 from daguerre.request import SCHEDULER_NAMES as REFERENCE_NAMES
-from daguerre.request import SCHEDULERS
-from daguerre.request import GenerationRequest
+from daguerre.request import SCHEDULERS, GenerationRequest
 
 STOCHASTIC = {"Euler a", "EulerAncestralDiscreteScheduler", "DDPMScheduler", "KDPM2AncestralDiscreteScheduler",
               "TCDScheduler", "LCM", "LCMScheduler", "DPM++ 3M SDE Uniform"}  # fmt: skip

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +24,9 @@ from daguerre.api.deps import error_response, in_thread
 from daguerre.api.intake import ProtocolError
 from daguerre.api.runware import error_item
 from daguerre.errors import DaguerreError
-from daguerre.services import Services
+
+if TYPE_CHECKING:
+    from daguerre.services import Services
 
 log = logging.getLogger("daguerre.api")
 

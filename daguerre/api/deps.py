@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
@@ -14,7 +14,6 @@ from starlette.concurrency import run_in_threadpool
 from daguerre.api.intake import ProtocolError
 from daguerre.api.runware import HTTP_STATUS, Reply
 from daguerre.errors import DaguerreError
-from daguerre.services import Services as ServicesType
 
 MAX_JSON_DEPTH = 32  # the deepest task (controlNet entries in a list in a task in the array) is 4 levels
 JSON_TYPES = ("application/json",)
@@ -114,8 +113,10 @@ def _capture(fn, *args):
 
 
 def get_services(request: Request):
-    """The server's Services (services.build_server), as a route dependency."""
+    """The server's daguerre.services.Services (built by services.build_server), as a route dependency."""
     return request.app.state.services
 
 
-Services = Annotated[ServicesType, Depends(get_services)]
+# A route parameter `services: Services` gets the server's services. (Typed Any here: api/ is assembled by
+# services.py, so importing it would make a cycle.)
+Services = Annotated[Any, Depends(get_services)]

@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse, Response
 
 from daguerre.api.deps import Services, check_json_type, error_response, in_thread, parse_tasks, read_capped
 from daguerre.api.intake import ProtocolError
+from daguerre.api.openapi import tasks_schema
 from daguerre.api.runware import Reply, Running, error_item
-from daguerre.api.schema import openapi_tasks_schema
 from daguerre.errors import DaguerreError
 from daguerre.imaging import CONTENT_TYPES
 
@@ -21,7 +21,7 @@ NOT_FOUND = {"errors": [{"code": "notFound", "message": "no such image or link e
     "/v1",
     summary="Run tasks (JSON array of Runware tasks)",
     openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_tasks_schema()}}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": tasks_schema()}}},
         "responses": {
             "200": {"description": '{"data": [result items]} and, for failed tasks, "errors"'},
             "400": {"description": '{"errors": [{"code", "message", "parameter", "taskType", "taskUUID"}]}'},

@@ -33,6 +33,7 @@ def models(
             "source": s.source,
             "path": str(s.path),
             "size_gb": round(s.size_bytes / 1e9, 2),
+            "size_bytes": s.size_bytes,
             "base": s.base,
             "available": not s.missing,
             "problem": s.missing,

@@ -340,31 +340,27 @@ _XLABS_TOP = [("pos_embed_input", "controlnet_x_embedder")]
 
 def xlabs_controlnet_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An XLabs ControlNet state dict in diffusers' FluxControlNetModel layout."""
-    src = dict(sd)
-    out: dict[str, torch.Tensor] = {}
-    for suffix in (".weight", ".bias"):
-        for i, name in _XLABS_HINT.items():
-            out[f"input_hint_block.{name}{suffix}"] = src.pop(f"input_hint_block.{i}{suffix}")
-        for a, b in _XLABS_TOP:
-            out[b + suffix] = src.pop(a + suffix)
-        for k in [k for k in src if k.startswith("controlnet_blocks.") and k.endswith(suffix)]:
-            out[k] = src.pop(k)
-    out.update(bfl_to_diffusers(src))
-    return out
+    return _xlabs(sd, to_diffusers=True)
 
 
 def diffusers_to_xlabs_controlnet(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of `xlabs_controlnet_to_diffusers` (how XLabs files lay out a ControlNet)."""
+    return _xlabs(sd, to_diffusers=False)
+
+
+def _xlabs(sd: dict[str, torch.Tensor], *, to_diffusers: bool) -> dict[str, torch.Tensor]:
+    """The XLabs <-> diffusers renaming, both ways from one table: the hint encoder and the input embedder by
+    name, the controlnet_blocks as they are, the double blocks through the BFL converter."""
+    names = [*((f"input_hint_block.{i}", f"input_hint_block.{name}") for i, name in _XLABS_HINT.items()), *_XLABS_TOP]
     src = dict(sd)
     out: dict[str, torch.Tensor] = {}
-    for suffix in (".weight", ".bias"):
-        for i, name in _XLABS_HINT.items():
-            out[f"input_hint_block.{i}{suffix}"] = src.pop(f"input_hint_block.{name}{suffix}")
-        for a, b in _XLABS_TOP:
-            out[a + suffix] = src.pop(b + suffix)
-        for k in [k for k in src if k.startswith("controlnet_blocks.") and k.endswith(suffix)]:
-            out[k] = src.pop(k)
-    out.update(diffusers_to_bfl(src))
+    for xlabs, diffusers in names:
+        a, b = (xlabs, diffusers) if to_diffusers else (diffusers, xlabs)
+        for suffix in (".weight", ".bias"):
+            out[b + suffix] = src.pop(a + suffix)
+    for k in [k for k in src if k.startswith("controlnet_blocks.")]:
+        out[k] = src.pop(k)
+    out.update(bfl_to_diffusers(src) if to_diffusers else diffusers_to_bfl(src))
     return out
 
 

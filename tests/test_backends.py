@@ -1,0 +1,158 @@
+"""One suite every backend passes: each JobStore, JobQueue and ResultStore implementation is a parameter of
+these tests (the embedded SQLite / in-process / local-disk ones now; Redis and S3 join by adding theirs)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from daguerre.jobs import spec as specs
+from daguerre.jobs.queue import InProcessQueue, QueueFull
+from daguerre.jobs.store import ERROR, QUEUED, RUNNING, SUCCESS, Job, SQLiteJobStore
+from daguerre.request import GenerationRequest
+from daguerre.storage import LocalResultStore, StoredObject
+
+JOB_STORES = {"sqlite": lambda tmp: SQLiteJobStore(tmp / "jobs.sqlite3")}
+QUEUES = {"in-process": lambda tmp, cap: InProcessQueue(cap)}
+RESULT_STORES = {"local-disk": lambda tmp: LocalResultStore(tmp / "images")}
+
+
+@pytest.fixture(params=list(JOB_STORES))
+def job_store(request, tmp_path):
+    return JOB_STORES[request.param](tmp_path)
+
+
+@pytest.fixture(params=list(QUEUES))
+def make_queue(request, tmp_path):
+    return lambda cap=10: QUEUES[request.param](tmp_path, cap)
+
+
+@pytest.fixture(params=list(RESULT_STORES))
+def result_store(request, tmp_path):
+    return RESULT_STORES[request.param](tmp_path)
+
+
+def _job(owner="k_1", created=None, prompt="a red barn") -> Job:
+    req = GenerationRequest(model="runware:101@1", positive_prompt=prompt, steps=4, seed=9)
+    spec = specs.new(owner, str(uuid.uuid4()), req)
+    job = Job(owner=owner, task_uuid=spec.task_uuid, task_type="imageInference", spec=spec, fingerprint="f",
+              image_uuids=list(spec.image_uuids))  # fmt: skip
+    if created is not None:
+        job.created_at = created
+    return job
+
+
+# ---- JobStore
+
+
+def test_store_creates_once_and_finds_by_owner_only(job_store):
+    job = _job()
+    assert job_store.create(job) is None
+    again = job_store.create(_job(owner="k_1"))
+    assert again is None  # another taskUUID: another job
+    twin = _job()
+    twin.task_uuid = job.task_uuid
+    existing = job_store.create(twin)
+    assert existing is not None and existing.spec == job.spec  # the first one, not the twin
+    assert job_store.get("k_1", job.task_uuid).spec.request.positive_prompt == "a red barn"
+    assert job_store.get("k_2", job.task_uuid) is None
+
+
+def test_store_persists_status_results_error_and_spec(job_store):
+    job = _job()
+    job_store.create(job)
+    job.status, job.results = RUNNING, [{"imageUUID": job.image_uuids[0], "seed": 9, "ext": "jpg", "seconds": 1.0}]
+    job_store.update(job)
+    got = job_store.get(job.owner, job.task_uuid)
+    assert got.status == RUNNING and got.results == job.results and got.spec == job.spec
+    job.status, job.error = ERROR, {"code": "outOfMemory", "message": "m", "parameter": None}
+    job_store.update(job)
+    assert job_store.get(job.owner, job.task_uuid).error["code"] == "outOfMemory"
+
+
+def test_store_lists_unfinished_jobs_oldest_first_and_counts_them(job_store):
+    now = time.time()
+    jobs = [_job(created=now - 30), _job(created=now - 20), _job(created=now - 10)]
+    for j in jobs:
+        job_store.create(j)
+    jobs[1].status = SUCCESS
+    job_store.update(jobs[1])
+    jobs[2].status = RUNNING
+    job_store.update(jobs[2])
+    assert [j.task_uuid for j in job_store.unfinished()] == [jobs[0].task_uuid, jobs[2].task_uuid]
+    assert job_store.counts() == {QUEUED: 1, SUCCESS: 1, RUNNING: 1}
+
+
+def test_store_deletes(job_store):
+    job = _job()
+    job_store.create(job)
+    job_store.delete(job.owner, job.task_uuid)
+    assert job_store.get(job.owner, job.task_uuid) is None
+    assert job_store.create(job) is None  # the taskUUID is free again
+
+
+# ---- JobQueue
+
+
+def test_queue_is_fifo_and_claim_times_out(make_queue):
+    q = make_queue()
+    for m in ("a", "b", "c"):
+        q.push(m)
+    assert len(q) == 3 and [q.claim(0.1) for _ in range(3)] == ["a", "b", "c"]
+    t0 = time.perf_counter()
+    assert q.claim(0.2) is None and time.perf_counter() - t0 >= 0.15
+
+
+def test_queue_refuses_past_its_cap_unless_forced(make_queue):
+    q = make_queue(2)
+    q.push("a")
+    q.push("b")
+    with pytest.raises(QueueFull):
+        q.push("c")
+    q.push("c", force=True)  # start-up recovery re-queues everything
+    assert len(q) == 3
+
+
+def test_queue_look_ahead_and_take(make_queue):
+    q = make_queue()
+    for m in ("a", "b", "c"):
+        q.push(m)
+    assert q.waiting(2) == ["a", "b"] and len(q) == 3  # looking takes nothing
+    assert q.take(["b", "zz"]) == ["b"]  # only what is still waiting
+    assert [q.claim(0.1), q.claim(0.1), q.claim(0.1)] == ["a", "c", None]
+
+
+# ---- ResultStore
+
+
+def _obj(owner="k_1", ttl=60.0, ext="png") -> StoredObject:
+    return StoredObject(uuid=str(uuid.uuid4()), owner=owner, ext=ext, kind="result", expires_at=time.time() + ttl)
+
+
+def test_results_round_trip_for_their_owner_only(result_store):
+    obj = _obj()
+    result_store.put(obj, b"\x89PNG...")
+    assert result_store.get(obj.uuid, "k_1") == (obj, b"\x89PNG...")
+    assert result_store.get(obj.uuid, None)[1] == b"\x89PNG..."  # the server's own link check: any owner
+    assert result_store.get(obj.uuid, "k_2") is None
+    assert result_store.get("../../etc/passwd", None) is None and result_store.get(str(uuid.uuid4()), None) is None
+
+
+def test_results_expire_and_are_swept(result_store):
+    gone, kept = _obj(ttl=-1), _obj(ttl=600)
+    result_store.put(gone, b"old")
+    result_store.put(kept, b"new")
+    assert result_store.get(gone.uuid, "k_1") is None  # past its expiry: absent at once
+    assert result_store.sweep() == 1
+    assert result_store.get(kept.uuid, "k_1")[1] == b"new"
+    assert result_store.sweep(now=time.time() + 601) == 1
+
+
+def test_results_delete(result_store):
+    obj = _obj()
+    result_store.put(obj, b"x")
+    result_store.delete(obj.uuid)
+    result_store.delete(obj.uuid)  # deleting twice is fine
+    assert result_store.get(obj.uuid, "k_1") is None
