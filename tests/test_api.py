@@ -510,3 +510,15 @@ def test_a_refused_request_leaves_no_reference_cycle_holding_its_body(srv):
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+
+
+def test_adapter_fields_must_name_models_of_their_kind_at_submission(srv):
+    for field, value, parameter in (
+        ("lora", [{"model": "daguerre:tiny@1", "weight": 1}], "lora.model"),
+        ("ipAdapters", [{"model": "daguerre:tiny@1", "guideImages": [_png_b64()]}], "ipAdapters.model"),
+    ):
+        t = task(deliveryMethod="async", **{field: value})
+        r = post(srv, [t])  # refused at once (it used to be queued, then failed when it ran)
+        [err] = r.json()["errors"]
+        assert r.status_code == 400 and err["parameter"] == parameter and "is a dev model" in err["message"]
+        assert srv.services.jobs.get(key_id(digest(KEY)), t["taskUUID"]) is None

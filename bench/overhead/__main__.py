@@ -40,11 +40,10 @@ def main(argv=None) -> None:
 
     from diffusers import FluxPipeline
 
-    from daguerre.engine.engine import Engine
-    from daguerre.engine.models.catalog import Catalog
-    from daguerre.engine.models.resident import ModelManager
+    from daguerre.config import Settings
     from daguerre.logs import quiet_libraries
     from daguerre.request import GenerationRequest
+    from daguerre.services import build_engine
     from daguerre.testing.bench import build_model, disagreements, interleaved
 
     quiet_libraries()
@@ -53,9 +52,8 @@ def main(argv=None) -> None:
         print(f"building the mid-size random model; {a.runs} runs of 5 paths at {a.size} px, {a.steps} steps",
               file=sys.stderr, flush=True)  # fmt: skip
         build_model(folder, "mid")
-        manager = ModelManager(catalog=Catalog([]), cache_dir=Path(tmp) / "cache")
-        engine = Engine(models=manager)
-        with manager.lease(str(folder)) as model:  # the same loaded weights for both paths
+        engine = build_engine(Settings(discover=False, cache_dir=Path(tmp) / "cache"))
+        with engine.models.lease(str(folder)) as model:  # the same loaded weights for both paths
             pipe = FluxPipeline(**model.pipe.components)
             pipe.set_progress_bar_config(disable=True)
             device = model.device

@@ -209,11 +209,10 @@ def main(argv=None) -> None:
 
     from daguerre.config import Settings
     from daguerre.engine.engine import Engine
-    from daguerre.engine.models.catalog import Catalog
-    from daguerre.engine.models.resident import ModelManager
     from daguerre.errors import DaguerreError
     from daguerre.logs import quiet_libraries
     from daguerre.request import AccelOptions, GenerationRequest
+    from daguerre.services import build_engine
 
     quiet_libraries()
 
@@ -233,9 +232,8 @@ def main(argv=None) -> None:
                             dtype="bfloat16" if cuda else "float32")  # fmt: skip
 
         def engine_for(profile: str, **memory) -> Engine:
-            manager = ModelManager(catalog=Catalog.from_settings(settings), cache_dir=settings.cache_dir,
-                                   profile=profile, compile_=a.compile, attention=a.attention, **memory)  # fmt: skip
-            return Engine(models=manager)
+            update = {"profile": profile, "compile": a.compile, "attention": a.attention, **memory}
+            return build_engine(settings.model_copy(update=update))
 
         base = FluxPipeline.from_pretrained(folder, dtype=dtype).to(device)
         base.set_progress_bar_config(disable=True)

@@ -177,11 +177,6 @@ def controlnets(models: ModelManager, model: LoadedModel, req: GenerationRequest
                 f"{model.kind} models, outpaint or maskMargin yet)",
                 parameter="controlNet",
             )
-        if spec.kind != "controlnet":
-            raise RequestError(
-                f"controlNet.model {c.model!r} is a {spec.kind} model, not a FLUX.1 ControlNet",
-                parameter="controlNet.model",
-            )
         if c.end_step is not None and c.end_step > plan.steps:
             raise RequestError(
                 f"controlNet.endStep ({c.end_step}) must be at most steps ({plan.steps})",

@@ -36,7 +36,7 @@ from daguerre.engine.prompting import encode_prompt
 from daguerre.engine.samplers import NOISE_SALT
 from daguerre.engine.schedulers import make_scheduler
 from daguerre.engine.stepcache import StepCache
-from daguerre.errors import Cancelled, DaguerreError, OutOfMemory, RequestError
+from daguerre.errors import Cancelled, DaguerreError, OutOfMemory
 from daguerre.imaging import encode, to_pil
 from daguerre.prompts.studio import DEFAULT_NEGATIVE, lint
 from daguerre.recipe import Recipe, pixels_sha256
@@ -401,14 +401,10 @@ class Engine:
         return done
 
     def _resolve_loras(self, req: GenerationRequest) -> list[tuple]:
-        """(spec, file sha256, weight) for each requested LoRA; the catalog must know it as a LoRA."""
+        """(spec, file sha256, weight) for each requested LoRA (its kind was checked with the request)."""
         out = []
         for ref in req.loras:
             spec = self.models.catalog.get(ref.model, parameter="lora.model")
-            if spec.kind != "lora":
-                raise RequestError(
-                    f"lora.model {ref.model!r} is a {spec.kind} model, not a LoRA", parameter="lora.model"
-                )
             out.append((spec, self.models.hashes.sha256([spec.path]), ref.weight))
         return out
 

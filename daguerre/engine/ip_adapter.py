@@ -8,7 +8,7 @@ import torch
 from daguerre.engine.models.adapters import set_ip_adapters
 from daguerre.engine.models.resident import LoadedModel, ModelManager
 from daguerre.engine.plan import Plan
-from daguerre.errors import RequestError, UnsupportedError
+from daguerre.errors import UnsupportedError
 from daguerre.recipe import pixels_sha256
 from daguerre.request import GenerationRequest
 
@@ -21,15 +21,8 @@ def ip_adapter_inputs(
     Several guide images for one adapter are averaged in CLIP image-embedding space. Returns the
     pipeline arguments and the recipe entries.
     """
-    specs = []
-    for ip in req.ip_adapters:
-        spec = models.catalog.get(ip.model, parameter="ipAdapters.model")
-        if spec.kind != "ipadapter":
-            raise RequestError(
-                f"ipAdapters.model {ip.model!r} is a {spec.kind} model, not a FLUX.1 IP-Adapter",
-                parameter="ipAdapters.model",
-            )
-        specs.append(spec)
+    # Their kinds were checked with the request (plan.check_kinds).
+    specs = [models.catalog.get(ip.model, parameter="ipAdapters.model") for ip in req.ip_adapters]
     # diffusers' pipelines that take image-prompt embeddings: txt2img/img2img/inpaint, Kontext, and
     # the txt2img ControlNet pipeline.
     if specs and plan.pipeline not in ("txt2img", "img2img", "inpaint", "kontext"):

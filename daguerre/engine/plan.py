@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from daguerre.engine.models.catalog import Catalog
+from daguerre.errors import RequestError
 from daguerre.prompts.studio import CLIP_WINDOW, enhance_prompt
 from daguerre.request import MAX_SEQUENCE_LENGTH, GenerationRequest, resolve
 
@@ -44,9 +45,31 @@ def control_kind(req: GenerationRequest, catalog: Catalog) -> str | None:
     return None
 
 
+# What each adapter field takes: (the catalog kinds it accepts, what the error calls them).
+ADAPTER_KINDS = {
+    "lora.model": (("lora",), "a LoRA"),
+    "controlNet.model": (("controlnet", *STRUCTURAL), "a FLUX.1 ControlNet"),
+    "ipAdapters.model": (("ipadapter",), "a FLUX.1 IP-Adapter"),
+}
+
+
+def check_kinds(req: GenerationRequest, catalog: Catalog) -> None:
+    """Each lora, controlNet and ipAdapters entry names a model of its kind (the API checks at submission, the
+    engine when it resolves: one rule, one message)."""
+    refs = [*(("lora.model", x.model) for x in req.loras), *(("controlNet.model", x.model) for x in req.controlnets),
+            *(("ipAdapters.model", x.model) for x in req.ip_adapters)]  # fmt: skip
+    for parameter, ref in refs:
+        kinds, what = ADAPTER_KINDS[parameter]
+        spec = catalog.get(ref, parameter=parameter)
+        if spec.kind not in kinds:
+            raise RequestError(f"{parameter} {ref!r} is a {spec.kind} model, not {what}", parameter=parameter)
+
+
 def resolved(req: GenerationRequest, catalog: Catalog) -> GenerationRequest:
-    """The request with its model's defaults filled in (steps, guidance, strength, seed, step-cache values)."""
+    """The request with its model's defaults filled in (steps, guidance, strength, seed, step-cache values),
+    once every model it names is of the kind its field takes."""
     spec = catalog.get(req.model)
+    check_kinds(req, catalog)
     return resolve(req, spec.kind, name=spec.name, control=control_kind(req, catalog))
 
 
