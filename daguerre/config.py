@@ -41,6 +41,23 @@ class ImageLimits(BaseModel):
     max_bytes: int = Field(40 * 1024 * 1024, ge=1, description="encoded (or base64-decoded) size cap")
 
 
+class SafetySettings(BaseModel):
+    """The safety checker (engine/features/safety.py): which classifier, how strict, what a flagged image becomes."""
+
+    checker: Literal["nudenet", "vit", "clip", "none"] = Field(
+        "nudenet",
+        description="nudenet: NudeNet's detector (the `safety` extra; its ONNX weights ship in its wheel); vit: a "
+        "Falconsai-style ViT classifier folder; clip: diffusers' StableDiffusionSafetyChecker folder; none: no checker",
+    )
+    path: Path | None = Field(
+        None, description="the vit/clip folder, or a NudeNet-format .onnx file (default: NudeNet's own)"
+    )
+    threshold: float = Field(0.5, ge=0, le=1, description="a score at or above this flags an image")
+    action: Literal["blur", "pixelate", "black", "sensitive_content_text", "flag"] = Field(
+        "blur", description="what a flagged image becomes when the request does not say"
+    )
+
+
 class ServerSettings(BaseModel):
     """The task API server (`daguerre serve`)."""
 
@@ -59,6 +76,15 @@ class ServerSettings(BaseModel):
     default_ttl: int = Field(86400, ge=60, description="seconds an image stays downloadable without ttl")
     sync_wait_s: float = Field(300, gt=0, description="sync requests wait this long, then go on async")
     max_queue: int = Field(100, ge=1, description="waiting jobs before 429")
+    max_in_flight_per_key: int = Field(
+        64, ge=0, description="queued + running jobs one API key may have before its new ones get 429 (0 = no limit)"
+    )
+    prediction_wait_s: float = Field(
+        60, gt=0, le=600, description="predictions APIs: the longest a blocking create (Prefer: wait, /run, "
+        "ModelsLab) holds the request before answering with the job as it stands",
+    )
+    tls_certfile: Path | None = Field(None, description="serve HTTPS with this certificate (PEM) and tls_keyfile")
+    tls_keyfile: Path | None = Field(None, description="the certificate's private key (PEM)")
     max_body_bytes: int = Field(50 * 2**20, ge=1024, description="request body / WebSocket message cap (413)")
     ws_idle_timeout_s: float = Field(300, gt=0, description="close a WebSocket silent this long")
     price_per_second: float = Field(0.0, ge=0, description="includeCost: measured compute seconds x this")
@@ -154,6 +180,7 @@ class Settings(BaseSettings):
         description="unconditional prompt when true CFG is on and a request has no negative prompt ('' = empty)",
     )
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "daguerre")
+    safety: SafetySettings = Field(default_factory=SafetySettings)
 
     @field_validator("hf_cache", "output_dir", "cache_dir", "catalog_root", mode="after")
     @classmethod

@@ -60,6 +60,7 @@ class Recipe:
     original_prompt: str | None = None  # the prompt as sent, when enhancePrompt expanded it into positive_prompt
     accelerator: dict | None = None  # acceleratorOptions as run, with the computed/skipped pass counts
     character: str | None = None  # the saved character it was made with (anchor and seed are already applied)
+    safety: dict | None = None  # the safety check: {checker, score, threshold, flagged, action}
     version: str = __version__  # Daguerre version that made it
     format: str = FORMAT
 

@@ -40,6 +40,7 @@ def build_catalog(settings: Settings, *, allow_paths: bool = True) -> Catalog:
 def build_engine(settings: Settings, catalog: Catalog | None = None) -> Engine:
     """An engine on the settings' device, with its resident-model manager."""
     from daguerre.engine.engine import Engine
+    from daguerre.engine.features.safety import SafetyChecker
     from daguerre.engine.models.resident import ModelManager
 
     manager = ModelManager(
@@ -54,7 +55,11 @@ def build_engine(settings: Settings, catalog: Catalog | None = None) -> Engine:
         t5=settings.t5,
         attention=settings.attention,
     )
-    return Engine(models=manager, max_batch=settings.max_batch, default_negative=settings.default_negative_prompt)
+    safety = settings.safety
+    checker = SafetyChecker(checker=safety.checker, path=safety.path, threshold=safety.threshold,
+                            action=safety.action)  # fmt: skip
+    return Engine(models=manager, max_batch=settings.max_batch, default_negative=settings.default_negative_prompt,
+                  safety=checker)  # fmt: skip
 
 
 def server_secret(data_dir: Path) -> bytes:
@@ -151,7 +156,7 @@ def build_server(settings: Settings, *, engine: Engine | None = None, demo: bool
     deliver = ResultDelivery(sender=sender, results=results, server_secret=secret,
                              bodies={"runware": runware.webhook_body})  # fmt: skip
     worker = Worker(engine=engine, jobs=jobs, results=results, default_ttl=server.default_ttl,
-                    image_limits=settings.image_limits, on_result=deliver)  # fmt: skip
+                    image_limits=settings.image_limits, on_event=deliver)  # fmt: skip
     return Services(settings=settings, engine=engine, store=store, jobs=jobs, results=results, keys=keys,
                     characters=characters, secret=secret, signer=signer, outbound=outbound, sender=sender,
                     worker=worker, intake=intake, runware=runware, anonymous=anonymous, demo=demo,

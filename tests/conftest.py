@@ -121,7 +121,7 @@ def make_server(tiny_folder, tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("server-cache")
 
-    def make(data_dir=None, extra_models=None, **server):
+    def make(data_dir=None, extra_models=None, safety=None, **server):
         port = free_port()
         server.setdefault("data_dir", data_dir or tmp_path_factory.mktemp("server-data"))
         settings = Settings(
@@ -130,6 +130,7 @@ def make_server(tiny_folder, tmp_path_factory):
             max_batch=1,
             models={"tiny": {"id": "daguerre:tiny@1", "path": str(tiny_folder.model_path)}, **(extra_models or {})},
             server=ServerSettings(port=port, **server),
+            **({"safety": safety} if safety is not None else {}),
         )
         return LiveServer(create_app(build_server(settings)), port)
 

@@ -10,7 +10,7 @@ import pytest
 
 from daguerre.jobs import spec as specs
 from daguerre.jobs.queue import InProcessQueue, QueueFull
-from daguerre.jobs.store import ERROR, QUEUED, RUNNING, SUCCESS, Job, SQLiteJobStore
+from daguerre.jobs.store import CANCELLED, ERROR, QUEUED, RUNNING, SUCCESS, Job, SQLiteJobStore
 from daguerre.request import GenerationRequest
 from daguerre.storage import LocalResultStore, StoredObject
 
@@ -91,6 +91,77 @@ def test_store_deletes(job_store):
     job_store.delete(job.owner, job.task_uuid)
     assert job_store.get(job.owner, job.task_uuid) is None
     assert job_store.create(job) is None  # the taskUUID is free again
+
+
+def test_store_numbers_jobs_and_finds_them_by_number_for_their_owner_only(job_store):
+    a, b = _job(), _job()
+    job_store.create(a)
+    job_store.create(b)
+    assert isinstance(a.number, int) and b.number > a.number  # integer ids for doors that need them
+    assert job_store.get_number("k_1", b.number).task_uuid == b.task_uuid
+    assert job_store.get(a.owner, a.task_uuid).number == a.number
+    assert job_store.get_number("k_2", a.number) is None and job_store.get_number("k_1", 10**9) is None
+
+
+def test_store_starts_a_queued_job_once(job_store):
+    job = _job()
+    job_store.create(job)
+    assert job_store.start(job) and job.status == RUNNING and job.started_at
+    assert not job_store.start(job)  # already running: a second worker does not take it
+    got = job_store.get(job.owner, job.task_uuid)
+    assert got.status == RUNNING and got.started_at == job.started_at
+
+
+def test_store_cancels_queued_jobs_at_once_and_flags_running_ones(job_store):
+    queued, running, done = _job(), _job(), _job()
+    for j in (queued, running, done):
+        job_store.create(j)
+    job_store.start(running)
+    done.status = SUCCESS
+    job_store.update(done)
+    got = job_store.request_cancel("k_1", queued.task_uuid)
+    assert got.status == CANCELLED and got.completed_at and got.cancel_requested
+    assert not job_store.start(queued)  # a worker that claims it afterwards skips it
+    assert job_store.request_cancel("k_1", running.task_uuid).status == RUNNING  # the worker stops it
+    assert job_store.cancel_requested("k_1", running.task_uuid)
+    running.status = SUCCESS
+    job_store.update(running)  # the worker's later updates keep the request
+    assert job_store.cancel_requested("k_1", running.task_uuid)
+    assert job_store.request_cancel("k_1", done.task_uuid).status == SUCCESS  # finished: left as it is
+    assert job_store.request_cancel("k_2", queued.task_uuid) is None
+    assert not job_store.cancel_requested("k_2", queued.task_uuid)
+
+
+def test_store_keeps_progress_and_the_last_log_lines(job_store):
+    from daguerre.jobs.store import LOG_LINES
+
+    job = _job()
+    job_store.create(job)
+    job.progress = {"step": 3, "total": 4, "images": [0]}
+    job.log = [f"line {i}" for i in range(LOG_LINES + 5)]
+    job_store.save_progress(job)
+    got = job_store.get(job.owner, job.task_uuid)
+    assert got.progress == job.progress and got.log == job.log[-LOG_LINES:]
+
+
+def test_store_counts_an_owners_unfinished_jobs(job_store):
+    jobs = [_job(), _job(), _job(), _job(owner="k_2")]
+    for j in jobs:
+        job_store.create(j)
+    jobs[0].status = SUCCESS
+    job_store.update(jobs[0])
+    job_store.start(jobs[1])
+    assert job_store.count_unfinished("k_1") == 2 and job_store.count_unfinished("k_2") == 1
+    assert job_store.count_unfinished("k_3") == 0
+
+
+def test_store_sets_completed_at_when_a_job_ends(job_store):
+    job = _job()
+    job_store.create(job)
+    job.status = ERROR
+    job_store.update(job)
+    got = job_store.get(job.owner, job.task_uuid)
+    assert got.completed_at and got.completed_at >= got.created_at
 
 
 # ---- JobQueue

@@ -87,12 +87,15 @@ def test_jobs_stored_before_jobspec_still_run_after_an_upgrade(make_server, tmp_
     """A job row of the old form (the raw Runware task, images as stored imageUUIDs, the seed fixed) is upgraded
     to a JobSpec at start-up and runs, making the images it was promised."""
     data = tmp_path / "data"
-    with make_server(data_dir=data, api_keys=["k1"]):
-        pass  # creates the database and its tables
+    data.mkdir()
     owner = "k_" + __import__("hashlib").sha256(b"k1").hexdigest()[:16]
     task = inference_task(seed=11, numberResults=2)
     promised = [str(uuid.uuid4()), str(uuid.uuid4())]
-    with sqlite3.connect(data / "jobs.sqlite3") as db:
+    with sqlite3.connect(data / "jobs.sqlite3") as db:  # the table as the first release made it (11 columns)
+        db.execute("""CREATE TABLE jobs (owner TEXT NOT NULL, task_uuid TEXT NOT NULL, task_type TEXT NOT NULL,
+                      payload TEXT NOT NULL, fingerprint TEXT NOT NULL, image_uuids TEXT NOT NULL, status TEXT NOT NULL,
+                      results TEXT NOT NULL, error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+                      PRIMARY KEY (owner, task_uuid))""")
         db.execute("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                    (owner, task["taskUUID"], "imageInference", json.dumps(task), "legacy-fingerprint",
                     json.dumps(promised), "running", "[]", None, time.time(), time.time()))  # fmt: skip

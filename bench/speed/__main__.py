@@ -153,14 +153,14 @@ def worker_throughput(engine, model: str, n: int, *, size: int, steps: int, tmp:
 
     left, all_done = [n], threading.Event()
 
-    def on_result(job, result):  # called with result None when a job ends (no polling to steal CPU)
-        if result is None:
+    def on_event(job, event, result):  # told when a job ends (no polling to steal CPU)
+        if event == "completed":
             left[0] -= 1
             if left[0] == 0:
                 all_done.set()
 
     worker = Worker(engine=engine, jobs=jobs, results=LocalResultStore(run / "images"), default_ttl=3600,
-                    on_result=on_result)  # fmt: skip
+                    on_event=on_event)  # fmt: skip
     for task in tasks:
         jobs.submit(task)
     t = time.perf_counter()

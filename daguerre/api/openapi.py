@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from daguerre.api.schema import NOT_YET
 from daguerre.jobs.spec import DELIVERY_METHODS, MIN_TTL, OUTPUT_TYPES
-from daguerre.request import INTEGERS, OUTPUT_FORMATS
+from daguerre.request import INTEGERS, OUTPUT_FORMATS, SAFETY_ACTIONS
 
 
 def tasks_schema() -> dict:
@@ -94,7 +94,10 @@ def tasks_schema() -> dict:
             "includeCost": {"type": "boolean"},
             "webhookURL": {"type": "string", "format": "uri"},
             "uploadEndpoint": {"type": "string", "format": "uri"},
-            "safety": {"type": "object", "properties": {"checkContent": {"const": False}}},
+            "safety": {"type": "object", "properties": {
+                "checkContent": {"type": "boolean"}, "mode": {"enum": ["none", "fast", "full"]},
+                "action": {"enum": list(SAFETY_ACTIONS)}, "threshold": {"type": "number", "minimum": 0, "maximum": 1}}},
+            "checkNsfw": {"type": "boolean"},
             "promptWeighting": {"enum": list(PROMPT_WEIGHTINGS)},
             "outpaint": {"type": "object", "properties": nested("outpaint", dict.fromkeys(
                 ("top", "bottom", "left", "right", "blur"), {}))},

@@ -19,7 +19,7 @@ from daguerre.imaging import CONTENT_TYPES
 from daguerre.jobs import spec as specs
 from daguerre.jobs.service import check_task_uuid
 from daguerre.jobs.spec import JobSpec
-from daguerre.jobs.store import ERROR, Job
+from daguerre.jobs.store import CANCELLED, ERROR, Job
 from daguerre.request import check_text
 
 # HTTP status for each error code on REST (everything else: 400).
@@ -191,7 +191,7 @@ class Runware:
     # ---- replies
     def reply_for(self, job: Job, *, with_status: bool, only_new: set[str] | None = None) -> Reply:
         """A job's items (or its error), as getResponse, the sync reply and the WebSocket stream show it."""
-        if job.status == ERROR:
+        if job.status in (ERROR, CANCELLED):
             return Reply([], [self.job_error(job)])
         return Reply(self.items(job, with_status=with_status, only_new=only_new))
 
@@ -226,7 +226,7 @@ class Runware:
             "taskUUID": job.task_uuid,
             "imageUUID": r["imageUUID"],
             "seed": r["seed"],
-            "NSFWContent": False,
+            "NSFWContent": bool(r.get("nsfw", False)),
         }
         for kind in delivery.output_types:
             if kind == "URL":
@@ -243,6 +243,8 @@ class Runware:
 
     def job_error(self, job: Job) -> dict:
         e = job.error or {}
+        if job.status == CANCELLED:  # cancelled by a client on a door that has cancel (predictions APIs)
+            e = {"code": "taskCancelled", "message": "the task was cancelled before it finished"}
         return {
             "code": e.get("code", "internalError"),
             "message": e.get("message", "task failed"),
@@ -251,11 +253,11 @@ class Runware:
             "taskUUID": job.task_uuid,
         }
 
-    def webhook_body(self, job: Job, result: dict | None) -> dict | None:
+    def webhook_body(self, job: Job, event: str, result: dict | None) -> dict | None:
         """A webhook body: {"data": [the new result's item]}, or {"errors": [...]} when the job failed."""
-        if result is not None:
+        if event == "output" and result is not None:
             return {"data": self.items(job, with_status=False, only_new={result["imageUUID"]})}
-        if job.status == ERROR:
+        if event == "completed" and job.status in (ERROR, CANCELLED):
             return {"errors": [self.job_error(job)]}
         return None
 

@@ -26,6 +26,7 @@ from daguerre.request import (
     LoraRef,
     Outpaint,
     OutputSpec,
+    SafetyCheck,
     validate,
 )
 
@@ -88,11 +89,7 @@ def parse_image_inference(
     extra_adv = sorted(set(advanced) - {"layerDiffuse"})
     if extra_adv:
         raise RequestError(f"unknown field advancedFeatures.{extra_adv[0]}", parameter="advancedFeatures")
-    safety = task.get("safety")
-    if safety is not None and (not isinstance(safety, dict) or set(safety) - {"checkContent", "mode"}):
-        raise RequestError('safety must be an object like {"checkContent": false}', parameter="safety")
-    if (safety and safety.get("checkContent")) or task.get("checkNsfw"):
-        raise UnsupportedError("safety.checkContent is not supported yet by this server", parameter="safety")
+    safety = _parse_safety(task.get("safety"), task.get("checkNsfw"))
 
     # 2. Inputs: `inputs.seedImage` (reference) or top-level `seedImage` (older SDKs).
     inputs = task.get("inputs") or {}
@@ -168,6 +165,7 @@ def parse_image_inference(
         accelerator=_parse_accel(task.get("acceleratorOptions")),
         enhance_prompt=enhance,
         character=character,
+        safety=safety,
         loras=_parse_loras(task.get("lora")),
         outpaint=_parse_outpaint(task.get("outpaint")),
         mask_margin=_int(task, "maskMargin"),
@@ -328,3 +326,26 @@ def _parse_outpaint(value: Any) -> Outpaint | None:
         raise RequestError(f"unknown field outpaint.{extra[0]}", parameter=f"outpaint.{extra[0]}")
     sides = {k: _whole(v, f"outpaint.{k}") for k, v in value.items() if v is not None}
     return Outpaint(**sides)
+
+
+def _parse_safety(value, check_nsfw) -> SafetyCheck | None:
+    """`safety: {checkContent, mode, action, threshold}` (action and threshold are Daguerre extensions; mode
+    "none" turns the check off, any other mode runs the same check) and the older `checkNsfw: true`."""
+    if check_nsfw is not None and not isinstance(check_nsfw, bool):
+        raise RequestError(f"checkNsfw must be true or false, got {check_nsfw!r}", parameter="checkNsfw")
+    if value is None:
+        return SafetyCheck() if check_nsfw else None
+    if not isinstance(value, dict):
+        raise RequestError('safety must be an object like {"checkContent": true}', parameter="safety")
+    unknown = sorted(set(value) - {"checkContent", "mode", "action", "threshold"})
+    if unknown:
+        raise RequestError(f"unknown field safety.{unknown[0]}", parameter=f"safety.{unknown[0]}")
+    check = value.get("checkContent", False)
+    if not isinstance(check, bool):
+        raise RequestError(f"safety.checkContent must be true or false, got {check!r}", parameter="safety.checkContent")
+    mode = value.get("mode")
+    if mode is not None and mode not in ("none", "fast", "full"):
+        raise RequestError(f"safety.mode must be none, fast or full, got {mode!r}", parameter="safety.mode")
+    if not (check or check_nsfw) or mode == "none":
+        return None
+    return SafetyCheck(action=value.get("action"), threshold=value.get("threshold"))

@@ -25,6 +25,7 @@ from PIL import Image
 
 from daguerre.engine import controlnet
 from daguerre.engine import plan as planning
+from daguerre.engine.features.safety import SafetyChecker, Verdict, censor
 from daguerre.engine.inputs import image_inputs
 from daguerre.engine.ip_adapter import ip_adapter_inputs
 from daguerre.engine.models.adapters import set_loras
@@ -36,7 +37,7 @@ from daguerre.engine.prompting import encode_prompt
 from daguerre.engine.samplers import NOISE_SALT
 from daguerre.engine.schedulers import make_scheduler
 from daguerre.engine.stepcache import StepCache
-from daguerre.errors import Cancelled, DaguerreError, OutOfMemory
+from daguerre.errors import Cancelled, DaguerreError, OutOfMemory, UnsupportedError
 from daguerre.imaging import encode, to_pil
 from daguerre.prompts.studio import DEFAULT_NEGATIVE, lint
 from daguerre.recipe import Recipe, pixels_sha256
@@ -56,6 +57,12 @@ class GeneratedImage:
     recipe: Recipe
     seconds: float = 0.0  # compute time of its forward pass, shared equally by the images in it
     warnings: tuple[str, ...] = ()  # prompt lint and enhancement notes (never blocking)
+    verdict: Verdict | None = None  # the safety check, when the request asked for one
+
+    @property
+    def nsfw(self) -> bool:
+        """The safety checker flagged it (its pixels were then censored as the check's action says)."""
+        return self.verdict is not None and self.verdict.flagged
 
     def encode(self, output: OutputSpec | None = None) -> bytes:
         output = output or OutputSpec(self.recipe.output_format, self.recipe.output_quality)
@@ -81,8 +88,16 @@ class GenerationResult:
 class Engine:
     """Runs GenerationRequests on resident models. One request at a time per device."""
 
-    def __init__(self, *, models: ModelManager, max_batch: int | None = None, default_negative: str = DEFAULT_NEGATIVE):
+    def __init__(
+        self,
+        *,
+        models: ModelManager,
+        max_batch: int | None = None,
+        default_negative: str = DEFAULT_NEGATIVE,
+        safety: SafetyChecker | None = None,
+    ):
         self.models = models
+        self.safety = safety  # the checker requests with `safety` run on their images (None: none configured)
         # The unconditional prompt of true CFG when a request gives none (settings.default_negative_prompt).
         self.default_negative = default_negative
         # Batching fills a GPU; on the CPU a step is already compute-bound (measured in bench/overhead).
@@ -110,6 +125,7 @@ class Engine:
         t0 = time.perf_counter()
         if not checked:
             validate(req)  # a library caller is the boundary
+        self._check_safety(req)
         max_batch = max_batch or self.max_batch
         with self.models.lease(req.model) as model:
             req = planning.resolved(req, self.models.catalog)  # a queued job's request is already resolved
@@ -158,6 +174,8 @@ class Engine:
         reqs: list[GenerationRequest],
         *,
         on_image: Callable[[int, GeneratedImage], None] | None = None,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+        cancel: CancelToken | None = None,
         checked: bool = False,
     ) -> list[GenerationResult | DaguerreError]:
         """Several requests with one batch_key, their images sharing forward passes of up to max_batch.
@@ -167,7 +185,7 @@ class Engine:
         a prompt past the text encoder) gets its error in its slot and the others go on. on_image is
         called with (position in reqs, image) as each pass finishes. Errors that are not the request's
         (out of memory, a failing pass) are raised: the caller runs the requests alone to tell them apart.
-        checked: as for generate.
+        on_progress, cancel and checked: as for generate (a cancel stops the whole shared pass).
         """
         if len({self.batch_key(r) for r in reqs} | {None}) != 2:
             raise ValueError("generate_batch needs requests with one shared batch_key")
@@ -180,6 +198,7 @@ class Engine:
                 try:
                     if not checked:
                         validate(req)
+                    self._check_safety(req)
                     req = planning.resolved(req, self.models.catalog)
                     enhanced, notes = planning.enhanced(req, model)
                     prep = self._prepare(model, enhanced, req.positive_prompt, notes)
@@ -193,7 +212,7 @@ class Engine:
             try:
                 for start in range(0, len(items), self.max_batch):
                     chunk = items[start : start + self.max_batch]
-                    for prep, image in self._denoise(model, chunk, t0):
+                    for prep, image in self._denoise(model, chunk, t0, on_progress, cancel):
                         images[prep.slot].append(image)
                         if on_image is not None:
                             on_image(prep.slot, image)
@@ -398,7 +417,39 @@ class Engine:
                 warnings=prep.warnings,
             )
             done.append((prep, image))
-        return done
+        checked = self._checked([im for _, im in done], [p.req for p, _ in done])
+        return [(prep, im) for (prep, _), im in zip(done, checked, strict=True)]
+
+    @property
+    def safety_available(self) -> bool:
+        """Whether requests may ask for the safety check (a checker is configured)."""
+        return self.safety is not None and self.safety.available
+
+    def _check_safety(self, req: GenerationRequest) -> None:
+        if req.safety is not None and not self.safety_available:
+            raise UnsupportedError("this server has no safety checker configured (settings safety.checker)",
+                                   parameter="safety")  # fmt: skip
+
+    def _checked(self, images: list[GeneratedImage], reqs: list[GenerationRequest]) -> list[GeneratedImage]:
+        """The pass's images after the safety check of the requests that asked for it: each flagged one
+        censored as its action says, every checked one with its verdict in the result and the recipe."""
+        asked = [k for k, r in enumerate(reqs) if r.safety is not None]
+        if not asked:
+            return images
+        out = list(images)
+        by_req: dict[int, list[int]] = {}  # one classifier call per request (each may have its own threshold)
+        for k in asked:
+            by_req.setdefault(id(reqs[k]), []).append(k)
+        for ks in by_req.values():
+            check = reqs[ks[0]].safety
+            verdicts = self.safety.check([images[k].image for k in ks], action=check.action, threshold=check.threshold)
+            for k, verdict in zip(ks, verdicts, strict=True):
+                im = images[k]
+                picture = censor(im.image, verdict.action) if verdict.flagged else im.image
+                pixels = np.asarray(picture, dtype=np.float32) / 255.0 if picture is not im.image else im.pixels
+                out[k] = replace(im, image=picture, pixels=pixels, verdict=verdict,
+                                 recipe=replace(im.recipe, safety=verdict.recipe()))  # fmt: skip
+        return out
 
     def _resolve_loras(self, req: GenerationRequest) -> list[tuple]:
         """(spec, file sha256, weight) for each requested LoRA (its kind was checked with the request)."""

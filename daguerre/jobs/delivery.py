@@ -68,8 +68,8 @@ class DeliveryService:
         self._thread = threading.Thread(target=self._scheduler, name="daguerre-delivery-scheduler", daemon=True)
         self._thread.start()
 
-    def webhook(self, url: str, payload: dict, *, secret: str, task_uuid: str) -> None:
-        """POST `payload` as JSON to `url`, signed; called once per finished result (or job error)."""
+    def webhook(self, url: str, payload: dict, *, secret: str, task_uuid: str, headers: dict | None = None) -> None:
+        """POST `payload` as JSON to `url`, signed (Standard Webhooks), with any extra `headers` of its protocol."""
         body = json.dumps(payload, separators=(",", ":")).encode()
         self._push(
             _Attempt(
@@ -78,7 +78,7 @@ class DeliveryService:
                 kind="webhook",
                 url=url,
                 body=body,
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", **(headers or {})},
                 task_uuid=task_uuid,
                 msg_id=f"msg_{uuid.uuid4().hex}",
                 secret=secret,
@@ -167,12 +167,14 @@ class DeliveryService:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-# A protocol adapter's webhook body for one stored result, or for the job's end (result None); None = send nothing.
-WebhookBody = Callable[[Job, dict | None], dict | None]
+# A protocol adapter's webhook body for a job event (worker.EVENTS: start, logs, output with the stored
+# result, completed); None = send nothing for that event.
+WebhookBody = Callable[[Job, str, dict | None], dict | None]
 
 
 class ResultDelivery:
-    """The worker's on_result hook: webhook each result (or the job's error), PUT each image to uploadEndpoint."""
+    """The worker's on_event hook: webhook the events the job's door sends (its adapter shapes the bodies, the
+    job's DeliverySpec says which events), PUT each image to uploadEndpoint."""
 
     def __init__(self, *, sender: DeliveryService, results: ResultStore, server_secret: bytes,
                  bodies: dict[str, WebhookBody]):  # fmt: skip
@@ -181,14 +183,15 @@ class ResultDelivery:
         self.server_secret = server_secret
         self.bodies = bodies  # protocol name (DeliverySpec.protocol) -> its adapter's webhook body
 
-    def __call__(self, job: Job, result: dict | None) -> None:
+    def __call__(self, job: Job, event: str, result: dict | None) -> None:
         d = job.spec.delivery
-        if d.webhook_url:
-            payload = self.bodies[d.protocol](job, result)
+        if d.webhook_url and (d.webhook_events is None or event in d.webhook_events):
+            payload = self.bodies[d.protocol](job, event, result)
             if payload is not None:
                 secret = derived_webhook_secret(self.server_secret, job.owner)
-                self.sender.webhook(d.webhook_url, payload, secret=secret, task_uuid=job.task_uuid)
-        if d.upload_endpoint and result is not None:
+                headers = {"X-Webhook-Secret": d.webhook_secret} if d.webhook_secret else None
+                self.sender.webhook(d.webhook_url, payload, secret=secret, task_uuid=job.task_uuid, headers=headers)
+        if d.upload_endpoint and event == "output" and result is not None:
             found = self.results.get(result["imageUUID"], job.owner)
             if found is not None:
                 obj, data = found

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from daguerre.errors import DaguerreError, RequestError
 from daguerre.jobs.queue import JobQueue
 from daguerre.jobs.spec import JobSpec, to_json
-from daguerre.jobs.store import ERROR, QUEUED, RUNNING, Job, JobStore
+from daguerre.jobs.store import CANCELLED, ERROR, QUEUED, RUNNING, Job, JobStore
 
 Listener = Callable[[Job], None]
 
@@ -111,6 +111,10 @@ class JobService:
                     self.store.update(job)
                     continue
                 job.legacy = None
+            if job.cancel_requested:  # asked to stop before the restart: it stays stopped
+                job.status = CANCELLED
+                self.store.update(job)
+                continue
             if job.status == RUNNING:
                 job.status, job.results = QUEUED, []
             self.store.update(job)
@@ -134,6 +138,22 @@ class JobService:
     def changed(self, job: Job) -> None:
         """Persist and announce a job change; called by the worker."""
         self.store.update(job)
+        self._announce(job)
+
+    def progressed(self, job: Job) -> None:
+        """Persist and announce a job's step progress (`progress`, `log`); called by the worker each step."""
+        self.store.save_progress(job)
+        self._announce(job)
+
+    def cancel(self, owner: str, task_uuid: str) -> Job | None:
+        """Ask for a job to stop: a queued one is cancelled at once, a running one at its next step (the worker
+        reads the request between steps). Finished jobs are left as they are. None: no such job."""
+        job = self.store.request_cancel(owner, task_uuid)
+        if job is not None:
+            self._announce(job)
+        return job
+
+    def _announce(self, job: Job) -> None:
         with self._lock:
             listeners = list(self._listeners.get(job.key, []))
         for listener in listeners:

@@ -19,7 +19,16 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from PIL import Image
 
 from daguerre.errors import RequestError
-from daguerre.request import AccelOptions, ControlRef, GenerationRequest, IpAdapterRef, LoraRef, Outpaint, OutputSpec
+from daguerre.request import (
+    AccelOptions,
+    ControlRef,
+    GenerationRequest,
+    IpAdapterRef,
+    LoraRef,
+    Outpaint,
+    OutputSpec,
+    SafetyCheck,
+)
 
 SCHEMA = 1
 OUTPUT_TYPES = ("URL", "base64Data", "dataURI")
@@ -38,6 +47,9 @@ class DeliverySpec:
     ttl: int | None = None  # seconds an image stays downloadable (>= 60); None = the server default
     webhook_url: str | None = None  # each result POSTed here as it completes (Standard Webhooks signed)
     upload_endpoint: str | None = None  # each image PUT here (raw bytes), e.g. a presigned S3 URL
+    webhook_events: tuple[str, ...] | None = None  # the job events webhooked (worker.EVENTS); None = the door's own
+    webhook_secret: str | None = None  # sent back verbatim in X-Webhook-Secret (eachlabs), besides the signature
+    reference: str | None = None  # the client's own id for the job, echoed in replies and webhooks (track_id)
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,7 @@ def hydrate(spec: JobSpec, load: Callable[[str, bool], Image.Image]) -> Generati
 
 # ---- JSON: the one place a JobSpec becomes text and back
 
-_PARTS = {"output": OutputSpec, "outpaint": Outpaint, "accelerator": AccelOptions}
+_PARTS = {"output": OutputSpec, "outpaint": Outpaint, "accelerator": AccelOptions, "safety": SafetyCheck}
 _LISTS = {"loras": LoraRef, "controlnets": ControlRef, "ip_adapters": IpAdapterRef}
 _IMAGES = {"seed_image", "mask_image", "guide_image", "guide_images"}
 
@@ -169,7 +181,9 @@ def from_json(text: str | dict) -> JobSpec:
     known = {f.name for f in fields(GenerationRequest)}
     request = GenerationRequest(**{k: v for k, v in r.items() if k in known})
     d = data["delivery"]
-    delivery = DeliverySpec(**{**d, "output_types": tuple(d.get("output_types", ("URL",)))})
+    events = d.get("webhook_events")
+    delivery = DeliverySpec(**{**d, "output_types": tuple(d.get("output_types", ("URL",))),
+                               "webhook_events": tuple(events) if events is not None else None})  # fmt: skip
     return JobSpec(
         owner=data["owner"],
         task_uuid=data["task_uuid"],

@@ -5,6 +5,9 @@ queue message), so its state survives a restart: queued jobs are run again after
 are re-queued (the worker is idempotent per job: results already stored are not produced twice). Rows
 written before JobSpec existed hold the raw Runware task instead; they come back with `legacy` set, and
 the start-up recovery upgrades them.
+
+Every door sees the same records: a prediction created on one is a job any door's polling endpoint finds
+under the same API key (by taskUUID, or by the store's sequential `number` for doors with integer ids).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Protocol
 from daguerre.jobs import spec
 from daguerre.jobs.spec import JobSpec
 
-QUEUED, RUNNING, SUCCESS, ERROR = "queued", "running", "success", "error"
+QUEUED, RUNNING, SUCCESS, ERROR, CANCELLED = "queued", "running", "success", "error", "cancelled"
+FINAL = (SUCCESS, ERROR, CANCELLED)
+LOG_LINES = 200  # progress lines kept per job (the last ones)
 
 
 @dataclass
@@ -28,16 +33,22 @@ class Job:
     """One submitted task and everything known about its outcome. Its spec is what the queue carries."""
 
     owner: str  # API key id ("anonymous" when keys are off)
-    task_uuid: str  # client-chosen UUID v4, unique per owner
+    task_uuid: str  # client-chosen (or door-assigned) UUID, unique per owner
     task_type: str  # "imageInference"
     spec: JobSpec | None  # what the worker runs; None only for a job stored before JobSpec (see `legacy`)
     fingerprint: str  # sha256 of the task as the client sent it: same UUID + same task = same job
     image_uuids: list[str]  # pre-allocated, one per expected result, reported while processing
-    status: str = QUEUED  # queued | running | success | error
-    results: list[dict] = field(default_factory=list)  # per finished image: imageUUID, seed, ext, seconds
+    status: str = QUEUED  # queued | running | success | error | cancelled
+    results: list[dict] = field(default_factory=list)  # per finished image: imageUUID, seed, ext, seconds, nsfw
     error: dict | None = None  # {code, message, parameter} when status == error
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
+    started_at: float | None = None  # when a worker started it
+    completed_at: float | None = None  # when it ended (success, error or cancelled)
+    progress: dict | None = None  # {"step", "total", "images"} of the pass running now
+    log: list[str] = field(default_factory=list)  # progress lines, the last LOG_LINES
+    cancel_requested: bool = False  # a client asked to cancel: the worker stops at the next step
+    number: int | None = None  # the store's sequential id (for doors whose ids are integers)
     legacy: dict | None = None  # a job stored by Daguerre before JobSpec: the raw task, upgraded at start-up
 
     @property
@@ -46,21 +57,39 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return self.status in (SUCCESS, ERROR)
+        return self.status in FINAL
 
 
 class JobStore(Protocol):
-    """Durable job records. Called by the service (create/get), the worker (update), start-up (recover)."""
+    """Durable job records. Called by the service (create/get/cancel), the worker (start/update/progress),
+    start-up (unfinished)."""
 
     def create(self, job: Job) -> Job | None:
-        """Insert a new job; returns the existing job instead if (owner, taskUUID) is taken."""
+        """Insert a new job (setting its `number`); returns the existing job instead if (owner, taskUUID) is
+        taken."""
 
     def get(self, owner: str, task_uuid: str) -> Job | None:
         """The job, or None (also when it belongs to another owner)."""
 
+    def get_number(self, owner: str, number: int) -> Job | None:
+        """The job with this sequential number, or None (also another owner's)."""
+
+    def start(self, job: Job) -> bool:
+        """Move a queued job to running (setting started_at); False if it is no longer queued (a cancel came
+        first). Called by the worker when it claims the job."""
+
     def update(self, job: Job) -> None:
-        """Persist a job's status, results, error and spec; called by the worker after each change (and at
-        start-up, when a job stored before JobSpec gets its spec)."""
+        """Persist a job's status, results, error, times and spec; called by the worker after each change (and at
+        start-up, when a job stored before JobSpec gets its spec). Never clears a cancel request."""
+
+    def save_progress(self, job: Job) -> None:
+        """Persist `progress` and `log` only; called by the worker after each denoising step."""
+
+    def request_cancel(self, owner: str, task_uuid: str) -> Job | None:
+        """Flag a job for cancellation; a queued one is cancelled at once. Returns the job, or None."""
+
+    def cancel_requested(self, owner: str, task_uuid: str) -> bool:
+        """Whether a cancel was asked for; the worker reads it between steps."""
 
     def delete(self, owner: str, task_uuid: str) -> None:
         """Forget a job; called by the service when a job it created could not be queued."""
@@ -68,8 +97,16 @@ class JobStore(Protocol):
     def unfinished(self) -> list[Job]:
         """Queued and running jobs, oldest first; called once at start-up to re-queue them."""
 
+    def count_unfinished(self, owner: str) -> int:
+        """This owner's queued and running jobs (the per-key in-flight limit)."""
+
     def counts(self) -> dict[str, int]:
         """Jobs per status, for health output."""
+
+
+_COLUMNS = ("owner", "task_uuid", "task_type", "payload", "fingerprint", "image_uuids", "status", "results", "error",
+            "created_at", "updated_at", "started_at", "completed_at", "progress", "cancel")  # fmt: skip
+_ADDED = {"started_at": "REAL", "completed_at": "REAL", "progress": "TEXT", "cancel": "INTEGER NOT NULL DEFAULT 0"}
 
 
 class SQLiteJobStore:
@@ -89,53 +126,84 @@ class SQLiteJobStore:
                 created_at REAL NOT NULL, updated_at REAL NOT NULL,
                 PRIMARY KEY (owner, task_uuid))"""
         )
+        # Columns added since the first release: a database from an older Daguerre gains them here.
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs(owner, status)")
         self._lock = threading.Lock()
+        self._select = f"SELECT rowid, {', '.join(_COLUMNS)} FROM jobs"
 
     def create(self, job: Job) -> Job | None:
         with self._lock:
             try:
-                self._db.execute(
-                    "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        job.owner,
-                        job.task_uuid,
-                        job.task_type,
-                        _payload(job),
-                        job.fingerprint,
-                        json.dumps(job.image_uuids),
-                        job.status,
-                        json.dumps(job.results),
-                        json.dumps(job.error) if job.error else None,
-                        job.created_at,
-                        job.updated_at,
-                    ),
-                )
+                cur = self._db.execute(
+                    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    (job.owner, job.task_uuid, job.task_type, _payload(job), job.fingerprint,
+                     json.dumps(job.image_uuids), job.status, json.dumps(job.results), _json(job.error),
+                     job.created_at, job.updated_at, job.started_at, job.completed_at, _progress(job),
+                     int(job.cancel_requested)),
+                )  # fmt: skip
+                job.number = cur.lastrowid
                 return None
             except sqlite3.IntegrityError:
                 pass
         return self.get(job.owner, job.task_uuid)
 
     def get(self, owner: str, task_uuid: str) -> Job | None:
+        return self._one(f"{self._select} WHERE owner=? AND task_uuid=?", (owner, task_uuid))
+
+    def get_number(self, owner: str, number: int) -> Job | None:
+        return self._one(f"{self._select} WHERE rowid=? AND owner=?", (number, owner))
+
+    def start(self, job: Job) -> bool:
+        now = time.time()
         with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE owner=? AND task_uuid=?", (owner, task_uuid)).fetchone()
-        return _job(row) if row else None
+            cur = self._db.execute(
+                "UPDATE jobs SET status=?, started_at=?, updated_at=? WHERE owner=? AND task_uuid=? AND status=?",
+                (RUNNING, now, now, job.owner, job.task_uuid, QUEUED),
+            )
+        if cur.rowcount:
+            job.status, job.started_at, job.updated_at = RUNNING, now, now
+        return bool(cur.rowcount)
 
     def update(self, job: Job) -> None:
         job.updated_at = time.time()
+        if job.done and job.completed_at is None:
+            job.completed_at = job.updated_at
         with self._lock:
             self._db.execute(
-                "UPDATE jobs SET payload=?, status=?, results=?, error=?, updated_at=? WHERE owner=? AND task_uuid=?",
-                (
-                    _payload(job),
-                    job.status,
-                    json.dumps(job.results),
-                    json.dumps(job.error) if job.error else None,
-                    job.updated_at,
-                    job.owner,
-                    job.task_uuid,
-                ),
+                "UPDATE jobs SET payload=?, status=?, results=?, error=?, updated_at=?, started_at=?, completed_at=?,"
+                " progress=? WHERE owner=? AND task_uuid=?",
+                (_payload(job), job.status, json.dumps(job.results), _json(job.error), job.updated_at,
+                 job.started_at, job.completed_at, _progress(job), job.owner, job.task_uuid),
+            )  # fmt: skip
+
+    def save_progress(self, job: Job) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET progress=? WHERE owner=? AND task_uuid=?", (_progress(job), job.owner, job.task_uuid)
             )
+
+    def request_cancel(self, owner: str, task_uuid: str) -> Job | None:
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET cancel=1, status=CASE WHEN status=? THEN ? ELSE status END,"
+                " completed_at=CASE WHEN status=? THEN ? ELSE completed_at END, updated_at=?"
+                " WHERE owner=? AND task_uuid=?",
+                (QUEUED, CANCELLED, QUEUED, now, now, owner, task_uuid),
+            )
+        return self.get(owner, task_uuid)
+
+    def cancel_requested(self, owner: str, task_uuid: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT cancel FROM jobs WHERE owner=? AND task_uuid=?", (owner, task_uuid)
+            ).fetchone()
+        return bool(row and row[0])
 
     def delete(self, owner: str, task_uuid: str) -> None:
         with self._lock:
@@ -143,10 +211,16 @@ class SQLiteJobStore:
 
     def unfinished(self) -> list[Job]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at", (QUEUED, RUNNING)
-            ).fetchall()
+            rows = self._db.execute(f"{self._select} WHERE status IN (?, ?) ORDER BY created_at", (QUEUED, RUNNING))
+            rows = rows.fetchall()
         return [_job(r) for r in rows]
+
+    def count_unfinished(self, owner: str) -> int:
+        with self._lock:
+            (n,) = self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE owner=? AND status IN (?, ?)", (owner, QUEUED, RUNNING)
+            ).fetchone()
+        return n
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -157,16 +231,33 @@ class SQLiteJobStore:
         with self._lock:
             self._db.close()
 
+    def _one(self, sql: str, args: tuple) -> Job | None:
+        with self._lock:
+            row = self._db.execute(sql, args).fetchone()
+        return _job(row) if row else None
+
+
+def _json(value) -> str | None:
+    return json.dumps(value) if value else None
+
 
 def _payload(job: Job) -> str:
     """The payload column: the JobSpec's JSON (or, for a job stored before JobSpec, its raw task)."""
     return spec.to_json(job.spec) if job.spec is not None else json.dumps(job.legacy)
 
 
+def _progress(job: Job) -> str | None:
+    if job.progress is None and not job.log:
+        return None
+    return json.dumps({"progress": job.progress, "log": job.log[-LOG_LINES:]})
+
+
 def _job(row) -> Job:
-    (owner, task_uuid, task_type, payload, fingerprint, image_uuids, status, results, error, created, updated) = row
+    (number, owner, task_uuid, task_type, payload, fingerprint, image_uuids, status, results, error, created,
+     updated, started, completed, progress, cancel) = row  # fmt: skip
     data = json.loads(payload)
     is_spec = spec.is_spec(data)
+    prog = json.loads(progress) if progress else {}
     return Job(
         owner=owner,
         task_uuid=task_uuid,
@@ -179,5 +270,11 @@ def _job(row) -> Job:
         error=json.loads(error) if error else None,
         created_at=created,
         updated_at=updated,
+        started_at=started,
+        completed_at=completed,
+        progress=prog.get("progress"),
+        log=prog.get("log", []),
+        cancel_requested=bool(cancel),
+        number=number,
         legacy=None if is_spec else data,
     )

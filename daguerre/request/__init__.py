@@ -38,6 +38,7 @@ from daguerre.request.limits import (
     PROMPT_WEIGHTINGS,
     RANDOM_SEEDS,
     RANGES,
+    SAFETY_ACTIONS,
     SCHEDULER_NAMES,
     SCHEDULERS,
     SIZE_STEP,
@@ -50,6 +51,7 @@ from daguerre.request.types import (
     LoraRef,
     Outpaint,
     OutputSpec,
+    SafetyCheck,
 )
 from daguerre.request.validate import check_range, check_scheduler, check_text, validate, validate_accel
 
@@ -82,6 +84,7 @@ __all__ = [
     "PROMPT_WEIGHTINGS",
     "RANDOM_SEEDS",
     "RANGES",
+    "SAFETY_ACTIONS",
     "SCHEDULERS",
     "SCHEDULER_NAMES",
     "SIZE_STEP",
@@ -92,6 +95,7 @@ __all__ = [
     "LoraRef",
     "Outpaint",
     "OutputSpec",
+    "SafetyCheck",
     "check_range",
     "check_scheduler",
     "check_text",

@@ -47,6 +47,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "acceleratorOptions.cacheStartStepPercentage": (0, 99),
     "acceleratorOptions.cacheEndStepPercentage": (1, 100),
     "acceleratorOptions.cacheMaxConsecutiveSteps": (1, 5),
+    "safety.threshold": (0, 1),
 }
 # The numeric fields that take whole numbers. Every one of them also accepts an integral float (1024.0, as
 # JavaScript clients send numbers); any other float is refused.
@@ -69,6 +70,9 @@ PREPROCESSORS = ("canny",)
 # a mode id; these are their published ids, in order.
 CONTROL_TYPES = ("canny", "tile", "depth", "blur", "pose", "gray", "lq")
 PROMPT_WEIGHTINGS = ("compel", "sdEmbeds")
+# What happens to an image the safety checker flags: blurred, pixelated, blacked out, replaced by a "sensitive
+# content" notice, or only flagged (the result says so; the pixels stay as they are).
+SAFETY_ACTIONS = ("blur", "pixelate", "black", "sensitive_content_text", "flag")
 
 # ---- defaults
 DEFAULT_SCHEDULER = "Default"

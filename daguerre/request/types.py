@@ -46,6 +46,14 @@ class AccelOptions:
 
 
 @dataclass(frozen=True)
+class SafetyCheck:
+    """Run the safety checker on each image (engine/features/safety.py)."""
+
+    action: str | None = None  # what a flagged image becomes (limits.SAFETY_ACTIONS); None = the server's setting
+    threshold: float | None = None  # 0-1: a score at or above it flags; None = the server's setting
+
+
+@dataclass(frozen=True)
 class OutputSpec:
     """How generated images are encoded."""
 
@@ -131,6 +139,7 @@ class GenerationRequest:
     accelerator: AccelOptions = field(default_factory=AccelOptions)  # step caching (acceleratorOptions)
     enhance_prompt: bool = False  # expand the prompt along the photographic formula (prompts/studio.py)
     character: str | None = None  # saved character whose anchor and seed the adapter already applied
+    safety: SafetyCheck | None = None  # check each image for explicit content; None = no check
 
     @property
     def workflow(self) -> str:

@@ -20,11 +20,12 @@ from daguerre.request.limits import (
     PROMPT_CHARS,
     PROMPT_WEIGHTINGS,
     RANGES,
+    SAFETY_ACTIONS,
     SCHEDULER_NAMES,
     SCHEDULERS,
     SIZE_STEP,
 )
-from daguerre.request.types import AccelOptions, ControlRef, GenerationRequest
+from daguerre.request.types import AccelOptions, ControlRef, GenerationRequest, SafetyCheck
 
 
 def check_range(name: str, value: Any) -> None:
@@ -308,6 +309,13 @@ def validate(req: GenerationRequest) -> GenerationRequest:
             raise RequestError("ipAdapters.guideImages needs at least one image", parameter="ipAdapters.guideImages")
         check_range("ipAdapters.weight", ip.weight)
     validate_accel(req.accelerator, req.steps)
+    if req.safety is not None:
+        if not isinstance(req.safety, SafetyCheck):
+            raise RequestError("safety must be an object", parameter="safety")
+        if req.safety.action is not None and req.safety.action not in SAFETY_ACTIONS:
+            raise RequestError(f"safety action must be one of {', '.join(SAFETY_ACTIONS)}, got {req.safety.action!r}",
+                               parameter="safety.action")  # fmt: skip
+        _optional("safety.threshold", req.safety.threshold)
     if not isinstance(req.enhance_prompt, bool):
         raise RequestError(
             f"enhancePrompt must be true or false, got {req.enhance_prompt!r}", parameter="enhancePrompt"
