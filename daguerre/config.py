@@ -80,7 +80,10 @@ class ServerSettings(BaseModel):
         64, ge=0, description="queued + running jobs one API key may have before its new ones get 429 (0 = no limit)"
     )
     prediction_wait_s: float = Field(
-        60, gt=0, le=600, description="predictions APIs: the longest a blocking create (Prefer: wait, /run, "
+        60,
+        gt=0,
+        le=600,
+        description="predictions APIs: the longest a blocking create (Prefer: wait, /run, "
         "ModelsLab) holds the request before answering with the job as it stands",
     )
     tls_certfile: Path | None = Field(None, description="serve HTTPS with this certificate (PEM) and tls_keyfile")
