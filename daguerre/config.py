@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from daguerre.errors import RequestError
@@ -109,6 +109,16 @@ class ServerSettings(BaseModel):
     outbound_allow_loopback: bool = Field(
         False, description="let webhooks/uploads/image URLs reach 127.0.0.0/8 and ::1 (tests only)"
     )
+
+    @model_validator(mode="after")
+    def _tls_pair(self):
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("server.tls_certfile and server.tls_keyfile go together: give both or neither")
+        for name in ("tls_certfile", "tls_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"server.{name} {path} is not a file")
+        return self
 
 
 def _default_hf_cache() -> Path:

@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING
 from daguerre.config import Settings
 
 if TYPE_CHECKING:
+    from daguerre.api.eachlabs import EachLabs
     from daguerre.api.intake import Intake
     from daguerre.api.keys import KeyStore
+    from daguerre.api.modelslab import ModelsLab
+    from daguerre.api.replicate import Replicate
     from daguerre.api.runware import Runware
     from daguerre.engine.engine import Engine
     from daguerre.engine.models.catalog import Catalog
@@ -99,6 +102,9 @@ class Services:
     worker: Worker
     intake: Intake  # what every door shares
     runware: Runware  # the Runware task protocol
+    eachlabs: EachLabs  # the eachlabs predictions protocol
+    replicate: Replicate  # the Replicate predictions protocol
+    modelslab: ModelsLab  # the ModelsLab image API
     anonymous: bool  # keyless use allowed
     demo: bool = False  # serving `serve --demo`'s random-weight model (health says so)
     lifecycle: dict = field(default_factory=lambda: {"draining": False, "ready": False})
@@ -111,8 +117,11 @@ class Services:
 
 def build_server(settings: Settings, *, engine: Engine | None = None, demo: bool = False) -> Services:
     """A server's services from its settings (and an engine, when the caller built one already)."""
+    from daguerre.api.eachlabs import EachLabs
     from daguerre.api.intake import Intake
     from daguerre.api.keys import KeyStore
+    from daguerre.api.modelslab import ModelsLab
+    from daguerre.api.replicate import Replicate
     from daguerre.api.runware import Runware
     from daguerre.jobs.characters import CharacterStore
     from daguerre.jobs.delivery import DeliveryService, ResultDelivery
@@ -132,7 +141,8 @@ def build_server(settings: Settings, *, engine: Engine | None = None, demo: bool
     results = LocalResultStore(data / "images")
     keys = KeyStore(data / "keys.sqlite3", extra_keys=server.api_keys)
     secret = server_secret(data)
-    signer = UrlSigner(secret, server.public_url or f"http://{server.host}:{server.port}")
+    scheme = "https" if server.tls_certfile else "http"
+    signer = UrlSigner(secret, server.public_url or f"{scheme}://{server.host}:{server.port}")
     outbound = OutboundClient(OutboundPolicy(allow_loopback=server.outbound_allow_loopback))
     sender = DeliveryService(outbound=outbound, retry_schedule=server.webhook_retry_schedule)
     anonymous = server.allow_anonymous
@@ -151,13 +161,16 @@ def build_server(settings: Settings, *, engine: Engine | None = None, demo: bool
         outbound=outbound,
         catalog=engine.models.catalog,
         characters=characters,
+        safety_available=engine.safety_available,
     )
-    runware = Runware(intake)
+    runware, eachlabs, replicate, modelslab = Runware(intake), EachLabs(intake), Replicate(intake), ModelsLab(intake)
+    doors = {"runware": runware, "eachlabs": eachlabs, "replicate": replicate, "modelslab": modelslab}
     deliver = ResultDelivery(sender=sender, results=results, server_secret=secret,
-                             bodies={"runware": runware.webhook_body})  # fmt: skip
+                             bodies={name: door.webhook_body for name, door in doors.items()},
+                             attempts={"eachlabs": 3})  # fmt: skip
     worker = Worker(engine=engine, jobs=jobs, results=results, default_ttl=server.default_ttl,
                     image_limits=settings.image_limits, on_event=deliver)  # fmt: skip
     return Services(settings=settings, engine=engine, store=store, jobs=jobs, results=results, keys=keys,
                     characters=characters, secret=secret, signer=signer, outbound=outbound, sender=sender,
-                    worker=worker, intake=intake, runware=runware, anonymous=anonymous, demo=demo,
-                    lifecycle=lifecycle)  # fmt: skip
+                    worker=worker, intake=intake, runware=runware, eachlabs=eachlabs, replicate=replicate,
+                    modelslab=modelslab, anonymous=anonymous, demo=demo, lifecycle=lifecycle)  # fmt: skip

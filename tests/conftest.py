@@ -83,9 +83,20 @@ class LiveServer:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/v1"
         self.ws_url = f"ws://127.0.0.1:{port}/v1"
+        srv = self.services.settings.server
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_max_size=64 * 2**20)
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                ws_max_size=64 * 2**20,
+                ssl_certfile=srv.tls_certfile,
+                ssl_keyfile=srv.tls_keyfile,
+                timeout_graceful_shutdown=5,
+            )  # fmt: skip
         )
+        self.base = f"{'https' if srv.tls_certfile else 'http'}://127.0.0.1:{port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -121,14 +132,17 @@ def make_server(tiny_folder, tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("server-cache")
 
-    def make(data_dir=None, extra_models=None, safety=None, **server):
+    def make(data_dir=None, extra_models=None, safety=None, aliases=(), **server):
         port = free_port()
         server.setdefault("data_dir", data_dir or tmp_path_factory.mktemp("server-data"))
         settings = Settings(
             discover=False,
             cache_dir=cache,
             max_batch=1,
-            models={"tiny": {"id": "daguerre:tiny@1", "path": str(tiny_folder.model_path)}, **(extra_models or {})},
+            models={
+                "tiny": {"id": "daguerre:tiny@1", "path": str(tiny_folder.model_path), "aliases": list(aliases)},
+                **(extra_models or {}),
+            },  # fmt: skip
             server=ServerSettings(port=port, **server),
             **({"safety": safety} if safety is not None else {}),
         )

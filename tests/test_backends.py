@@ -155,6 +155,17 @@ def test_store_counts_an_owners_unfinished_jobs(job_store):
     assert job_store.count_unfinished("k_3") == 0
 
 
+def test_store_lists_an_owners_recent_jobs_newest_first_in_pages(job_store):
+    jobs = [_job() for _ in range(5)] + [_job(owner="k_2")]
+    for j in jobs:
+        job_store.create(j)
+    first = job_store.recent("k_1", 3)
+    assert [j.task_uuid for j in first] == [j.task_uuid for j in jobs[4:1:-1]]
+    rest = job_store.recent("k_1", 3, before=first[-1].number)
+    assert [j.task_uuid for j in rest] == [jobs[1].task_uuid, jobs[0].task_uuid]
+    assert [j.owner for j in job_store.recent("k_2", 10)] == ["k_2"]
+
+
 def test_store_sets_completed_at_when_a_job_ends(job_store):
     job = _job()
     job_store.create(job)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from daguerre.api.intake import ProtocolError
-from daguerre.api.runware import HTTP_STATUS, Reply
+from daguerre.api.intake import HTTP_STATUS, ProtocolError
 from daguerre.errors import DaguerreError
+
+if TYPE_CHECKING:
+    from daguerre.api.runware import Reply
 
 MAX_JSON_DEPTH = 32  # the deepest task (controlNet entries in a list in a task in the array) is 4 levels
 JSON_TYPES = ("application/json",)

@@ -1,11 +1,13 @@
 """What every front door shares: authentication, input images from the wire, turning a parsed request into
-a queued JobSpec, and waiting on a job. A protocol adapter (runware.py) parses its own wire format and
-shapes its own replies; everything between is here, once.
+a queued JobSpec (with the per-key in-flight limit), finding, cancelling and waiting on a job, and the
+job's outputs as links. A protocol adapter (runware.py, eachlabs.py, replicate.py, modelslab.py) parses its
+own wire format and shapes its own replies; everything between is here, once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -14,8 +16,8 @@ from daguerre.api.keys import ANONYMOUS, KeyStore
 from daguerre.config import Settings
 from daguerre.engine.models.catalog import Catalog
 from daguerre.engine.plan import resolved
-from daguerre.errors import DaguerreError, ImageInputError
-from daguerre.imaging import decode, read_source
+from daguerre.errors import DaguerreError, ImageInputError, UnsupportedError
+from daguerre.imaging import CONTENT_TYPES, EXTENSION, decode, read_source
 from daguerre.jobs import spec as specs
 from daguerre.jobs.characters import Characters
 from daguerre.jobs.outbound import OutboundClient
@@ -23,8 +25,25 @@ from daguerre.jobs.queue import QueueFull
 from daguerre.jobs.service import JobService, fingerprint
 from daguerre.jobs.spec import DeliverySpec
 from daguerre.jobs.store import Job
-from daguerre.request import GenerationRequest
+from daguerre.request import GenerationRequest, SafetyCheck
 from daguerre.storage import ResultStore, StoredObject, UrlSigner
+
+# HTTP status for each error code, on every door that answers errors with HTTP statuses (everything else: 400).
+HTTP_STATUS = {
+    "imageNotFound": 404,
+    "missingApiKey": 401,
+    "invalidApiKey": 401,
+    "taskNotFound": 404,
+    "modelNotFound": 400,
+    "payloadTooLarge": 413,
+    "unsupportedMediaType": 415,
+    "queueFull": 429,
+    "inFlightLimit": 429,
+    "serverShuttingDown": 503,
+    "internalError": 500,
+}
+# Namespace of the job ids made from an Idempotency-Key header (doors without client-chosen ids).
+_IDEMPOTENCY = uuid.UUID("6b1f9a52-3c1e-4d7a-9a0e-1c2b3d4e5f60")
 
 
 class ProtocolError(DaguerreError):
@@ -55,6 +74,7 @@ class Intake:
         outbound: OutboundClient,
         catalog: Catalog,
         characters: Characters | None = None,
+        safety_available: bool = False,
     ):
         self.settings = settings
         self.server = settings.server
@@ -67,6 +87,7 @@ class Intake:
         self.outbound = outbound
         self.catalog = catalog  # requests are checked and resolved against it at submission
         self.characters = characters
+        self.safety_available = safety_available  # the engine has a working safety checker
 
     # ---- authentication
     def authenticate(self, api_key: str | None) -> str:
@@ -137,7 +158,40 @@ class Intake:
         self.results.put(StoredObject(uuid=image_uuid, owner=owner, ext=ext, kind="upload", expires_at=expires), data)
         return image_uuid, ext, expires
 
+    # ---- request pieces every door maps the same way
+    def safety(self, asked: bool | None, *, default: bool, action: str | None = None, parameter: str = "safety"):
+        """The SafetyCheck for a door's flag: asked True -> checked (an error when the server has no checker);
+        False -> not; None (not sent) -> the door's `default`, when the server has a checker."""
+        if asked is None:
+            asked = default and self.safety_available
+        elif asked and not self.safety_available:
+            raise UnsupportedError(
+                f"{parameter}: this server has no safety checker (settings safety.checker; docs/models.md)",
+                parameter=parameter,
+            )
+        return SafetyCheck(action=action) if asked else None
+
     # ---- submission
+    def job_id(self, owner: str, door: str, idempotency_key: str | None) -> str:
+        """A new job id for a door whose clients do not choose one: random, or derived from the client's
+        Idempotency-Key header, so a resend of the same body finds the same job (a different body is an error)."""
+        if idempotency_key is None:
+            return str(uuid.uuid4())
+        if not idempotency_key.strip() or len(idempotency_key) > 255:
+            raise ProtocolError("Idempotency-Key must be 1-255 characters", parameter="Idempotency-Key",
+                                code="invalidParameter")  # fmt: skip
+        return str(uuid.uuid5(_IDEMPOTENCY, f"{owner}\n{door}\n{idempotency_key}"))
+
+    def check_capacity(self, owner: str) -> None:
+        """A key with server.max_in_flight_per_key queued and running jobs gets no new one (429)."""
+        limit = self.server.max_in_flight_per_key
+        if limit and self.jobs.store.count_unfinished(owner) >= limit:
+            raise ProtocolError(
+                f"this API key has {limit} jobs queued or running (server.max_in_flight_per_key); "
+                "wait for some to finish",
+                code="inFlightLimit",
+            )
+
     def check_open(self) -> None:
         """A draining server takes no new tasks."""
         if self.is_draining():
@@ -168,6 +222,7 @@ class Intake:
         retry of the same task is a fresh submission.
         """
         self.check_open()
+        self.check_capacity(owner)
         self.check_models(req)
         req = resolved(req, self.catalog)  # what will run, with this model's defaults and a fixed seed
         for name, url in (("webhookURL", delivery.webhook_url), ("uploadEndpoint", delivery.upload_endpoint)):
@@ -195,6 +250,42 @@ class Intake:
     def _forget(self, image_uuids: list[str]) -> None:
         for image_uuid in image_uuids:
             self.results.delete(image_uuid)
+
+    # ---- jobs after submission
+    def find(self, owner: str, ref: str | int) -> Job | None:
+        """This owner's job by id (a UUID) or by the store's number (the integer ids of ModelsLab)."""
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit() and len(ref) < 19):
+            return self.jobs.store.get_number(owner, int(ref))
+        if not isinstance(ref, str) or not _is_uuid(ref):
+            return None
+        return self.jobs.get(owner, ref.lower())
+
+    def cancel(self, owner: str, ref: str | int) -> Job | None:
+        """Ask for this owner's job to stop (queued: at once; running: at its next step). None: no such job."""
+        job = self.find(owner, ref)
+        return self.jobs.cancel(owner, job.task_uuid) if job is not None else None
+
+    def outputs(self, job: Job, kind: str = "URL") -> list[str]:
+        """The job's finished images in order: signed links (URL), data URIs (dataURI) or bare base64
+        (base64Data). Images already expired are left out."""
+        out = []
+        for r in sorted(job.results, key=lambda r: r.get("index", 0)):
+            found = self.results.get(r["imageUUID"], job.owner)
+            if found is None:
+                continue
+            obj, data = found
+            if kind == "URL":
+                out.append(self.signer.sign(obj.uuid, obj.ext, obj.expires_at))
+            else:
+                b64 = base64.b64encode(data).decode()
+                out.append(f"data:{CONTENT_TYPES[obj.ext]};base64,{b64}" if kind == "dataURI" else b64)
+        return out
+
+    def future_links(self, job: Job) -> list[str]:
+        """The links the job's images will have once made (they answer 404 until then)."""
+        ext = EXTENSION[job.spec.request.output.format]
+        expires = job.created_at + (job.spec.delivery.ttl or self.server.default_ttl)
+        return [self.signer.sign(u, ext, expires) for u in job.image_uuids]
 
     # ---- waiting
     async def wait(self, job: Job, timeout: float, on_change: Callable[[Job], Awaitable[None]] | None = None) -> Job:

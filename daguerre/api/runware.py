@@ -22,19 +22,6 @@ from daguerre.jobs.spec import JobSpec
 from daguerre.jobs.store import CANCELLED, ERROR, Job
 from daguerre.request import check_text
 
-# HTTP status for each error code on REST (everything else: 400).
-HTTP_STATUS = {
-    "imageNotFound": 404,
-    "missingApiKey": 401,
-    "invalidApiKey": 401,
-    "taskNotFound": 404,
-    "modelNotFound": 400,
-    "payloadTooLarge": 413,
-    "unsupportedMediaType": 415,
-    "queueFull": 429,
-    "serverShuttingDown": 503,
-    "internalError": 500,
-}
 TASK_TYPES = ("authentication", "ping", "imageInference", "getResponse", "imageUpload", "promptEnhance")
 
 

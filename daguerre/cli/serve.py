@@ -116,11 +116,14 @@ def serve(
     except DaguerreError as e:
         fail(e)
     shown = "127.0.0.1" if srv.host in ("0.0.0.0", "::", "") else srv.host
-    base_url = f"http://{shown}:{sock.getsockname()[1]}"
+    tls = srv.tls_certfile is not None
+    base_url = f"{'https' if tls else 'http'}://{shown}:{sock.getsockname()[1]}"
     err.print(
         f"serving {len(engine.models.catalog)} model(s){' [demo: random weights]' if demo else ''}\n"
         f"  open      {base_url}/\n"
-        f"  task API  {base_url}/v1 (REST) and ws://{shown}:{sock.getsockname()[1]}/v1 (WebSocket)\n"
+        f"  task API  {base_url}/v1 (REST) and {'wss' if tls else 'ws'}://{shown}:{sock.getsockname()[1]}/v1 "
+        "(WebSocket)\n"
+        f"  also      eachlabs /v1/prediction, Replicate /v1/predictions, ModelsLab /api/v6/images/ (docs/api.md)\n"
         f"  API docs  {base_url}/docs (OpenAPI: {base_url}/openapi.json)\n"
         "  stop with Ctrl+C (or SIGTERM): the running job finishes first",
         highlight=False,
@@ -137,6 +140,8 @@ def serve(
         log_level="info",
         timeout_graceful_shutdown=int(srv.drain_timeout_s) or None,
         ws_max_size=srv.max_body_bytes,
+        ssl_certfile=srv.tls_certfile,
+        ssl_keyfile=srv.tls_keyfile,
     )
     uvicorn.Server(config_).run(sockets=[sock])
 

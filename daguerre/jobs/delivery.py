@@ -52,6 +52,7 @@ class _Attempt:
     attempt: int = field(compare=False, default=0)  # 0 = first try
     msg_id: str = field(compare=False, default="")
     secret: str = field(compare=False, default="")
+    retries: int | None = field(compare=False, default=None)  # None = one per step of the schedule
 
 
 class DeliveryService:
@@ -68,8 +69,10 @@ class DeliveryService:
         self._thread = threading.Thread(target=self._scheduler, name="daguerre-delivery-scheduler", daemon=True)
         self._thread.start()
 
-    def webhook(self, url: str, payload: dict, *, secret: str, task_uuid: str, headers: dict | None = None) -> None:
-        """POST `payload` as JSON to `url`, signed (Standard Webhooks), with any extra `headers` of its protocol."""
+    def webhook(self, url: str, payload: dict, *, secret: str, task_uuid: str, headers: dict | None = None,
+                attempts: int | None = None) -> None:  # fmt: skip
+        """POST `payload` as JSON to `url`, signed (Standard Webhooks), with any extra `headers` of its protocol;
+        `attempts` caps the tries (default: one plus a retry per step of the schedule)."""
         body = json.dumps(payload, separators=(",", ":")).encode()
         self._push(
             _Attempt(
@@ -82,6 +85,7 @@ class DeliveryService:
                 task_uuid=task_uuid,
                 msg_id=f"msg_{uuid.uuid4().hex}",
                 secret=secret,
+                retries=len(self.schedule) if attempts is None else max(0, attempts - 1),
             )
         )
 
@@ -144,7 +148,8 @@ class DeliveryService:
             final = ok or (a.kind == "upload" and resp.status < 500)  # an upload's 3xx/4xx is final
         except OutboundError as e:
             outcome, ok, final = e.message, False, False
-        if ok or final or a.attempt >= len(self.schedule):
+        retries = len(self.schedule) if a.retries is None else min(a.retries, len(self.schedule))
+        if ok or final or a.attempt >= retries:
             if not ok:
                 log.warning(
                     "%s for task %s failed for good after %d attempts: %s",
@@ -177,8 +182,9 @@ class ResultDelivery:
     job's DeliverySpec says which events), PUT each image to uploadEndpoint."""
 
     def __init__(self, *, sender: DeliveryService, results: ResultStore, server_secret: bytes,
-                 bodies: dict[str, WebhookBody]):  # fmt: skip
+                 bodies: dict[str, WebhookBody], attempts: dict[str, int] | None = None):  # fmt: skip
         self.sender = sender
+        self.attempts = attempts or {}  # protocol -> most webhook attempts its protocol makes (else the schedule's)
         self.results = results
         self.server_secret = server_secret
         self.bodies = bodies  # protocol name (DeliverySpec.protocol) -> its adapter's webhook body
@@ -190,7 +196,8 @@ class ResultDelivery:
             if payload is not None:
                 secret = derived_webhook_secret(self.server_secret, job.owner)
                 headers = {"X-Webhook-Secret": d.webhook_secret} if d.webhook_secret else None
-                self.sender.webhook(d.webhook_url, payload, secret=secret, task_uuid=job.task_uuid, headers=headers)
+                self.sender.webhook(d.webhook_url, payload, secret=secret, task_uuid=job.task_uuid, headers=headers,
+                                    attempts=self.attempts.get(d.protocol))  # fmt: skip
         if d.upload_endpoint and event == "output" and result is not None:
             found = self.results.get(result["imageUUID"], job.owner)
             if found is not None:

@@ -100,6 +100,9 @@ class JobStore(Protocol):
     def count_unfinished(self, owner: str) -> int:
         """This owner's queued and running jobs (the per-key in-flight limit)."""
 
+    def recent(self, owner: str, limit: int, before: int | None = None) -> list[Job]:
+        """This owner's newest jobs first, up to `limit`, numbered below `before` when given (listings)."""
+
     def counts(self) -> dict[str, int]:
         """Jobs per status, for health output."""
 
@@ -221,6 +224,14 @@ class SQLiteJobStore:
                 "SELECT COUNT(*) FROM jobs WHERE owner=? AND status IN (?, ?)", (owner, QUEUED, RUNNING)
             ).fetchone()
         return n
+
+    def recent(self, owner: str, limit: int, before: int | None = None) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                f"{self._select} WHERE owner=? AND rowid<? ORDER BY rowid DESC LIMIT ?",
+                (owner, before if before is not None else 2**62, limit),
+            ).fetchall()
+        return [_job(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
