@@ -485,3 +485,24 @@ def test_serve_on_a_busy_port_says_so_before_claiming_anything(local_env, tiny_f
 def test_prompt_presets_need_no_prompt():
     r = invoke("prompt", "--presets")
     assert r.exit_code == 0 and "rembrandt" in r.stdout
+
+
+def test_generate_with_the_safety_check(local_env, tiny_folder):
+    """--safety-check runs the configured checker: a flagged image is censored, said so, and its recipe records it."""
+    from daguerre import recipe
+    from daguerre.testing.safety import build_nudenet
+
+    model = build_nudenet(local_env / "always.onnx", {"ANUS_EXPOSED": 0.8})
+    cfg = local_env / "daguerre.toml"
+    cfg.write_text(f'[safety]\nchecker = "nudenet"\npath = "{model}"\n')
+    out = invoke("generate", "a cat on a sofa", "--model", tiny_folder.model_path, "-W", "128", "-H", "128",
+                 "--steps", "1", "--config", cfg, "--safety-check", "--safety-action", "black", "-q")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "flagged by the safety checker (black)" in out.stderr
+    path = Path(out.stdout.split("\t")[0])
+    assert recipe.read(path).safety["flagged"] is True
+    from PIL import Image
+
+    assert not Image.open(path).convert("RGB").getbbox()  # all black
+    bad = invoke("generate", "a cat", "--model", tiny_folder.model_path, "--safety-action", "smudge")
+    assert bad.exit_code == 2 and "--safety-action" in bad.stderr

@@ -91,6 +91,14 @@ def test_readme_serve_example(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         lines = out.stdout.strip().splitlines()
         assert [ln.split()[0] for ln in lines] == ["42", "43"] and all("/v1/images/" in ln for ln in lines)
+        others = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "replicate.Client(" in b)
+        script.write_text(others.replace("8000", str(port)))
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        lines = out.stdout.strip().splitlines()
+        assert [ln.split()[0] for ln in lines] == ["replicate", "eachlabs", "modelslab"], lines
+        for ln in lines:
+            assert httpx.get(ln.split()[1]).status_code == 200
     finally:
         _stop(proc)
 

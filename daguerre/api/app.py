@@ -58,7 +58,9 @@ def create_app(services: Services) -> FastAPI:
         title="Daguerre",
         version=__version__,
         lifespan=lifespan,
-        description="Runware-compatible image inference for FLUX.1 models (see docs/api.md).",
+        description="Image inference for FLUX.1 models through four protocols on one job service: the Runware "
+        "task API (POST /v1, WebSocket /v1), eachlabs predictions (/v1/prediction), Replicate predictions "
+        "(/v1/predictions) and the ModelsLab image API (/api/v6/images/). Field mappings: docs/api.md.",
         docs_url=None,  # served by health.mount_docs from the package's own copy of Swagger UI: works offline
         redoc_url=None,
     )

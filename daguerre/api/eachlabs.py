@@ -278,7 +278,20 @@ async def _body(request: Request, services):
     return parse_json(await read_capped(request, services.settings.server.max_body_bytes))
 
 
-@router.post("/v1/prediction", summary="eachlabs: create a prediction (answers at once with its id)")
+class _Any:
+    kind = "dev"
+
+
+CREATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["model", "version", "input"], "properties": {
+        "model": {"type": "string", "description": "a catalog id, name or alias (slug)"},
+        "version": {"type": "string", "enum": [VERSION, "latest"]},
+        "input": request_schema(_Any, image_to_image=False),
+        "webhook_url": {"type": "string", "format": "uri"}, "webhook_secret": {"type": "string"}}}}}}}  # fmt: skip
+
+
+@router.post("/v1/prediction", summary="eachlabs: create a prediction (answers at once with its id)",
+             openapi_extra=CREATE_BODY)  # fmt: skip
 @router.post("/v1/prediction/", include_in_schema=False)
 async def create(request: Request, services: Services):
     door: EachLabs = services.eachlabs
@@ -291,7 +304,8 @@ async def create(request: Request, services: Services):
     return {"status": "success", "message": "Prediction created successfully", "predictionID": job.task_uuid}
 
 
-@router.post("/v1/prediction/run", summary="eachlabs: create a prediction and wait for its result")
+@router.post("/v1/prediction/run", summary="eachlabs: create a prediction and wait for its result",
+             openapi_extra=CREATE_BODY)  # fmt: skip
 async def run(request: Request, services: Services):
     door: EachLabs = services.eachlabs
     try:

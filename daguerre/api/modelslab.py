@@ -327,7 +327,21 @@ async def fetch_by_body(request: Request, services: Services):
     return door.answer(job, _base(request, services))
 
 
-@router.post("/api/v6/images/{endpoint}", summary="ModelsLab: text2img, img2img or inpaint")
+_FIELDS = {"key": "string", "model_id": "string", "prompt": "string", "negative_prompt": "string",
+           "width": "integer", "height": "integer", "samples": "integer", "num_inference_steps": "integer",
+           "guidance_scale": "number", "seed": "integer", "enhance_prompt": "string", "safety_checker": "string",
+           "safety_checker_type": "string", "scheduler": "string", "use_karras_sigmas": "string",
+           "lora_model": "string", "lora_strength": "string", "init_image": "string", "mask_image": "string",
+           "strength": "number", "base64": "string", "webhook": "string", "track_id": "string",
+           "instant_response": "string"}  # fmt: skip
+_PROPS = {k: {"type": t} for k, t in _FIELDS.items()} | {
+    "safety_checker_type": {"enum": list(SAFETY_TYPES)}, "scheduler": {"enum": list(SCHEDULER_NAMES)}}  # fmt: skip
+GENERATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["key", "model_id", "prompt"], "properties": _PROPS}}}}}  # fmt: skip
+
+
+@router.post("/api/v6/images/{endpoint}", summary="ModelsLab: text2img, img2img or inpaint",
+             openapi_extra=GENERATE_BODY)  # fmt: skip
 async def generate(endpoint: str, request: Request, services: Services):
     door: ModelsLab = services.modelslab
     try:

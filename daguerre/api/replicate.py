@@ -370,13 +370,31 @@ async def _create(request: Request, services, lookup) -> JSONResponse:
     return JSONResponse(view, status_code=201, headers=headers)
 
 
-@router.post("/v1/models/{owner}/{name}/predictions", status_code=201,
+class _Dev:
+    kind = "dev"
+
+
+def _create_body(with_version: bool) -> dict:
+    props = {"input": openapi_schema(_Dev)["components"]["schemas"]["Input"],
+             "webhook": {"type": "string", "format": "uri"},
+             "webhook_events_filter": {"type": "array", "items": {"enum": list(EVENTS)}}}  # fmt: skip
+    if with_version:
+        props["version"] = {"type": "string", "description": "a version id, owner/name:id, or a catalog id"}
+    required = ["version", "input"] if with_version else ["input"]
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": required, "properties": props}}}},
+        "parameters": [{"name": "Prefer", "in": "header", "schema": {"type": "string"},
+                        "description": "wait or wait=N (1-60): hold it until the prediction ends"}]}  # fmt: skip
+
+
+@router.post("/v1/models/{owner}/{name}/predictions", status_code=201, openapi_extra=_create_body(False),
              summary="Replicate: create a prediction of a model (Prefer: wait holds it)")  # fmt: skip
 async def create_for_model(owner: str, name: str, request: Request, services: Services):
     return await _create(request, services, lambda body: services.replicate.model(owner, name))
 
 
-@router.post("/v1/predictions", status_code=201, summary="Replicate: create a prediction of a version")
+@router.post("/v1/predictions", status_code=201, summary="Replicate: create a prediction of a version",
+             openapi_extra=_create_body(True))  # fmt: skip
 async def create_for_version(request: Request, services: Services):
     def lookup(body):
         version = body.get("version") if isinstance(body, dict) else None

@@ -14,6 +14,7 @@ from daguerre.request import (
     AccelOptions,
     GenerationRequest,
     OutputSpec,
+    SafetyCheck,
     validate,
 )
 
@@ -53,6 +54,7 @@ def build_request(
     weighting: str | None,
     fmt: str,
     quality: int,
+    safety: SafetyCheck | None = None,
 ) -> GenerationRequest:
     """The request `daguerre generate` makes, validated (before any model is looked up: a typo answers at once).
 
@@ -91,6 +93,7 @@ def build_request(
         accelerator=accel,
         enhance_prompt=enhance,
         character=name,
+        safety=safety,
         model=model or "",
         positive_prompt=prompt,
         negative_prompt=negative,

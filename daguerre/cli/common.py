@@ -63,6 +63,8 @@ FLAGS = {
     "acceleratorOptions.cacheEndStepPercentage": "--cache-end",
     "acceleratorOptions.cacheMaxConsecutiveSteps": "--cache-max-consecutive",
     "enhancePrompt": "--enhance-prompt",
+    "safety": "--safety-check",
+    "safety.action": "--safety-action",
     "port": "--port",
     "host": "--host",
 }

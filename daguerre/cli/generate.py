@@ -25,6 +25,7 @@ from daguerre.cli.common import (
 )
 from daguerre.errors import DaguerreError
 from daguerre.imaging import EXTENSION
+from daguerre.request import SafetyCheck
 
 
 def generate(
@@ -96,6 +97,13 @@ def generate(
     character: Annotated[
         str | None, typer.Option(help="a saved character: prepends its anchor, locks its seed (daguerre characters)")
     ] = None,
+    safety_check: Annotated[
+        bool, typer.Option("--safety-check", help="run the safety checker on each image (settings [safety])")
+    ] = False,
+    safety_action: Annotated[
+        str | None,
+        typer.Option("--safety-action", help="blur | pixelate | black | sensitive_content_text | flag [settings]"),
+    ] = None,
     weighting: Annotated[
         str | None,
         typer.Option(
@@ -141,6 +149,7 @@ def generate(
             mask_margin=mask_margin, tea_cache=tea_cache, db_cache=db_cache, db_cache_interval=db_cache_interval,
             cache_start=cache_start, cache_end=cache_end, cache_max_consecutive=cache_max_consecutive,
             enhance=enhance, character=saved, weighting=weighting, fmt=fmt, quality=quality,
+            safety=SafetyCheck(action=safety_action) if safety_check or safety_action else None,
         )  # fmt: skip
         engine = engine_for(settings)
         if not req.model:
@@ -149,6 +158,8 @@ def generate(
         for w in written[0][1].warnings if written else ():
             warn(w)
         for path, im in written:
+            if im.nsfw:
+                warn(f"{path.name}: flagged by the safety checker ({im.verdict.action})")
             typer.echo(f"{path}\tseed={im.seed}")  # plain: scripts parse these lines
     except DaguerreError as e:
         fail(e)
