@@ -84,7 +84,7 @@ def test_asking_for_a_check_on_a_server_without_one_is_an_error(make_server):
         r = httpx.post(
             f"{s.base}/v1/prediction/",
             headers={"X-API-Key": "k1"},
-            json={"model": SLUG, "version": "0.0.1", "input": {"prompt": "x", "enable_safety_checker": True}},
+            json={"model": SLUG, "version": "0.0.1", "input": {"prompt": "a b", "enable_safety_checker": True}},
         )
         assert r.status_code == 400 and r.json()["details"]["parameter"] == "input.enable_safety_checker"
 
@@ -122,3 +122,44 @@ def test_the_eachlabs_javascript_sdk_unmodified(flagged, tmp_path):
     # and the prediction belongs to its key only
     pid = got["create"]["predictionID"]
     assert httpx.get(f"{flagged.base}/v1/prediction/{pid}", headers={"X-API-Key": "k1"}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "parameter"),
+    [
+        ("/v1/prediction/", {"model": SLUG, "version": "0.0.1", "input": {
+            "prompt": "a b", "image_url": "http://127.0.0.1:9/a.png"}}, "input.image_url"),
+        ("/v1/prediction/", {"model": SLUG, "version": "0.0.1", "input": {"prompt": "a b"},
+                             "webhook_url": "http://10.0.0.1/hook"}, "webhook_url"),
+        ("/v1/models/black-forest-labs/flux-dev/predictions", {"input": {
+            "prompt": "a b", "image": "http://169.254.169.254/latest"}}, "input.image"),
+        ("/v1/models/black-forest-labs/flux-dev/predictions", {"input": {"prompt": "a b"},
+                                                               "webhook": "http://localhost/h"}, "webhook"),
+        ("/api/v6/images/img2img", {"key": "k1", "model_id": "fluxgram-v1", "prompt": "a b",
+                                    "init_image": "http://[::1]/a.png"}, "init_image"),
+        ("/api/v6/images/text2img", {"key": "k1", "model_id": "fluxgram-v1", "prompt": "a b",
+                                     "webhook": "http://192.168.1.1/h"}, "webhook"),
+    ],
+)  # fmt: skip
+def test_the_outbound_rules_hold_on_every_door(flagged, path, body, parameter):
+    """Image URLs and webhooks to private or loopback addresses are refused at submission, naming the field."""
+    r = httpx.post(flagged.base + path, json=body, headers={"X-API-Key": "k1", "Authorization": "Bearer k1"})
+    data = r.json()
+    named = data.get("parameter") or (data.get("details") or {}).get("parameter")
+    assert named == parameter, data
+    code = data.get("code") or (data.get("details") or {}).get("code")
+    assert code == "invalidURL", data
+
+
+def test_an_idempotency_key_makes_a_resend_the_same_prediction(flagged):
+    headers = {"Authorization": "Bearer k1", "Idempotency-Key": "order-17"}
+    body = {"input": {"prompt": "a quiet street", "num_inference_steps": 1, "aspect_ratio": "1:1",
+                      "megapixels": "0.25"}}  # fmt: skip
+    url = f"{flagged.base}/v1/models/black-forest-labs/flux-dev/predictions"
+    first = httpx.post(url, json=body, headers=headers).json()
+    again = httpx.post(url, json=body, headers=headers).json()
+    assert first["id"] == again["id"]
+    other = httpx.post(url, json={"input": {**body["input"], "prompt": "another street"}}, headers=headers)
+    assert other.status_code == 422 and other.json()["parameter"] == "Idempotency-Key"  # another body: refused
+    k2 = httpx.post(url, json=body, headers={**headers, "Authorization": "Bearer k2"}).json()
+    assert k2["id"] != first["id"]  # the key is per API key

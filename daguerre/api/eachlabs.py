@@ -74,7 +74,7 @@ class EachLabs:
         raw_input = top.raw("input")
         top.refuse_unknown("a prediction")
         task_uuid = intake.job_id(owner, PROTOCOL, idempotency_key)
-        job = intake.existing(owner, task_uuid, body)
+        job = intake.existing(owner, task_uuid, body, idempotency_key)
         if job is not None:
             return job
         inputs = Inputs()

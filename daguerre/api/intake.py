@@ -197,11 +197,18 @@ class Intake:
         if self.is_draining():
             raise ProtocolError("the server is shutting down and takes no new tasks", code="serverShuttingDown")
 
-    def existing(self, owner: str, task_uuid: str, task: dict) -> Job | None:
+    def existing(self, owner: str, task_uuid: str, task: dict, idempotency_key: str | None = None) -> Job | None:
         """The job a resend of `task` refers to (checked to be the same task), or None for a new one."""
         job = self.jobs.get(owner, task_uuid)
         if job is not None:
-            self.jobs.check_same(job, fingerprint(task))
+            try:
+                self.jobs.check_same(job, fingerprint(task))
+            except DaguerreError as e:
+                if idempotency_key is None:
+                    raise
+                raise ProtocolError(f"Idempotency-Key {idempotency_key!r} was already used with a different body; "
+                                    "use a new key per request", parameter="Idempotency-Key",
+                                    code=e.code) from None  # fmt: skip
         return job
 
     def check_models(self, req: GenerationRequest) -> None:

@@ -84,7 +84,7 @@ class ModelsLab:
         task_uuid = intake.job_id(owner, PROTOCOL, idempotency_key)
         task = {k: v for k, v in body.items() if k != "key"} | {"endpoint": endpoint}
         instant = bool(f.flag("instant_response", False))
-        job = intake.existing(owner, task_uuid, task)
+        job = intake.existing(owner, task_uuid, task, idempotency_key)
         if job is not None:
             return job, instant, []
         inputs = Inputs()

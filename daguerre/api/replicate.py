@@ -138,7 +138,7 @@ class Replicate:
                                parameter="webhook_events_filter")  # fmt: skip
         task_uuid = intake.job_id(owner, PROTOCOL, idempotency_key)
         task = {"model": spec.id, **body}
-        job = intake.existing(owner, task_uuid, task)
+        job = intake.existing(owner, task_uuid, task, idempotency_key)
         if job is not None:
             return job
         inputs = Inputs()
@@ -317,7 +317,8 @@ def _error(e: DaguerreError, *, get: bool = False) -> JSONResponse:
     if get and status == 503:
         status = 500  # the client retries a GET's 503 ten times
     headers = {"Retry-After": "1"} if status == 429 else None
-    body = {"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status, "detail": e.message}
+    body = {"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status, "detail": e.message,
+            "code": e.code}
     if e.parameter:
         body["parameter"] = e.parameter
     return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
