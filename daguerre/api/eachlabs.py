@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from daguerre.api.deps import Services, check_json_type, in_thread, parse_json, read_capped
 from daguerre.api.fields import Fields, renamed
-from daguerre.api.intake import HTTP_STATUS, Inputs, Intake, ProtocolError
+from daguerre.api.intake import HTTP_STATUS, Inputs, Intake
 from daguerre.errors import DaguerreError, RequestError
 from daguerre.jobs.spec import DeliverySpec
 from daguerre.jobs.store import CANCELLED, ERROR, QUEUED, RUNNING, SUCCESS, Job
@@ -318,27 +318,25 @@ async def run(request: Request, services: Services):
     return door.finished(job)
 
 
+async def _job(prediction_id: str, request: Request, services, *, cancel: bool = False) -> Job:
+    intake: Intake = services.intake
+    return await in_thread(lambda: intake.lookup(_owner(request, intake), prediction_id, cancel=cancel))
+
+
 @router.get("/v1/prediction/{prediction_id}", summary="eachlabs: a prediction's status, output and logs")
 async def get(prediction_id: str, request: Request, services: Services):
-    door: EachLabs = services.eachlabs
     try:
-        owner = _owner(request, door.intake)
-        job = await in_thread(door.intake.find, owner, prediction_id)
-        if job is None:
-            raise ProtocolError(f"no prediction {prediction_id} for this API key", parameter="id", code="taskNotFound")
+        job = await _job(prediction_id, request, services)
     except DaguerreError as e:
         return _error(e)
-    return door.view(job, _base(request, services))
+    return services.eachlabs.view(job, _base(request, services))
 
 
 @router.post("/v1/prediction/{prediction_id}/cancel", summary="eachlabs: cancel a prediction")
 async def cancel(prediction_id: str, request: Request, services: Services):
     door: EachLabs = services.eachlabs
     try:
-        owner = _owner(request, door.intake)
-        job = await in_thread(door.intake.cancel, owner, prediction_id)
-        if job is None:
-            raise ProtocolError(f"no prediction {prediction_id} for this API key", parameter="id", code="taskNotFound")
+        job = await _job(prediction_id, request, services, cancel=True)
     except DaguerreError as e:
         return _error(e)
     if job.done and job.status != CANCELLED:

@@ -272,6 +272,13 @@ class Intake:
         job = self.find(owner, ref)
         return self.jobs.cancel(owner, job.task_uuid) if job is not None else None
 
+    def lookup(self, owner: str, ref: str | int, *, cancel: bool = False, noun: str = "prediction") -> Job:
+        """find (or, with cancel, cancel) this owner's job; taskNotFound naming the `noun` when there is none."""
+        job = self.cancel(owner, ref) if cancel else self.find(owner, ref)
+        if job is None:
+            raise ProtocolError(f"no {noun} {ref} for this API key", parameter="id", code="taskNotFound")
+        return job
+
     def outputs(self, job: Job, kind: str = "URL") -> list[str]:
         """The job's finished images in order: signed links (URL), data URIs (dataURI) or bare base64
         (base64Data). Images already expired are left out."""

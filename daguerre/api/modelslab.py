@@ -276,10 +276,11 @@ class ModelsLab:
             ref = f.raw("request_id")
         if ref is None or not str(ref).strip().isdigit():
             raise RequestError(f"request_id must be the integer id of a request, got {ref!r}", parameter="request_id")
-        job = self.intake.find(owner, int(str(ref).strip()))
-        if job is None:
-            raise ProtocolError(f"no request with id {ref} for this key", parameter="request_id", code="taskNotFound")
-        return job
+        try:
+            return self.intake.lookup(owner, int(str(ref).strip()), noun="request with id")
+        except ProtocolError as e:
+            e.parameter = "request_id"
+            raise
 
 
 def _round(v: int) -> int:
@@ -305,8 +306,7 @@ def _base(request: Request, services) -> str:
     return (services.settings.server.public_url or str(request.base_url)).rstrip("/")
 
 
-@router.post("/api/v6/images/fetch/{request_id}", summary="ModelsLab: a request's result")
-async def fetch_by_path(request_id: str, request: Request, services: Services):
+async def _fetch(request: Request, services, request_id: str | None):
     door: ModelsLab = services.modelslab
     try:
         body = await _body(request, services)
@@ -316,15 +316,14 @@ async def fetch_by_path(request_id: str, request: Request, services: Services):
     return door.answer(job, _base(request, services))
 
 
+@router.post("/api/v6/images/fetch/{request_id}", summary="ModelsLab: a request's result")
+async def fetch_by_path(request_id: str, request: Request, services: Services):
+    return await _fetch(request, services, request_id)
+
+
 @router.post("/api/v6/images/fetch", summary="ModelsLab: a request's result (request_id in the body)")
 async def fetch_by_body(request: Request, services: Services):
-    door: ModelsLab = services.modelslab
-    try:
-        body = await _body(request, services)
-        job = await in_thread(door.fetch, body, None)
-    except DaguerreError as e:
-        return _error(e)
-    return door.answer(job, _base(request, services))
+    return await _fetch(request, services, None)
 
 
 _FIELDS = {"key": "string", "model_id": "string", "prompt": "string", "negative_prompt": "string",

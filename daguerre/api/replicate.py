@@ -317,8 +317,13 @@ def _error(e: DaguerreError, *, get: bool = False) -> JSONResponse:
     if get and status == 503:
         status = 500  # the client retries a GET's 503 ten times
     headers = {"Retry-After": "1"} if status == 429 else None
-    body = {"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status, "detail": e.message,
-            "code": e.code}
+    body = {
+        "type": "about:blank",
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": e.message,
+        "code": e.code,
+    }
     if e.parameter:
         body["parameter"] = e.parameter
     return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
@@ -424,13 +429,8 @@ async def list_predictions(request: Request, services: Services, cursor: str | N
 
 
 async def _job(prediction_id: str, request: Request, services, cancel: bool = False) -> Job:
-    door: Replicate = services.replicate
-    owner = _owner(request, door.intake)
-    find = door.intake.cancel if cancel else door.intake.find
-    job = await in_thread(find, owner, prediction_id)
-    if job is None:
-        raise ProtocolError(f"prediction {prediction_id} not found", parameter="id", code="taskNotFound")
-    return job
+    intake: Intake = services.intake
+    return await in_thread(lambda: intake.lookup(_owner(request, intake), prediction_id, cancel=cancel))
 
 
 @router.get("/v1/predictions/{prediction_id}", summary="Replicate: a prediction")
