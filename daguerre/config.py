@@ -58,6 +58,16 @@ class SafetySettings(BaseModel):
     )
 
 
+class FaceSettings(BaseModel):
+    """Face enhancement (ultralytics): the face detector (engine/features/faces.py)."""
+
+    detector: str = Field(
+        "auto",
+        description="auto: NudeNet's face classes when the `safety` extra is installed, else OpenCV's Haar cascade; "
+        "nudenet; haar; or a YOLO face model (catalog id, name, alias or .pt path; the `faces` extra)",
+    )
+
+
 class ServerSettings(BaseModel):
     """The task API server (`daguerre serve`)."""
 
@@ -194,6 +204,10 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "daguerre")
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    upscaler: str | None = Field(
+        None, description="hiresFix: true uses this upscaler (catalog id, name or alias); none: a latent upscale"
+    )
+    faces: FaceSettings = Field(default_factory=lambda: FaceSettings())
 
     @field_validator("hf_cache", "output_dir", "cache_dir", "catalog_root", mode="after")
     @classmethod

@@ -61,6 +61,8 @@ class Recipe:
     accelerator: dict | None = None  # acceleratorOptions as run, with the computed/skipped pass counts
     character: str | None = None  # the saved character it was made with (anchor and seed are already applied)
     safety: dict | None = None  # the safety check: {checker, score, threshold, flagged, action}
+    hires_fix: dict | None = None  # {upscaler, sha256, scale, first_width, first_height, steps, strength}
+    face_fix: dict | None = None  # the face pass's settings, the detector, and the faces it enhanced
     version: str = __version__  # Daguerre version that made it
     format: str = FORMAT
 
@@ -203,7 +205,9 @@ def to_request(
     from daguerre.request import (
         AccelOptions,
         ControlRef,
+        FaceFix,
         GenerationRequest,
+        HiresFix,
         IpAdapterRef,
         LoraRef,
         Outpaint,
@@ -211,6 +215,7 @@ def to_request(
     )
 
     ACCEL_FIELDS = _accel_fields()
+    FACE_FIELDS = {f.name for f in fields(FaceFix)}
 
     for name, img, want in (
         ("seedImage", seed_image, r.seed_image_sha256),
@@ -279,4 +284,8 @@ def to_request(
         controlnets=tuple(controls),
         ip_adapters=tuple(adapters),
         accelerator=AccelOptions(**{k: v for k, v in (r.accelerator or {}).items() if k in ACCEL_FIELDS}),
+        hires_fix=HiresFix(model=r.hires_fix["upscaler"], steps=r.hires_fix["steps"], strength=r.hires_fix["strength"])
+        if r.hires_fix
+        else None,
+        face_fix=FaceFix(**{k: v for k, v in r.face_fix.items() if k in FACE_FIELDS}) if r.face_fix else None,
     )

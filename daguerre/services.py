@@ -62,7 +62,7 @@ def build_engine(settings: Settings, catalog: Catalog | None = None) -> Engine:
     checker = SafetyChecker(checker=safety.checker, path=safety.path, threshold=safety.threshold,
                             action=safety.action)  # fmt: skip
     return Engine(models=manager, max_batch=settings.max_batch, default_negative=settings.default_negative_prompt,
-                  safety=checker)  # fmt: skip
+                  safety=checker, upscaler=settings.upscaler, face_detector=settings.faces.detector)  # fmt: skip
 
 
 def server_secret(data_dir: Path) -> bytes:

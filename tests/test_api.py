@@ -132,7 +132,7 @@ def _png_b64(size=(96, 80)) -> str:
         ([task(width=100)], KEY, 400, "invalidParameter"),
         ([task(steps=51)], KEY, 400, "invalidParameter"),
         ([task(model="runware:999@1")], KEY, 400, "modelNotFound"),
-        ([task(hiresFix=True)], KEY, 400, "unsupportedParameter"),
+        ([task(puLID={"images": ["x"]})], KEY, 400, "unsupportedParameter"),
         ([task(ipAdapters=[{"model": "x", "weight": 1}])], KEY, 400, "invalidParameter"),
         ([task(controlNet=[{"model": "x", "weight": 1}])], KEY, 400, "invalidParameter"),
         ([task(lora=[{"model": "x", "weight": 1, "transformer": "high"}])], KEY, 400, "unsupportedParameter"),
@@ -161,8 +161,6 @@ def test_errors_name_parameter_and_task(srv):
 @pytest.mark.parametrize(
     "field",
     [
-        "ultralytics",
-        "hiresFix",
         "puLID",
         "pulid",
     ],

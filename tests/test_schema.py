@@ -100,7 +100,9 @@ def test_every_integer_field_is_one_the_schema_converts():
     props = tasks_schema()["items"]["oneOf"][0]["properties"]
     nested = {"controlNet": props["controlNet"]["items"]["properties"],
               "acceleratorOptions": props["acceleratorOptions"]["properties"],
-              "outpaint": props["outpaint"]["properties"]}  # fmt: skip
+              "outpaint": props["outpaint"]["properties"],
+              "hiresFix": props["hiresFix"]["oneOf"][1]["properties"],
+              "ultralytics": props["ultralytics"]["properties"]}  # fmt: skip
     for name in INTEGERS:
         head, _, tail = name.partition(".")
         prop = nested[head][tail] if tail else props[name]
@@ -121,7 +123,10 @@ def test_openapi_shows_a_type_for_every_field():
     ("fields", "error", "parameter"),
     [
         ({"colour": "red"}, RequestError, "colour"),
-        ({"hiresFix": True}, UnsupportedError, "hiresFix"),
+        ({"hiresFix": {"steps": 3}}, RequestError, "hiresFix.model"),
+        ({"hiresFix": {"model": "x", "colour": 1}}, RequestError, "hiresFix.colour"),
+        ({"ultralytics": {"maskPadding": 30}}, RequestError, "ultralytics.maskPadding"),
+        ({"ultralytics": "yes"}, RequestError, "ultralytics"),
         ({"pulid": {"x": 1}}, UnsupportedError, "puLID"),
         ({"advancedFeatures": {"layerDiffuse": True}}, UnsupportedError, "layerDiffuse"),
         ({"safety": {"checkContent": "yes"}}, RequestError, "safety.checkContent"),

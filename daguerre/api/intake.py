@@ -25,7 +25,7 @@ from daguerre.jobs.queue import QueueFull
 from daguerre.jobs.service import JobService, fingerprint
 from daguerre.jobs.spec import DeliverySpec
 from daguerre.jobs.store import Job
-from daguerre.request import GenerationRequest, SafetyCheck
+from daguerre.request import HIRES_LATENT, GenerationRequest, SafetyCheck
 from daguerre.storage import ResultStore, StoredObject, UrlSigner
 
 # HTTP status for each error code, on every door that answers errors with HTTP statuses (everything else: 400).
@@ -216,6 +216,8 @@ class Intake:
         refs = [(req.model, "model"), *((x.model, "lora.model") for x in req.loras),
                 *((x.model, "controlNet.model") for x in req.controlnets),
                 *((x.model, "ipAdapters.model") for x in req.ip_adapters)]  # fmt: skip
+        if req.hires_fix is not None and req.hires_fix.model not in (None, HIRES_LATENT):
+            refs.append((req.hires_fix.model, "hiresFix.model"))
         for ref, parameter in refs:
             self.catalog.get(ref, parameter=parameter, allow_paths=self.server.allow_model_paths)
 

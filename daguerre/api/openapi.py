@@ -113,6 +113,13 @@ def tasks_schema() -> dict:
             "enhancePrompt": {"type": "boolean"},
             "character": {"type": "string", "description": "a saved character's name (this API key's)"},
             "acceleratorOptions": {"type": "object", "properties": accel},
+            "hiresFix": {"oneOf": [{"type": "boolean"}, {"type": "object", "required": ["model"], "properties": {
+                "model": {"type": "string", "description": "an upscaler id (runware:504@1...) or 'latent'"},
+                **nested("hiresFix", {"steps": {}, "strength": {}})}}]},
+            "ultralytics": {"type": "object", "properties": {
+                **nested("ultralytics", dict.fromkeys(("CFGScale", "confidence", "inpaintSize", "maskBlur",
+                                                       "maskPadding", "steps", "strength"), {})),
+                "positivePrompt": prompt, "negativePrompt": prompt}},
             **{name: {"description": "not supported yet: refused with unsupportedParameter"} for name in NOT_YET},
         },
     }  # fmt: skip

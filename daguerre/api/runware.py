@@ -224,6 +224,8 @@ class Runware:
                 item["imageDataURI"] = f"data:{CONTENT_TYPES[obj.ext]};base64,{base64.b64encode(data).decode()}"
         if delivery.include_cost:
             item["cost"] = round(r["seconds"] * self.server.price_per_second, 6)
+        if "faces" in r:  # ultralytics: the faces redrawn (a Daguerre extension)
+            item["facesEnhanced"] = r["faces"]
         if r.get("warnings"):  # prompt lint (a Daguerre extension; SDKs ignore unknown fields)
             item["warnings"] = r["warnings"]
         return item

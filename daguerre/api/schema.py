@@ -21,7 +21,9 @@ from daguerre.request import (
     OUTPUT_FORMATS,
     AccelOptions,
     ControlRef,
+    FaceFix,
     GenerationRequest,
+    HiresFix,
     IpAdapterRef,
     LoraRef,
     Outpaint,
@@ -31,7 +33,7 @@ from daguerre.request import (
 )
 
 # Reference fields whose feature is not built yet: refused while present and not empty.
-NOT_YET = ("ultralytics", "hiresFix", "layerDiffuse", "puLID")
+NOT_YET = ("layerDiffuse", "puLID")
 # Spellings the SDKs send for the same field.
 ALIASES = {"pulid": "puLID", "PuLID": "puLID", "checkNSFW": "checkNsfw"}
 KNOWN = {
@@ -39,7 +41,8 @@ KNOWN = {
     "CFGScale", "trueCFGScale", "seed", "numberResults", "strength", "inputs", "seedImage", "maskImage",
     "outputType", "outputFormat", "outputQuality", "deliveryMethod", "includeCost", "ttl", "safety",
     "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", "outpaint", "maskMargin",
-    "promptWeighting", "controlNet", "ipAdapters", "enhancePrompt", "character", "acceleratorOptions", *NOT_YET,
+    "promptWeighting", "controlNet", "ipAdapters", "enhancePrompt", "character", "acceleratorOptions", "hiresFix",
+    "ultralytics", *NOT_YET,
 }  # fmt: skip
 IMAGE_FIELDS = ("seedImage", "maskImage")
 
@@ -166,6 +169,8 @@ def parse_image_inference(
         enhance_prompt=enhance,
         character=character,
         safety=safety,
+        hires_fix=_parse_hires(task.get("hiresFix")),
+        face_fix=_parse_face(task.get("ultralytics")),
         loras=_parse_loras(task.get("lora")),
         outpaint=_parse_outpaint(task.get("outpaint")),
         mask_margin=_int(task, "maskMargin"),
@@ -349,3 +354,48 @@ def _parse_safety(value, check_nsfw) -> SafetyCheck | None:
     if not (check or check_nsfw) or mode == "none":
         return None
     return SafetyCheck(action=value.get("action"), threshold=value.get("threshold"))
+
+
+def _parse_hires(value) -> HiresFix | None:
+    """`hiresFix: true` (the server's default upscaler) or `{model, steps, strength}` (model required there, as
+    the reference says; "latent" names the latent upscale)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return HiresFix()
+    if not isinstance(value, dict):
+        raise RequestError("hiresFix must be true or an object {model, steps, strength}", parameter="hiresFix")
+    unknown = sorted(set(value) - {"model", "steps", "strength"})
+    if unknown:
+        raise RequestError(f"unknown field hiresFix.{unknown[0]}", parameter=f"hiresFix.{unknown[0]}")
+    if value.get("model") is None:
+        raise RequestError(
+            "hiresFix.model is required in the object form (an upscaler id, e.g. runware:504@1, or 'latent'); "
+            "hiresFix: true uses the server's default",
+            parameter="hiresFix.model",
+        )
+    steps = _whole(value.get("steps"), "hiresFix.steps")
+    return HiresFix(model=value["model"], steps=steps, strength=value.get("strength"))
+
+
+FACE_FIELDS = {"CFGScale": "cfg_scale", "confidence": "confidence", "inpaintSize": "inpaint_size",
+               "maskBlur": "mask_blur", "maskPadding": "mask_padding", "positivePrompt": "positive_prompt",
+               "negativePrompt": "negative_prompt", "steps": "steps", "strength": "strength"}  # fmt: skip
+
+
+def _parse_face(value) -> FaceFix | None:
+    """`ultralytics: {CFGScale, confidence, inpaintSize, maskBlur, maskPadding, positivePrompt, negativePrompt,
+    steps, strength}` (an empty object: the reference's defaults)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise RequestError("ultralytics must be an object (its fields: " + ", ".join(FACE_FIELDS) + ")",
+                           parameter="ultralytics")  # fmt: skip
+    unknown = sorted(set(value) - set(FACE_FIELDS))
+    if unknown:
+        raise RequestError(f"unknown field ultralytics.{unknown[0]}", parameter=f"ultralytics.{unknown[0]}")
+    integers = ("inpaintSize", "maskBlur", "maskPadding", "steps")
+    return FaceFix(**{attr: (_whole(value.get(name), f"ultralytics.{name}") if name in integers else value.get(name))
+                      for name, attr in FACE_FIELDS.items()})  # fmt: skip

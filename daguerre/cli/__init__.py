@@ -11,10 +11,31 @@ dependencies (torch, the server) inside, so `daguerre --help` and flag errors an
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
 from daguerre.cli import generate, keys, models, serve, studio
+from daguerre.cli.args import DEFAULT_UPSCALER
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Photoreal FLUX.1 image generation.")
+# Options whose value may be left out: given alone (the next word is another option, or nothing), they
+# stand for this value. `--hires-fix` alone: the configured default upscaler.
+OPTIONAL_VALUES = {"--hires-fix": DEFAULT_UPSCALER}
+
+
+class Commands(TyperGroup):
+    """The command group, reading `--hires-fix` with or without its MODEL."""
+
+    def parse_args(self, ctx, args):
+        out = []
+        for i, arg in enumerate(args):
+            out.append(arg)
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if arg in OPTIONAL_VALUES and (nxt is None or nxt.startswith("-")):
+                out.append(OPTIONAL_VALUES[arg])
+        return super().parse_args(ctx, out)
+
+
+app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
+                  help="Photoreal FLUX.1 image generation.")  # fmt: skip
 app.command()(generate.generate)
 app.command()(models.models)
 app.command()(generate.reproduce)

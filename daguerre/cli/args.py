@@ -12,7 +12,9 @@ from daguerre.request import (
     RANGES,
     SIZE_STEP,
     AccelOptions,
+    FaceFix,
     GenerationRequest,
+    HiresFix,
     OutputSpec,
     SafetyCheck,
     validate,
@@ -55,6 +57,10 @@ def build_request(
     fmt: str,
     quality: int,
     safety: SafetyCheck | None = None,
+    hires: str | None = None,
+    hires_steps: int | None = None,
+    hires_strength: float | None = None,
+    face: FaceFix | None = None,
 ) -> GenerationRequest:
     """The request `daguerre generate` makes, validated (before any model is looked up: a typo answers at once).
 
@@ -94,6 +100,8 @@ def build_request(
         enhance_prompt=enhance,
         character=name,
         safety=safety,
+        hires_fix=_hires(hires, hires_steps, hires_strength),
+        face_fix=face,
         model=model or "",
         positive_prompt=prompt,
         negative_prompt=negative,
@@ -231,3 +239,15 @@ def lora_ref(value: str):
         raise DaguerreError(
             f"--lora weight must be a number, got {weight!r}", parameter="lora.weight", code="invalidParameter"
         ) from None
+
+
+DEFAULT_UPSCALER = "default"  # what `--hires-fix` alone stands for (cli/__init__.py inserts it)
+
+
+def _hires(model: str | None, steps: int | None, strength: float | None) -> HiresFix | None:
+    if model is None:
+        if steps is not None or strength is not None:
+            raise DaguerreError("--hires-steps and --hires-strength need --hires-fix", parameter="hiresFix",
+                                code="invalidParameter")  # fmt: skip
+        return None
+    return HiresFix(model=None if model == DEFAULT_UPSCALER else model, steps=steps, strength=strength)

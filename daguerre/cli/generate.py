@@ -25,7 +25,7 @@ from daguerre.cli.common import (
 )
 from daguerre.errors import DaguerreError
 from daguerre.imaging import EXTENSION
-from daguerre.request import SafetyCheck
+from daguerre.request import FaceFix, SafetyCheck
 
 
 def generate(
@@ -97,6 +97,37 @@ def generate(
     character: Annotated[
         str | None, typer.Option(help="a saved character: prepends its anchor, locks its seed (daguerre characters)")
     ] = None,
+    hires_fix: Annotated[
+        str | None,
+        typer.Option(
+            "--hires-fix",
+            metavar="[MODEL]",
+            help="two passes: half size, upscale with MODEL (an upscaler "
+            "id, name or alias; 'latent'; alone: the configured default), refine",
+        ),  # fmt: skip
+    ] = None,
+    hires_steps: Annotated[int | None, typer.Option("--hires-steps", help="refine steps [the request's]")] = None,
+    hires_strength: Annotated[
+        float | None, typer.Option("--hires-strength", help="refine strength, (0, 1] [0.6]")
+    ] = None,
+    face_fix: Annotated[
+        bool, typer.Option("--face-fix", help="detect and re-draw faces (the API's ultralytics)")
+    ] = False,
+    face_cfg: Annotated[float | None, typer.Option("--face-cfg", help="face pass guidance, 0-50 [8]")] = None,
+    face_confidence: Annotated[
+        float | None, typer.Option("--face-confidence", help="face detection threshold, 0-1 [0.9]")
+    ] = None,
+    face_inpaint_size: Annotated[
+        int | None, typer.Option("--face-inpaint-size", help="each face is redrawn at this size, 128-2048 [1024]")
+    ] = None,
+    face_mask_blur: Annotated[int | None, typer.Option("--face-mask-blur", help="paste feathering, 0-100 [5]")] = None,
+    face_mask_padding: Annotated[
+        int | None, typer.Option("--face-mask-padding", help="pixels around each face, 0-20 [5]")
+    ] = None,
+    face_prompt: Annotated[str | None, typer.Option("--face-prompt", help="face pass prompt [the prompt]")] = None,
+    face_negative: Annotated[str | None, typer.Option("--face-negative", help="face pass negative prompt")] = None,
+    face_steps: Annotated[int | None, typer.Option("--face-steps", help="face pass steps, 1-100 [20]")] = None,
+    face_strength: Annotated[float | None, typer.Option("--face-strength", help="face pass strength [0.3]")] = None,
     safety_check: Annotated[
         bool, typer.Option("--safety-check", help="run the safety checker on each image (settings [safety])")
     ] = False,
@@ -137,6 +168,14 @@ def generate(
         if negative is not None and (true_cfg or 0) <= 1:
             err.print("note: --negative acts only with --true-cfg > 1 (as in the reference API); it is recorded "
                       "but not used for this image", highlight=False)  # fmt: skip
+        face_options = {"--face-cfg": face_cfg, "--face-confidence": face_confidence,
+                        "--face-inpaint-size": face_inpaint_size, "--face-mask-blur": face_mask_blur,
+                        "--face-mask-padding": face_mask_padding, "--face-prompt": face_prompt,
+                        "--face-negative": face_negative, "--face-steps": face_steps,
+                        "--face-strength": face_strength}  # fmt: skip
+        given = [k for k, v in face_options.items() if v is not None]
+        if given and not face_fix:
+            raise DaguerreError(f"{given[0]} needs --face-fix", parameter="ultralytics", code="invalidParameter")
         saved = None
         if character is not None:
             from daguerre.cli.studio import LOCAL_OWNER, character_store
@@ -150,6 +189,11 @@ def generate(
             cache_start=cache_start, cache_end=cache_end, cache_max_consecutive=cache_max_consecutive,
             enhance=enhance, character=saved, weighting=weighting, fmt=fmt, quality=quality,
             safety=SafetyCheck(action=safety_action) if safety_check or safety_action else None,
+            hires=hires_fix, hires_steps=hires_steps, hires_strength=hires_strength,
+            face=FaceFix(cfg_scale=face_cfg, confidence=face_confidence, inpaint_size=face_inpaint_size,
+                         mask_blur=face_mask_blur, mask_padding=face_mask_padding, positive_prompt=face_prompt,
+                         negative_prompt=face_negative, steps=face_steps, strength=face_strength)
+            if face_fix else None,
         )  # fmt: skip
         engine = engine_for(settings)
         if not req.model:
@@ -158,6 +202,8 @@ def generate(
         for w in written[0][1].warnings if written else ():
             warn(w)
         for path, im in written:
+            if im.faces is not None:
+                err.print(f"{path.name}: {im.faces} face(s) enhanced", highlight=False)
             if im.nsfw:
                 warn(f"{path.name}: flagged by the safety checker ({im.verdict.action})")
             typer.echo(f"{path}\tseed={im.seed}")  # plain: scripts parse these lines

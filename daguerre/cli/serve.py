@@ -94,10 +94,11 @@ def serve(
             if not (folder / "model_index.json").exists():
                 err.print("building the demo model (random weights, about 1 MB)...")
                 build(folder, layout="folder", seed=0)
-            models = {"demo": {"id": "daguerre:demo@1", "path": str(folder.resolve())}}
-        settings = settings.model_copy(
-            update={"server": srv, "models": models, "discover": settings.discover and not demo}
-        )
+            models = {"demo": {"id": "daguerre:demo@1", "path": str(folder.resolve())}, **demo_extras(srv.data_dir)}
+        update = {"server": srv, "models": models, "discover": settings.discover and not demo}
+        if demo and "face-yolo" in models:
+            update["faces"] = settings.faces.model_copy(update={"detector": "face-yolo"})
+        settings = settings.model_copy(update=update)
         from daguerre.logs import quiet_libraries
 
         quiet_libraries()
@@ -173,3 +174,24 @@ def _bind(host: str, port: int):
                             code="invalidParameter") from e  # fmt: skip
     sock.set_inheritable(True)
     return sock
+
+
+def demo_extras(data_dir: Path) -> dict:
+    """The demo's tiny upscaler, under the reference API's upscaler ids (so hiresFix with any of them works),
+    and, with the `faces` extra, a tiny YOLO face model that ultralytics' face enhancement uses."""
+    from daguerre.engine.models.catalog import UPSCALER_IDS
+    from daguerre.testing.tiny import build_face_yolo, build_upscaler
+
+    up = data_dir / "demo-upscaler" / "RealESRGAN_x4plus.pth"
+    if not up.exists():
+        build_upscaler(up)
+    ids = list(UPSCALER_IDS.values())
+    extras = {"demo-upscaler": {"id": ids[0], "path": str(up.resolve()), "kind": "upscaler", "aliases": ids[1:]}}
+    import importlib.util
+
+    if importlib.util.find_spec("ultralytics") is not None:
+        yolo = data_dir / "demo-faces" / "face_yolov8n.pt"
+        if not yolo.exists():
+            build_face_yolo(yolo, config_dir=data_dir / "demo-faces" / ".ultralytics")
+        extras["face-yolo"] = {"id": "daguerre:face-yolo@1", "path": str(yolo.resolve()), "kind": "detector"}
+    return extras

@@ -15,6 +15,7 @@ profiles, memory, and models/ (files, residency, adapters).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -25,6 +26,8 @@ from PIL import Image
 
 from daguerre.engine import controlnet
 from daguerre.engine import plan as planning
+from daguerre.engine.features import faces as face_features
+from daguerre.engine.features import hires
 from daguerre.engine.features.safety import SafetyChecker, Verdict, censor
 from daguerre.engine.inputs import image_inputs
 from daguerre.engine.ip_adapter import ip_adapter_inputs
@@ -58,6 +61,7 @@ class GeneratedImage:
     seconds: float = 0.0  # compute time of its forward pass, shared equally by the images in it
     warnings: tuple[str, ...] = ()  # prompt lint and enhancement notes (never blocking)
     verdict: Verdict | None = None  # the safety check, when the request asked for one
+    faces: int | None = None  # faces the face enhancement redrew (None: it was not asked for)
 
     @property
     def nsfw(self) -> bool:
@@ -95,9 +99,16 @@ class Engine:
         max_batch: int | None = None,
         default_negative: str = DEFAULT_NEGATIVE,
         safety: SafetyChecker | None = None,
+        upscaler: str | None = None,
+        face_detector: str = "auto",
     ):
         self.models = models
         self.safety = safety  # the checker requests with `safety` run on their images (None: none configured)
+        self.upscaler = upscaler  # hiresFix: true uses it (settings.upscaler); None = the latent upscale
+        self.upscalers = hires.Upscalers(models.device)
+        self.face_detector = face_detector  # ultralytics: auto | nudenet | haar | a YOLO model (settings.faces)
+        self._detector: face_features.Detector | None = None
+        self._detector_lock = threading.Lock()
         # The unconditional prompt of true CFG when a request gives none (settings.default_negative_prompt).
         self.default_negative = default_negative
         # Batching fills a GPU; on the CPU a step is already compute-bound (measured in bench/overhead).
@@ -157,6 +168,8 @@ class Engine:
         taken for a whole batch) keep a request alone, and so does an engine with max_batch 1.
         """
         if self.max_batch < 2 or req.workflow != "txt2img" or req.accelerator.enabled:
+            return None
+        if req.hires_fix is not None or req.face_fix is not None:  # their extra passes run per request
             return None
         if req.seed_image is not None or req.mask_image is not None or req.controlnets or req.ip_adapters:
             return None
@@ -301,6 +314,8 @@ class Engine:
                 max_sequence_length=plan.max_seq,
             )
         )
+        hires_plan = hires.plan(self, req)
+        face_embeds = face_features.embeddings(pipe, req, plan, (pe, ppe, npe, nppe), model.device)
         control_recipe = tuple(controlnet.recipe_entry(c.ref, c.spec, start=c.start, end=c.end) for c in control)
         if structural is not None:
             control_recipe += (controlnet.recipe_entry(structural.ref, structural.spec, kind=structural.spec.kind),)
@@ -317,7 +332,10 @@ class Engine:
             control=control,
             structural=structural,
             warnings=warnings,
+            hires=hires_plan,
+            face_embeds=face_embeds,
             recipe_extra={
+                "hires_fix": hires_plan.recipe() if hires_plan is not None else None,
                 "loras": lora_recipe,
                 "controlnets": control_recipe,
                 "ip_adapters": ip_recipe,
@@ -342,29 +360,20 @@ class Engine:
         first = items[0][0]
         req, plan, pipe = first.req, first.plan, first.pipe
         idx = tuple(i for _, i in items)
+        hp = first.hires
+        width, height = hp.first if hp is not None else (req.width, req.height)  # hiresFix: half size first
         kwargs = dict(
-            height=req.height,
-            width=req.width,
+            height=height,
+            width=width,
             num_inference_steps=plan.steps,
             max_sequence_length=plan.max_seq,
             generator=[torch.Generator("cpu").manual_seed(p.seed + i) for p, i in items],
-            output_type=first.output_type,
+            output_type="latent" if hp is not None and hp.upscaler is None else first.output_type,
             callback_on_step_end=self._callback(idx, req, t0, on_progress, cancel, preview),
             **first.image_kwargs,
         )
-        if all(p is first for p, _ in items):  # one request: its embeddings, repeated by the pipeline
-            pe, ppe, npe, nppe = first.embeds
-            kwargs["num_images_per_prompt"] = len(items)
-        else:  # several requests: one row of embeddings per image
-            pe, ppe, npe, nppe = (
-                None if first.embeds[k] is None else torch.cat([p.embeds[k] for p, _ in items]) for k in range(4)
-            )
-            kwargs["num_images_per_prompt"] = 1
-        kwargs.update(prompt_embeds=pe, pooled_prompt_embeds=ppe)
-        if plan.guidance is not None:
-            kwargs["guidance_scale"] = plan.guidance
-        if plan.negative is not None:
-            kwargs.update(negative_prompt_embeds=npe, negative_pooled_prompt_embeds=nppe, true_cfg_scale=plan.true_cfg)
+        cond = self._conditioning(items, plan)
+        kwargs.update(cond)
         if plan.strength is not None:
             kwargs["strength"] = plan.strength
         if first.control:
@@ -385,6 +394,9 @@ class Engine:
         cache = StepCache(pipe.transformer, accel, plan.steps, pipe.scheduler.order)
         with torch.inference_mode(), cache if accel.enabled else contextlib.nullcontext():
             out = pipe(**kwargs).images
+        if hp is not None:  # hiresFix's second pass, on the final size
+            callback = self._callback(idx, req, t0, on_progress, cancel, False)
+            out = hires.refine(model, [(p.seed + i) for p, i in items], req, hp, first.plan, out, cond, callback)
         accel_recipe = None
         if accel.enabled:
             accel_recipe = {
@@ -416,9 +428,40 @@ class Engine:
                 seconds=per_image,
                 warnings=prep.warnings,
             )
+            if prep.req.face_fix is not None:
+                callback = self._callback((i,), prep.req, t0, on_progress, cancel, False)
+                image = face_features.enhance(model, prep, image, self.detector(), callback)
             done.append((prep, image))
         checked = self._checked([im for _, im in done], [p.req for p, _ in done])
         return [(prep, im) for (prep, _), im in zip(done, checked, strict=True)]
+
+    @staticmethod
+    def _conditioning(items: list[tuple[_Prepared, int]], plan: Plan) -> dict:
+        """The prompt embeddings and guidance of a pass: one request's, repeated by the pipeline, or one row per
+        image of several requests."""
+        first = items[0][0]
+        if all(p is first for p, _ in items):
+            pe, ppe, npe, nppe = first.embeds
+            cond = {"num_images_per_prompt": len(items)}
+        else:
+            pe, ppe, npe, nppe = (
+                None if first.embeds[k] is None else torch.cat([p.embeds[k] for p, _ in items]) for k in range(4)
+            )
+            cond = {"num_images_per_prompt": 1}
+        cond.update(prompt_embeds=pe, pooled_prompt_embeds=ppe)
+        if plan.guidance is not None:
+            cond["guidance_scale"] = plan.guidance
+        if plan.negative is not None:
+            cond.update(negative_prompt_embeds=npe, negative_pooled_prompt_embeds=nppe, true_cfg_scale=plan.true_cfg)
+        return cond
+
+    def detector(self) -> face_features.Detector:
+        """The face detector of settings.faces, loaded on first use."""
+        with self._detector_lock:
+            if self._detector is None:
+                self._detector = face_features.load_detector(self.face_detector, self.models.catalog,
+                                                             self.models.cache_dir)  # fmt: skip
+            return self._detector
 
     @property
     def safety_available(self) -> bool:
@@ -519,6 +562,8 @@ class _Prepared:
     control: list
     structural: controlnet.Structural | None
     warnings: tuple[str, ...]
+    hires: hires.HiresPlan | None
+    face_embeds: tuple | None  # the face pass's (sequence, pooled, negative sequence, negative pooled)
     recipe_extra: dict  # recipe fields that come from preparation (loras, controlnets, prompts...)
     slot: int = 0  # position in a generate_batch call
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from daguerre.engine.models.catalog import Catalog
 from daguerre.errors import RequestError
 from daguerre.prompts.studio import CLIP_WINDOW, enhance_prompt
-from daguerre.request import MAX_SEQUENCE_LENGTH, GenerationRequest, resolve
+from daguerre.request import HIRES_LATENT, MAX_SEQUENCE_LENGTH, GenerationRequest, resolve
 
 if TYPE_CHECKING:
     from daguerre.engine.models.resident import LoadedModel
@@ -50,6 +50,7 @@ ADAPTER_KINDS = {
     "lora.model": (("lora",), "a LoRA"),
     "controlNet.model": (("controlnet", *STRUCTURAL), "a FLUX.1 ControlNet"),
     "ipAdapters.model": (("ipadapter",), "a FLUX.1 IP-Adapter"),
+    "hiresFix.model": (("upscaler",), "an upscaler"),
 }
 
 
@@ -58,6 +59,8 @@ def check_kinds(req: GenerationRequest, catalog: Catalog) -> None:
     engine when it resolves: one rule, one message)."""
     refs = [*(("lora.model", x.model) for x in req.loras), *(("controlNet.model", x.model) for x in req.controlnets),
             *(("ipAdapters.model", x.model) for x in req.ip_adapters)]  # fmt: skip
+    if req.hires_fix is not None and req.hires_fix.model not in (None, HIRES_LATENT):
+        refs.append(("hiresFix.model", req.hires_fix.model))
     for parameter, ref in refs:
         kinds, what = ADAPTER_KINDS[parameter]
         spec = catalog.get(ref, parameter=parameter)

@@ -22,7 +22,9 @@ from daguerre.errors import RequestError
 from daguerre.request import (
     AccelOptions,
     ControlRef,
+    FaceFix,
     GenerationRequest,
+    HiresFix,
     IpAdapterRef,
     LoraRef,
     Outpaint,
@@ -130,7 +132,8 @@ def hydrate(spec: JobSpec, load: Callable[[str, bool], Image.Image]) -> Generati
 
 # ---- JSON: the one place a JobSpec becomes text and back
 
-_PARTS = {"output": OutputSpec, "outpaint": Outpaint, "accelerator": AccelOptions, "safety": SafetyCheck}
+_PARTS = {"output": OutputSpec, "outpaint": Outpaint, "accelerator": AccelOptions, "safety": SafetyCheck,
+          "hires_fix": HiresFix, "face_fix": FaceFix}  # fmt: skip
 _LISTS = {"loras": LoraRef, "controlnets": ControlRef, "ip_adapters": IpAdapterRef}
 _IMAGES = {"seed_image", "mask_image", "guide_image", "guide_images"}
 

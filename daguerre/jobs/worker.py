@@ -236,6 +236,8 @@ class Worker:
             result = {"imageUUID": uuid, "seed": im.seed, "ext": ext, "seconds": im.seconds, "index": im.index}
             if im.verdict is not None:
                 result["nsfw"] = im.nsfw
+            if im.faces is not None:
+                result["faces"] = im.faces
             if im.warnings:
                 result["warnings"] = list(im.warnings)
             job.results.append(result)

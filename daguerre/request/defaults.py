@@ -20,7 +20,9 @@ from daguerre.request.limits import (
     DEFAULT_STEPS,
     DEFAULT_STRENGTH,
     DEFAULT_TEA_CACHE_DISTANCE,
+    FACE_DEFAULTS,
     FULL_STRENGTH,
+    HIRES_STRENGTH,
     RANDOM_SEEDS,
 )
 from daguerre.request.types import AccelOptions, GenerationRequest
@@ -92,11 +94,29 @@ def resolve(req: GenerationRequest, kind: str, *, name: str = "", control: str |
     guidance = None
     if has_guidance:
         guidance = req.guidance if req.guidance is not None else DEFAULT_GUIDANCE[control or kind]
+    for field, what in (("hires_fix", "hiresFix"), ("face_fix", "ultralytics")):
+        if getattr(req, field) is not None and kind not in ("dev", "schnell"):
+            raise UnsupportedError(f"{what} is not supported with FLUX.1 {kind} model {name} (dev- and "
+                                   "schnell-type models only)", parameter=what)  # fmt: skip
+    steps = req.steps or DEFAULT_STEPS[kind]
+    hires = req.hires_fix
+    if hires is not None:
+        hires = replace(hires, steps=hires.steps or steps,
+                        strength=hires.strength if hires.strength is not None else HIRES_STRENGTH)  # fmt: skip
+    face = req.face_fix
+    if face is not None:
+        if face.cfg_scale is not None and not has_guidance:
+            raise RequestError(f"ultralytics.CFGScale: {name} is a schnell-type model with no guidance input; omit "
+                               "it", parameter="ultralytics.CFGScale")  # fmt: skip
+        defaults = {k: v for k, v in FACE_DEFAULTS.items() if k != "cfg_scale" or has_guidance}
+        face = replace(face, **{k: v for k, v in defaults.items() if getattr(face, k) is None})
     return replace(
         req,
-        steps=req.steps or DEFAULT_STEPS[kind],
+        steps=steps,
         guidance=guidance,
         strength=strength,
         seed=req.seed if req.seed is not None else secrets.randbelow(RANDOM_SEEDS),
         accelerator=resolve_accel(req.accelerator),
+        hires_fix=hires,
+        face_fix=face,
     )

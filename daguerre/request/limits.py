@@ -48,6 +48,15 @@ RANGES: dict[str, tuple[float, float]] = {
     "acceleratorOptions.cacheEndStepPercentage": (1, 100),
     "acceleratorOptions.cacheMaxConsecutiveSteps": (1, 5),
     "safety.threshold": (0, 1),
+    "hiresFix.steps": (1, 50),
+    "hiresFix.strength": (0, 1),
+    "ultralytics.CFGScale": (0, 50),
+    "ultralytics.confidence": (0, 1),
+    "ultralytics.inpaintSize": (128, 2048),
+    "ultralytics.maskBlur": (0, 100),
+    "ultralytics.maskPadding": (0, 20),
+    "ultralytics.steps": (1, 100),
+    "ultralytics.strength": (0, 1),
 }
 # The numeric fields that take whole numbers. Every one of them also accepts an integral float (1024.0, as
 # JavaScript clients send numbers); any other float is refused.
@@ -58,7 +67,9 @@ INTEGERS = frozenset(
      "outpaint.top", "outpaint.bottom", "outpaint.left", "outpaint.right", "outpaint.blur",
      "acceleratorOptions.dbCacheSkipInterval", "acceleratorOptions.cacheStartStep",
      "acceleratorOptions.cacheEndStep", "acceleratorOptions.cacheStartStepPercentage",
-     "acceleratorOptions.cacheEndStepPercentage", "acceleratorOptions.cacheMaxConsecutiveSteps"}
+     "acceleratorOptions.cacheEndStepPercentage", "acceleratorOptions.cacheMaxConsecutiveSteps",
+     "hiresFix.steps", "ultralytics.inpaintSize", "ultralytics.maskBlur", "ultralytics.maskPadding",
+     "ultralytics.steps"}
 )  # fmt: skip
 
 MAX_LORAS = 8
@@ -75,6 +86,15 @@ PROMPT_WEIGHTINGS = ("compel", "sdEmbeds")
 SAFETY_ACTIONS = ("blur", "pixelate", "black", "sensitive_content_text", "flag")
 
 # ---- defaults
+# hiresFix: the first pass is half the final size (each side a multiple of 16, what FLUX.1 takes), the
+# refine pass is image-to-image at this strength: the reference API's own example value, enough to redraw
+# the texture an upscaler cannot invent (skin, hair) while keeping the first pass's composition.
+HIRES_SCALE = 2
+HIRES_STRENGTH = 0.6
+HIRES_LATENT = "latent"  # hiresFix.model naming the latent upscale (no upscaler file)
+# ultralytics (face enhancement): the reference API's defaults.
+FACE_DEFAULTS = {"cfg_scale": 8.0, "confidence": 0.9, "inpaint_size": 1024, "mask_blur": 5, "mask_padding": 5,
+                 "steps": 20, "strength": 0.3}  # fmt: skip
 DEFAULT_SCHEDULER = "Default"
 DEFAULT_OUTPUT_QUALITY = 95
 DEFAULT_SIZE = 1024  # the CLI's width and height when none is given (the task API requires both)

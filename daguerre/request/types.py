@@ -54,6 +54,30 @@ class SafetyCheck:
 
 
 @dataclass(frozen=True)
+class HiresFix:
+    """hiresFix: generate at half size, upscale, refine with image-to-image at the final size."""
+
+    model: str | None = None  # an upscaler (catalog id, name, alias), "latent", or None = the server's default
+    steps: int | None = None  # refine steps, 1-50; None = the request's steps
+    strength: float | None = None  # refine strength, (0, 1]; None = limits.HIRES_STRENGTH
+
+
+@dataclass(frozen=True)
+class FaceFix:
+    """ultralytics: detect faces, inpaint each at inpaint_size, paste it back feathered."""
+
+    cfg_scale: float | None = None  # the face pass's distilled guidance (0-50); None = limits.FACE_DEFAULTS
+    confidence: float | None = None  # detection threshold, 0-1
+    inpaint_size: int | None = None  # the long side each face crop is inpainted at, 128-2048
+    mask_blur: int | None = None  # feathering of the paste, 0-100 px
+    mask_padding: int | None = None  # padding around each detected face, 0-20 px
+    positive_prompt: str | None = None  # the face pass's prompt; None = the request's
+    negative_prompt: str | None = None  # acts with the request's true CFG, as negativePrompt does
+    steps: int | None = None  # 1-100 (image-to-image runs steps x strength of them)
+    strength: float | None = None  # 0-1
+
+
+@dataclass(frozen=True)
 class OutputSpec:
     """How generated images are encoded."""
 
@@ -140,6 +164,8 @@ class GenerationRequest:
     enhance_prompt: bool = False  # expand the prompt along the photographic formula (prompts/studio.py)
     character: str | None = None  # saved character whose anchor and seed the adapter already applied
     safety: SafetyCheck | None = None  # check each image for explicit content; None = no check
+    hires_fix: HiresFix | None = None  # two-pass generation: half size, upscale, refine (text-to-image)
+    face_fix: FaceFix | None = None  # face enhancement after generation (the `ultralytics` object)
 
     @property
     def workflow(self) -> str:

@@ -7,10 +7,11 @@ import difflib
 import unicodedata
 from typing import Any
 
-from daguerre.errors import RequestError
+from daguerre.errors import RequestError, UnsupportedError
 from daguerre.request.limits import (
     CONTROL_MODES,
     CONTROL_TYPES,
+    HIRES_LATENT,
     INTEGERS,
     MAX_CONTROLNETS,
     MAX_IP_ADAPTERS,
@@ -25,7 +26,7 @@ from daguerre.request.limits import (
     SCHEDULERS,
     SIZE_STEP,
 )
-from daguerre.request.types import AccelOptions, ControlRef, GenerationRequest, SafetyCheck
+from daguerre.request.types import AccelOptions, ControlRef, FaceFix, GenerationRequest, HiresFix, SafetyCheck
 
 
 def check_range(name: str, value: Any) -> None:
@@ -309,6 +310,8 @@ def validate(req: GenerationRequest) -> GenerationRequest:
             raise RequestError("ipAdapters.guideImages needs at least one image", parameter="ipAdapters.guideImages")
         check_range("ipAdapters.weight", ip.weight)
     validate_accel(req.accelerator, req.steps)
+    _validate_hires(req)
+    _validate_face(req)
     if req.safety is not None:
         if not isinstance(req.safety, SafetyCheck):
             raise RequestError("safety must be an object", parameter="safety")
@@ -341,3 +344,42 @@ def validate(req: GenerationRequest) -> GenerationRequest:
             parameter="strength",
         )
     return req
+
+
+def _validate_hires(req: GenerationRequest) -> None:
+    h = req.hires_fix
+    if h is None:
+        return
+    if not isinstance(h, HiresFix):
+        raise RequestError("hiresFix must be true or an object {model, steps, strength}", parameter="hiresFix")
+    if h.model is not None and (not isinstance(h.model, str) or not h.model.strip()):
+        raise RequestError(f"hiresFix.model must be an upscaler's id, name or alias (or {HIRES_LATENT!r}), "
+                           f"got {h.model!r}", parameter="hiresFix.model")  # fmt: skip
+    _optional("hiresFix.steps", h.steps)
+    _optional("hiresFix.strength", h.strength)
+    if h.strength is not None and h.strength <= 0:
+        raise RequestError("hiresFix.strength must be over 0 (0 would skip the refine pass)",
+                           parameter="hiresFix.strength")  # fmt: skip
+    if req.workflow != "txt2img":
+        raise UnsupportedError(f"hiresFix applies to text-to-image; this request is {req.workflow}",
+                               parameter="hiresFix")  # fmt: skip
+    if req.controlnets or req.ip_adapters:
+        what = "controlNet" if req.controlnets else "ipAdapters"
+        raise UnsupportedError(f"hiresFix with {what} is not supported yet", parameter="hiresFix")
+
+
+def _validate_face(req: GenerationRequest) -> None:
+    f = req.face_fix
+    if f is None:
+        return
+    if not isinstance(f, FaceFix):
+        raise RequestError("ultralytics must be an object", parameter="ultralytics")
+    for name, value in (("CFGScale", f.cfg_scale), ("confidence", f.confidence), ("inpaintSize", f.inpaint_size),
+                        ("maskBlur", f.mask_blur), ("maskPadding", f.mask_padding), ("steps", f.steps),
+                        ("strength", f.strength)):  # fmt: skip
+        _optional(f"ultralytics.{name}", value)
+    if f.strength is not None and f.strength <= 0:
+        raise RequestError("ultralytics.strength must be over 0", parameter="ultralytics.strength")
+    for name, text in (("positivePrompt", f.positive_prompt), ("negativePrompt", f.negative_prompt)):
+        if text is not None:
+            check_text(f"ultralytics.{name}", text)

@@ -407,3 +407,56 @@ def build_ip_adapter(folder: Path, *, seed: int = 0) -> tuple[Path, Path]:
     path = folder / "ip_adapter.safetensors"
     save_file(sd, str(path))
     return path, folder / "image_encoder"
+
+
+def build_upscaler(path: Path, *, scale: int = 4, layout: str = "basicsr", seed: int = 0) -> Path:
+    """A tiny ESRGAN-architecture upscaler (8 filters, 1 block) as RealESRGAN and UltraSharp files store it:
+    layout "basicsr" (conv_first/body.N.rdbM..., RealESRGAN_x4plus) or "esrgan" (model.0/model.1.sub..., the
+    original ESRGAN and 4x-UltraSharp), in a .pth (the file's suffix says) or .safetensors file."""
+    import re
+
+    from safetensors.torch import save_file
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(seed)
+    model = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=scale)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if layout == "basicsr":
+        tops = sorted({int(k.split(".")[1]) for k in sd if re.match(r"model\.\d+\.weight$", k)})  # 0, ups, hr, last
+        names = {tops[0]: "conv_first", tops[-2]: "conv_hr", tops[-1]: "conv_last"}
+        names.update({t: f"conv_up{i + 1}" for i, t in enumerate(tops[1:-2])})
+
+        def rename(k: str) -> str:
+            m = re.match(r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)$", k)
+            if m:
+                return f"body.{m[1]}.rdb{m[2]}.conv{m[3]}.{m[4]}"
+            if k.startswith("model.1.sub."):
+                return f"conv_body.{k.rsplit('.', 1)[1]}"
+            return f"{names[int(k.split('.')[1])]}.{k.rsplit('.', 1)[1]}"
+
+        sd = {rename(k): v for k, v in sd.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file(sd, path)
+    else:
+        torch.save({"params_ema": sd} if layout == "basicsr" else sd, path)
+    return path
+
+
+def build_face_yolo(path: Path, *, config_dir: Path | None = None) -> Path:
+    """A random-weight YOLOv8n detector with one class, "face" (as face_yolov8n.pt has), built from the YAML that
+    ships inside ultralytics (the `faces` extra) and saved as a .pt file: nothing is downloaded."""
+    import os
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir or Path(path).parent / ".ultralytics"))
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n.yaml")
+    model.model.names = {0: "face"}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(path))
+    return path

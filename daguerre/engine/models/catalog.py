@@ -22,8 +22,16 @@ log = logging.getLogger(__name__)
 
 AIR_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9._/+-]+@[A-Za-z0-9._-]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-KINDS = ("dev", "schnell", "fill", "control", "kontext", "lora", "controllora", "controlnet", "ipadapter")
+KINDS = ("dev", "schnell", "fill", "control", "kontext", "lora", "controllora", "controlnet", "ipadapter",
+         "upscaler", "detector")  # fmt: skip
 COMFY_SUBDIRS = ("diffusion_models", "unet", "checkpoints", "loras", "controlnet", "ipadapter")
+# Image upscalers (spandrel: ESRGAN-class .pth/.safetensors) and YOLO face detectors (.pt), found by folder as
+# ComfyUI keeps them; the file's kind is the folder's.
+AUX_SUBDIRS = {"upscale_models": ("upscaler", (".pth", ".safetensors")),
+               "ultralytics/bbox": ("detector", (".pt",)), "ultralytics": ("detector", (".pt",))}  # fmt: skip
+# The reference API's upscaler ids, given to the same files when found (by file name, any case).
+UPSCALER_IDS = {"realesrgan_x4plus": "runware:504@1", "realesrgan_x4plus_anime_6b": "runware:realesrgan@anime-6b",
+                "4x-animesharp": "runware:esrgan@animesharp", "4x-ultrasharp": "runware:esrgan@ultrasharp"}  # fmt: skip
 # AIR ids the hosted API uses for the Black Forest Labs originals, given to the same
 # models when they are found in the Hugging Face cache.
 WELL_KNOWN_AIR = {
@@ -121,6 +129,10 @@ def spec_for_path(
     if path.is_dir():
         found_kind, size = describe_folder(path, parameter=parameter)
         fmt = "folder"
+    elif path.suffix.lower() in (".pth", ".pt"):
+        # Pickled weights are never FLUX.1 files: upscalers (.pth) and YOLO detectors (.pt), read only when used.
+        found_kind, size, fmt = ("detector" if path.suffix.lower() == ".pt" else "upscaler"), path.stat().st_size, \
+            "single-file"  # fmt: skip
     else:
         try:
             info = checkpoints.inspect(path)
@@ -195,8 +207,21 @@ def _snapshot(repo: Path) -> Path | None:
 
 
 def discover_model_dirs(dirs: list[Path], *, base: str | None) -> list[ModelSpec]:
-    """FLUX.1 transformer files in ComfyUI-style folders; other models there are skipped."""
+    """FLUX.1 transformer files in ComfyUI-style folders; other models there are skipped. Upscalers and face
+    detectors come from their own folders (AUX_SUBDIRS)."""
     specs = []
+    seen: set[Path] = set()
+    for root in dirs:
+        for sub, (kind, suffixes) in AUX_SUBDIRS.items():
+            for folder in (root / "models" / sub, root / sub):
+                for f in sorted(folder.iterdir()) if folder.is_dir() else ():
+                    if f.suffix.lower() not in suffixes or f.resolve() in seen:
+                        continue
+                    seen.add(f.resolve())
+                    known = UPSCALER_IDS.get(f.stem.lower()) if kind == "upscaler" else None
+                    specs.append(ModelSpec(id=known or f"{kind}:{slug(f.stem)}@1", name=slug(f.stem),
+                                           path=f.resolve(), format="single-file", kind=kind, source="comfyui",
+                                           size_bytes=f.stat().st_size))  # fmt: skip
     for root in dirs:
         for sub in COMFY_SUBDIRS:
             for folder in (root / "models" / sub, root / sub):
@@ -361,9 +386,13 @@ def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
         offload=table.get("offload"),
     )
     try:
-        return spec_for_path(
+        spec = spec_for_path(
             path, base=base, kind=kind, image_encoder=_resolve(table.get("image_encoder"), settings), **fields_
         )
+        known = UPSCALER_IDS.get(path.stem.lower()) if spec.kind == "upscaler" else None
+        if known and known != spec.id and known not in spec.aliases:  # the reference id of that file
+            spec = replace(spec, aliases=(*spec.aliases, known))
+        return spec
     except (ModelNotFoundError, ModelLoadError) as e:
         # One entry whose file is gone (an unplugged disk, a typo) must not hide the others: it is listed as
         # missing, and only a request for it fails, with this reason.

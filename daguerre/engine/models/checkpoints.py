@@ -109,6 +109,11 @@ def inspect(path: Path) -> CheckpointInfo:
             dtype=_dominant_dtype(header),
             size_bytes=path.stat().st_size,
         )
+    if ("model.0.weight" in names and any(k.startswith("model.1.sub.") for k in names)) or (
+        "conv_first.weight" in names and any(k.startswith("body.") for k in names)
+    ):  # ESRGAN-class upscalers (the old and the BasicSR key layouts), loaded with spandrel
+        return CheckpointInfo(path=path, layout="esrgan", kind="upscaler", dtype=_dominant_dtype(header),
+                              size_bytes=path.stat().st_size)  # fmt: skip
     if any(k.endswith(("lora_A.weight", ".lora_down.weight", ".down.weight")) for k in names):
         if not any(t in k for k in names for t in ("double_blocks", "single_blocks", "transformer_blocks")):
             raise ModelLoadError(
