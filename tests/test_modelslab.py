@@ -198,8 +198,8 @@ def test_the_reference_samples_with_only_the_url_changed(srv):
 @pytest.mark.parametrize(
     ("fields", "parameter"),
     [
-        ({"upscale": "yes"}, "upscale"),
-        ({"highres_fix": True}, "highres_fix"),
+        ({"upscale": "3"}, "upscale"),
+        ({"highres_fix": "maybe"}, "highres_fix"),
         ({"clip_skip": "2"}, "clip_skip"),
         ({"scheduler": "KarrasVeScheduler"}, "scheduler"),
         ({"scheduler": "Bogus"}, "scheduler"),
@@ -285,3 +285,17 @@ def test_cross_door_the_same_key_sees_the_same_job(srv):
     assert runware["data"][0]["imageURL"] == body["output"][0]
     for path in (f"/v1/prediction/{job.task_uuid}", f"/v1/predictions/{job.task_uuid}"):
         assert httpx.get(srv.base + path, headers={"X-API-Key": "k2", "Authorization": "Bearer k2"}).status_code == 404
+
+
+def test_upscale_and_highres_fix_run_as_hires_fix(srv):
+    body = call(srv, "text2img", prompt="a lighthouse", width=128, height=192, num_inference_steps=2, upscale="yes",
+                enhance_prompt="no", safety_checker="no")  # fmt: skip
+    assert body["status"] == "success" and picture(body["output"][0]).size == (256, 384)  # twice the size
+    job = _job(srv, body["id"])
+    assert job.spec.request.hires_fix is not None and (job.spec.request.width, job.spec.request.height) == (256, 384)
+    fixed = call(srv, "text2img", prompt="a lighthouse", width=256, height=256, num_inference_steps=2,
+                 highres_fix="yes", enhance_prompt="no", safety_checker="no")  # fmt: skip
+    assert fixed["status"] == "success" and picture(fixed["output"][0]).size == (256, 256)
+    assert _job(srv, fixed["id"]).spec.request.hires_fix is not None
+    img = call(srv, "img2img", prompt="a wall", init_image=png_b64(), upscale="yes", num_inference_steps=1)
+    assert img["status"] == "error" and img["parameter"] == "upscale"

@@ -28,7 +28,7 @@ from daguerre.api.intake import Inputs, Intake, ProtocolError
 from daguerre.errors import DaguerreError, RequestError, UnsupportedError
 from daguerre.jobs.spec import DeliverySpec
 from daguerre.jobs.store import CANCELLED, ERROR, SUCCESS, Job
-from daguerre.request import RANGES, SCHEDULERS, SIZE_STEP, GenerationRequest, LoraRef, validate
+from daguerre.request import RANGES, SCHEDULERS, SIZE_STEP, GenerationRequest, HiresFix, LoraRef, validate
 
 PROTOCOL = "modelslab"
 ENDPOINTS = ("text2img", "img2img", "inpaint")
@@ -45,8 +45,7 @@ SCHEDULER_NAMES = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscre
                    "UniPCMultistepScheduler", "DDIMInverseScheduler", "DEISMultistepScheduler", "IPNDMScheduler",
                    "KarrasVeScheduler", "ScoreSdeVeScheduler", "LCMScheduler")  # fmt: skip
 # Fields that ask for something this server does not do: refused unless absent, null or "no"/false.
-NOT_HONOURED = {"upscale": "upscaling (hiresFix) is not built yet", "highres_fix": "hires fix is not built yet",
-                "panorama": "panorama generation is not supported", "self_attention": "self-attention guidance is "
+NOT_HONOURED = {"panorama": "panorama generation is not supported", "self_attention": "self-attention guidance is "
                 "not supported", "multi_lingual": "prompt translation is not supported", "tomesd": "token merging "
                 "does not apply to FLUX.1 transformers", "clip_skip": "CLIP skip does not apply to FLUX.1 (its CLIP "
                 "gives only the pooled embedding)", "vae": "a separate VAE is not supported (the model's own is "
@@ -106,6 +105,7 @@ class ModelsLab:
         for name in PASSIVE:
             f.raw(name)
         prompt = f.text("prompt", required=True)
+        hires, factor = self._hires(f, endpoint)
         seed_image = mask = None
         if endpoint in ("img2img", "inpaint"):
             seed_image = resolve(f.text("init_image", required=True), "init_image", False)
@@ -141,8 +141,9 @@ class ModelsLab:
             positive_prompt=prompt,
             negative_prompt=negative,
             true_cfg_scale=true_cfg,
-            width=f.integer("width", default_w),
-            height=f.integer("height", default_h),
+            width=f.integer("width", default_w) * factor,
+            height=f.integer("height", default_h) * factor,
+            hires_fix=hires,
             steps=steps,
             guidance=guidance,
             seed=f.integer("seed"),
@@ -162,6 +163,23 @@ class ModelsLab:
         delivery = DeliverySpec(protocol=PROTOCOL, method="async", output_types=("base64Data",) if b64 else ("URL",),
                                 webhook_url=webhook, webhook_events=("completed",), reference=reference)  # fmt: skip
         return validate(req), delivery
+
+    @staticmethod
+    def _hires(f: Fields, endpoint: str) -> tuple[HiresFix | None, int]:
+        """highres_fix: hiresFix at the requested size (the server's default upscaler); upscale "yes"/2: the
+        output at twice the size, made as a hiresFix whose first pass is the requested size. (hiresFix is
+        text-to-image only, like the API's own highres_fix.)"""
+        highres = f.flag("highres_fix", False)
+        raw = f.raw("upscale")
+        factor = 1
+        if raw is not None and str(raw).strip().lower() not in ("no", "false", "0", "1", ""):
+            if str(raw).strip().lower() not in ("yes", "true", "2"):
+                raise UnsupportedError(f'upscale {raw!r}: this server upscales 2x ("yes" or 2)', parameter="upscale")
+            factor = 2
+        if endpoint != "text2img" and (highres or factor > 1):
+            name = "upscale" if factor > 1 else "highres_fix"
+            raise UnsupportedError(f"{name} applies to text2img here", parameter=name)
+        return (HiresFix() if highres or factor > 1 else None), factor
 
     @staticmethod
     def _scheduler(f: Fields) -> str:
@@ -326,7 +344,8 @@ async def fetch_by_body(request: Request, services: Services):
     return await _fetch(request, services, None)
 
 
-_FIELDS = {"key": "string", "model_id": "string", "prompt": "string", "negative_prompt": "string",
+_FIELDS = {"key": "string", "upscale": "string", "highres_fix": "string",
+           "model_id": "string", "prompt": "string", "negative_prompt": "string",
            "width": "integer", "height": "integer", "samples": "integer", "num_inference_steps": "integer",
            "guidance_scale": "number", "seed": "integer", "enhance_prompt": "string", "safety_checker": "string",
            "safety_checker_type": "string", "scheduler": "string", "use_karras_sigmas": "string",
