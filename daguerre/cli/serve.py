@@ -191,7 +191,10 @@ def demo_extras(data_dir: Path) -> dict:
 
     if importlib.util.find_spec("ultralytics") is not None:
         yolo = data_dir / "demo-faces" / "face_yolov8n.pt"
-        if not yolo.exists():
-            build_face_yolo(yolo, config_dir=data_dir / "demo-faces" / ".ultralytics")
-        extras["face-yolo"] = {"id": "daguerre:face-yolo@1", "path": str(yolo.resolve()), "kind": "detector"}
+        try:
+            if not yolo.exists():
+                build_face_yolo(yolo, config_dir=data_dir / "demo-faces" / ".ultralytics")
+            extras["face-yolo"] = {"id": "daguerre:face-yolo@1", "path": str(yolo.resolve()), "kind": "detector"}
+        except Exception as e:  # noqa: BLE001 - a broken ultralytics install must not stop the demo
+            warn(f"no demo face model: ultralytics did not load ({e})")
     return extras
