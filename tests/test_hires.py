@@ -92,6 +92,22 @@ def test_both_key_layouts_load_through_spandrel(tmp_path, layout, suffix):
     assert out.shape == (80, 112, 3) and out.std() > 0
 
 
+def test_the_built_in_reader_equals_spandrel(tmp_path):
+    """Where spandrel imports (the `upscale` extra with a working torchvision), it and the built-in ESRGAN reader
+    give the same pixels for the same file."""
+    try:
+        import spandrel
+    except Exception:  # noqa: BLE001 - absent, or present without a working torchvision
+        pytest.skip("spandrel (the `upscale` extra) does not import here")
+    from daguerre.engine.features import esrgan
+
+    for layout in ("basicsr", "esrgan"):
+        path = build_upscaler(tmp_path / f"{layout}.pth", layout=layout)
+        x = torch.rand(1, 3, 24, 32)
+        theirs = spandrel.ModelLoader().load_from_file(str(path))
+        assert torch.allclose(theirs(x), esrgan.load(path, torch.device("cpu"))(x), atol=1e-5)
+
+
 def test_tiles_blend_without_a_grid_and_halve_on_out_of_memory(upscaler_file):
     model = hires.load_upscaler(upscaler_file, torch.device("cpu"))
     x = np.random.default_rng(1).random((150, 200, 3), dtype=np.float32)

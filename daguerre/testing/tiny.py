@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -411,30 +412,34 @@ def build_ip_adapter(folder: Path, *, seed: int = 0) -> tuple[Path, Path]:
 
 def build_upscaler(path: Path, *, scale: int = 4, layout: str = "basicsr", seed: int = 0) -> Path:
     """A tiny ESRGAN-architecture upscaler (8 filters, 1 block) as RealESRGAN and UltraSharp files store it:
-    layout "basicsr" (conv_first/body.N.rdbM..., RealESRGAN_x4plus) or "esrgan" (model.0/model.1.sub..., the
-    original ESRGAN and 4x-UltraSharp), in a .pth (the file's suffix says) or .safetensors file."""
-    import re
-
+    layout "basicsr" (conv_first/body.N.rdbM..., RealESRGAN_x4plus, under `params_ema` in a .pth) or "esrgan"
+    (model.0/model.1.sub..., the original ESRGAN and 4x-UltraSharp), in a .pth or .safetensors file (the
+    suffix says)."""
     from safetensors.torch import save_file
-    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from daguerre.engine.features.esrgan import RRDBNet
 
     torch.manual_seed(seed)
-    model = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=scale)
-    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if layout == "basicsr":
-        tops = sorted({int(k.split(".")[1]) for k in sd if re.match(r"model\.\d+\.weight$", k)})  # 0, ups, hr, last
-        names = {tops[0]: "conv_first", tops[-2]: "conv_hr", tops[-1]: "conv_last"}
-        names.update({t: f"conv_up{i + 1}" for i, t in enumerate(tops[1:-2])})
-
-        def rename(k: str) -> str:
-            m = re.match(r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)$", k)
+    ups = {2: 1, 4: 2}[scale]
+    model = RRDBNet(nf=8, nb=1, gc=4, ups=ups)
+    sd = {re.sub(r"^ups\.(\d+)\.", lambda m: f"conv_up{int(m[1]) + 1}.", k): v.contiguous()
+          for k, v in model.state_dict().items()}  # fmt: skip
+    if layout == "esrgan":  # the original Sequential: model.0, model.1.sub..., then the upsampling convs
+        tops = [0] + [3 * (i + 1) for i in range(ups)]
+        tops += [tops[-1] + 2, tops[-1] + 4]
+        names = {"conv_first": 0, **{f"conv_up{i + 1}": tops[i + 1] for i in range(ups)},
+                 "conv_hr": tops[-2], "conv_last": tops[-1]}  # fmt: skip
+        out = {}
+        for k, v in sd.items():
+            m = re.match(r"^body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)$", k)
+            head, _, rest = k.partition(".")
             if m:
-                return f"body.{m[1]}.rdb{m[2]}.conv{m[3]}.{m[4]}"
-            if k.startswith("model.1.sub."):
-                return f"conv_body.{k.rsplit('.', 1)[1]}"
-            return f"{names[int(k.split('.')[1])]}.{k.rsplit('.', 1)[1]}"
-
-        sd = {rename(k): v for k, v in sd.items()}
+                out[f"model.1.sub.{m[1]}.RDB{m[2]}.conv{m[3]}.0.{m[4]}"] = v
+            elif head == "conv_body":
+                out[f"model.1.sub.1.{rest}"] = v
+            else:
+                out[f"model.{names[head]}.{rest}"] = v
+        sd = out
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":

@@ -75,9 +75,14 @@ class Upscalers:
 
 
 def load_upscaler(path: Path, device: torch.device):
-    """A spandrel image model (ESRGAN, RealESRGAN, UltraSharp and the other architectures spandrel knows)."""
-    import spandrel
+    """A spandrel image model (ESRGAN, RealESRGAN, UltraSharp and the other architectures spandrel knows), or,
+    where spandrel does not import (it needs torchvision), the built-in ESRGAN-class reader (esrgan.py)."""
+    try:
+        import spandrel
+    except Exception:  # noqa: BLE001 - absent, or its torchvision does not load with this torch
+        from daguerre.engine.features import esrgan
 
+        return esrgan.Descriptor(esrgan.load(path, device))
     try:
         descriptor = spandrel.ModelLoader(device=device).load_from_file(str(path))
     except Exception as e:  # noqa: BLE001 - spandrel raises many kinds on a file it cannot read
