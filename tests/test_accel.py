@@ -60,15 +60,23 @@ def test_a_high_threshold_skips_passes_within_the_limits(engine, tiny_folder, ac
 
 def test_window_and_max_consecutive_are_respected(engine, tiny_folder):
     from daguerre.engine import stepcache as accel_mod
+    from daguerre.engine.features import dbcache
 
     seen = []
-    original = accel_mod.StepCache.__exit__
+    original, original_db = accel_mod.StepCache.__exit__, dbcache.CacheDiT.__exit__
 
     def spy(self, *exc):
+        out = original(self, *exc)
         seen.append(list(self.stats.skipped_steps))
-        return original(self, *exc)
+        return out
+
+    def spy_db(self, *exc):
+        out = original_db(self, *exc)
+        seen.append(list(self.stats.skipped_steps))
+        return out
 
     accel_mod.StepCache.__exit__ = spy
+    dbcache.CacheDiT.__exit__ = spy_db
     try:
         opts = AccelOptions(tea_cache=True, tea_cache_distance=1.0, cache_start_step=4, cache_end_step=9,
                             cache_max_consecutive=1)  # fmt: skip
@@ -77,6 +85,7 @@ def test_window_and_max_consecutive_are_respected(engine, tiny_folder):
         _gen(engine, tiny_folder.model_path, pct)
     finally:
         accel_mod.StepCache.__exit__ = original
+        dbcache.CacheDiT.__exit__ = original_db
     window, half = seen
     assert window and all(4 <= s < 9 for s in window)
     assert all(b - a > 1 for a, b in zip(window, window[1:], strict=False))  # never two skipped in a row
@@ -118,3 +127,30 @@ def test_accelerator_options_through_the_api(make_server):
         assert r.status_code == 200, r.text
         bad = httpx.post(s.url, json=[inference_task(acceleratorOptions={"teaCache": True, "dbCache": True})])
         assert bad.status_code == 400 and bad.json()["errors"][0]["parameter"] == "acceleratorOptions.dbCache"
+
+
+def test_db_cache_is_cache_dit_and_skips_the_blocks_after_the_probe(engine, tiny_folder):
+    """cache-dit's DBCache (F8B0, at most the double blocks there are: 1 here): every step runs the first block,
+    a cached step runs nothing else. Counted on the blocks themselves, and judged by PSNR against no cache."""
+    with engine.models.lease(str(tiny_folder.model_path)) as m:
+        t = m.pipe.transformer
+        blocks = [*t.transformer_blocks, *t.single_transformer_blocks]
+    runs = [0] * len(blocks)
+    hooks = [b.register_forward_pre_hook(lambda *a, k=k: runs.__setitem__(k, runs[k] + 1))
+             for k, b in enumerate(blocks)]  # fmt: skip
+    try:
+        plain = _gen(engine, tiny_folder.model_path)
+        runs[:] = [0] * len(blocks)
+        fast = _gen(engine, tiny_folder.model_path, AccelOptions(db_cache=True, db_cache_threshold=1.0))
+    finally:
+        for h in hooks:
+            h.remove()
+    rec = fast.recipe.accelerator
+    assert rec["skipped"] > 0 and runs[0] == 12 and all(r == rec["computed"] for r in runs[1:])
+    mse = float(np.mean((fast.pixels - plain.pixels) ** 2))
+    assert 10 * np.log10(1 / mse) > 15  # close to the uncached image (random weights are the worst case)
+    assert rec["db_cache_threshold"] == 1.0 and rec["db_cache_skip_interval"] == 5
+    # cache-dit patches the transformer and reorders its submodules; afterwards it is the model as before
+    # (diffusers' set_ip_adapter_scale walks the processors in submodule order: double blocks first).
+    assert "forward" not in t.__dict__ and list(t._modules)[4:6] == ["transformer_blocks", "single_transformer_blocks"]
+    assert np.array_equal(_gen(engine, tiny_folder.model_path).pixels, plain.pixels)

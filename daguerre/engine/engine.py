@@ -28,6 +28,7 @@ from daguerre.engine import controlnet
 from daguerre.engine import plan as planning
 from daguerre.engine.features import faces as face_features
 from daguerre.engine.features import hires
+from daguerre.engine.features.dbcache import CacheDiT
 from daguerre.engine.features.safety import SafetyChecker, Verdict, censor
 from daguerre.engine.inputs import image_inputs
 from daguerre.engine.ip_adapter import ip_adapter_inputs
@@ -44,7 +45,7 @@ from daguerre.errors import Cancelled, DaguerreError, OutOfMemory, UnsupportedEr
 from daguerre.imaging import encode, to_pil
 from daguerre.prompts.studio import DEFAULT_NEGATIVE, lint
 from daguerre.recipe import Recipe, pixels_sha256
-from daguerre.request import GenerationRequest, OutputSpec, validate
+from daguerre.request import GenerationRequest, OutputSpec, resolve_accel, validate
 
 __all__ = ["CancelToken", "Engine", "GeneratedImage", "GenerationResult", "ProgressEvent"]
 
@@ -391,7 +392,11 @@ class Engine:
         pipe.scheduler = make_scheduler(req.scheduler, dict(model.pipe.scheduler.config), model.kind, noise_gens)
         t_chunk = time.perf_counter()
         accel = request_cache(model.applied.profile, req.accelerator)  # turbo: TeaCache by default (resolved)
-        cache = StepCache(pipe.transformer, accel, plan.steps, pipe.scheduler.order)
+        if accel.db_cache:  # cache-dit's DBCache (features/dbcache.py); TeaCache is ours (stepcache.py)
+            run_steps = plan.steps if plan.strength is None else max(1, int(plan.steps * plan.strength))
+            cache = CacheDiT(pipe, resolve_accel(accel), run_steps)
+        else:
+            cache = StepCache(pipe.transformer, accel, plan.steps, pipe.scheduler.order)
         with torch.inference_mode(), cache if accel.enabled else contextlib.nullcontext():
             out = pipe(**kwargs).images
         if hp is not None:  # hiresFix's second pass, on the final size

@@ -1,20 +1,13 @@
-"""Step caching for the FLUX.1 transformer: TeaCache and a first-block DB Cache (acceleratorOptions).
+"""TeaCache for the FLUX.1 transformer (acceleratorOptions.teaCache; dbCache is cache-dit's: features/dbcache.py).
 
-Both skip whole transformer passes on steps where the input has barely changed, and then rebuild
+TeaCache skips whole transformer passes on steps where the input has barely changed, and rebuilds
 the output from the current step's embeddings plus the residual the blocks added at the last
 computed step (hidden state entering norm_out minus the x_embedder output), so a skipped step
-still tracks the current timestep's modulation:
-
-  teaCache  TeaCache for FLUX (Liu et al. 2024, "Timestep Embedding Tells: It's Time to Cache for
-            Video Diffusion Model"; ali-vilab/TeaCache, TeaCache4FLUX): the relative L1 change of the
-            first block's modulated input, rescaled by the authors' published polynomial for
-            FLUX.1, is accumulated; a step is skipped while the sum stays under teaCacheDistance,
-            and a computed step resets it.
-  dbCache   "dual block" cache in the cache-dit sense with one probe block (F1B0, i.e. First Block
-            Cache, chengzeyi/ParaAttention): the first double block runs every step; when its
-            output residual changed by less than dbCacheThreshold (relative mean absolute
-            difference) the remaining blocks are skipped. A full pass is forced every
-            dbCacheSkipInterval steps since the last one.
+still tracks the current timestep's modulation. TeaCache for FLUX (Liu et al. 2024, "Timestep
+Embedding Tells: It's Time to Cache for Video Diffusion Model"; ali-vilab/TeaCache, TeaCache4FLUX):
+the relative L1 change of the first block's modulated input, rescaled by the authors' published
+polynomial for FLUX.1, is accumulated; a step is skipped while the sum stays under
+teaCacheDistance, and a computed step resets it.
 
 Common rules: the first step of a run always computes; caching acts only inside
 [cacheStartStep, cacheEndStep) (or the percentage forms); at most cacheMaxConsecutiveSteps
@@ -39,10 +32,9 @@ class _Branch:
     """Cache state of one pass kind (the positive pass, or true CFG's negative pass)."""
 
     residual: torch.Tensor | None = None  # blocks' contribution at the last computed step
-    probe: torch.Tensor | None = None  # TeaCache: modulated input; DB Cache: first-block residual
+    probe: torch.Tensor | None = None  # the first block's modulated input at the previous step
     accumulated: float = 0.0
     consecutive: int = 0  # skipped in a row
-    since_refresh: int = 0
 
 
 @dataclass
@@ -120,7 +112,7 @@ class StepCache:
             return_dict=False,
             **kw,
         )
-        # The probe (modulated input / first-block residual) is only read inside the window, so it is
+        # The probe (the modulated input) is only read inside the window, so it is
         # computed from the step before the window on; elsewhere the step simply computes.
         skip = False
         if self.start - 1 <= step < self.end:
@@ -132,17 +124,15 @@ class StepCache:
                 and branch.consecutive < self.max_consecutive
                 and not kw.get("controlnet_block_samples")  # ControlNet residuals differ every step
             )
-            skip = self._decide(branch, embedded, temb, encoder_hidden_states, img_ids, txt_ids, allowed)
+            skip = self._decide(branch, embedded, temb, allowed)
         if skip:
             branch.consecutive += 1
-            branch.since_refresh += 1
             self.stats.skipped += 1
             self.stats.skipped_steps.append(step)
             out = self.t.proj_out(self.t.norm_out(embedded + branch.residual, temb))
         else:
             branch.consecutive = 0
             branch.accumulated = 0.0
-            branch.since_refresh = 0
             self.stats.computed += 1
             out = self._forward(**args)[0]
             branch.residual = self._captured["final"] - self._captured["embedded"]
@@ -158,35 +148,13 @@ class StepCache:
             return self.t.time_text_embed(ts, pooled)
         return self.t.time_text_embed(ts, guidance.to(dtype) * 1000, pooled)
 
-    def _decide(self, branch: _Branch, embedded, temb, encoder_hidden_states, img_ids, txt_ids, allowed: bool) -> bool:
-        if self.o.tea_cache:
-            modulated = self.t.transformer_blocks[0].norm1(embedded, emb=temb)[0]
-            skip = False
-            if branch.probe is not None:
-                rel = ((modulated - branch.probe).abs().mean() / branch.probe.abs().mean().clamp_min(1e-12)).item()
-                branch.accumulated += float(np.polyval(TEACACHE_FLUX_COEFFICIENTS, rel))
-                skip = allowed and self._distance > 0 and branch.accumulated < self._distance
-            branch.probe = modulated
-            return skip
-        # dbCache: run the first double block as the probe.
-        block = self.t.transformer_blocks[0]
-        context = self.t.context_embedder(encoder_hidden_states)
-        ids = torch.cat((txt_ids if txt_ids.ndim == 2 else txt_ids[0], img_ids if img_ids.ndim == 2 else img_ids[0]))
-        rotary = self.t.pos_embed(ids)
-        _, first = block(hidden_states=embedded, encoder_hidden_states=context, temb=temb, image_rotary_emb=rotary)
-        residual = first - embedded
+    def _decide(self, branch: _Branch, embedded, temb, allowed: bool) -> bool:
+        modulated = self.t.transformer_blocks[0].norm1(embedded, emb=temb)[0]
         skip = False
         if branch.probe is not None:
-            rel = ((residual - branch.probe).abs().mean() / branch.probe.abs().mean().clamp_min(1e-12)).item()
-            interval = self.o.db_cache_skip_interval
-            skip = allowed and self._threshold > 0 and rel < self._threshold and branch.since_refresh + 1 < interval
-        branch.probe = residual
+            rel = ((modulated - branch.probe).abs().mean() / branch.probe.abs().mean().clamp_min(1e-12)).item()
+            branch.accumulated += float(np.polyval(TEACACHE_FLUX_COEFFICIENTS, rel))
+            distance = self.o.tea_cache_distance
+            skip = allowed and distance > 0 and branch.accumulated < distance
+        branch.probe = modulated
         return skip
-
-    @property
-    def _distance(self) -> float:
-        return self.o.tea_cache_distance
-
-    @property
-    def _threshold(self) -> float:
-        return self.o.db_cache_threshold

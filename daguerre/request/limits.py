@@ -112,7 +112,7 @@ MAX_SEQUENCE_LENGTH = {"schnell": 256, "dev": 512, "fill": 512, "kontext": 512, 
 DEFAULT_GUIDANCE = {"dev": 3.5, "fill": 30.0, "kontext": 2.5, "control": 30.0, "control-depth": 10.0}
 # Step caching, as the reference API documents its defaults.
 DEFAULT_TEA_CACHE_DISTANCE = 0.5
-DEFAULT_DB_CACHE_THRESHOLD = 0.25
+DEFAULT_DB_CACHE_THRESHOLD = 0.08  # cache-dit's FLUX.1-dev setting (the reference says 0.25; docs/api.md)
 DEFAULT_DB_CACHE_SKIP_INTERVAL = 5
 DEFAULT_CACHE_MAX_CONSECUTIVE = 3
 
