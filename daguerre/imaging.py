@@ -204,7 +204,7 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 
 
 def normalize_rgb(im: Image.Image) -> Image.Image:
-    """EXIF-upright 8-bit RGB; transparency is composited onto white."""
+    """EXIF-upright 8-bit RGB; transparency is composited onto white (the RGBA original is kept in info["rgba"])."""
     im = ImageOps.exif_transpose(im)
     im = _to_8bit(im)
     if im.mode == "P":
@@ -212,7 +212,10 @@ def normalize_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("RGB", "L") and "transparency" in im.info):
         im = im.convert("RGBA")
         canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(canvas, im).convert("RGB")
+        out = Image.alpha_composite(canvas, im).convert("RGB")
+        if im.getchannel("A").getextrema() != (255, 255):  # kept for layerDiffuse's image-to-image
+            out.info["rgba"] = im
+        return out
     return im.convert("RGB")
 
 

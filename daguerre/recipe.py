@@ -63,6 +63,7 @@ class Recipe:
     safety: dict | None = None  # the safety check: {checker, score, threshold, flagged, action}
     hires_fix: dict | None = None  # {upscaler, sha256, scale, first_width, first_height, steps, strength}
     face_fix: dict | None = None  # the face pass's settings, the detector, and the faces it enhanced
+    layer_diffuse: dict | None = None  # {lora, lora_sha256, vae, vae_sha256}: transparent output
     version: str = __version__  # Daguerre version that made it
     format: str = FORMAT
 
@@ -150,8 +151,12 @@ def compare(original: bytes, regenerated: bytes) -> Comparison:
 
     if original == regenerated:
         return Comparison(True, True, 0, None, ())
-    a = np.asarray(Image.open(io.BytesIO(original)).convert("RGB"), dtype=np.int16)
-    b = np.asarray(Image.open(io.BytesIO(regenerated)).convert("RGB"), dtype=np.int16)
+
+    def pixels(data: bytes) -> np.ndarray:  # RGBA when the file has transparency (layerDiffuse), else RGB
+        im = Image.open(io.BytesIO(data))
+        return np.asarray(im.convert("RGBA" if "A" in im.getbands() else "RGB"), dtype=np.int16)
+
+    a, b = pixels(original), pixels(regenerated)
     if a.shape != b.shape:
         same, worst, psnr = False, 255, None
     else:
@@ -209,6 +214,7 @@ def to_request(
         GenerationRequest,
         HiresFix,
         IpAdapterRef,
+        LayerDiffuse,
         LoraRef,
         Outpaint,
         OutputSpec,
@@ -288,4 +294,5 @@ def to_request(
         if r.hires_fix
         else None,
         face_fix=FaceFix(**{k: v for k, v in r.face_fix.items() if k in FACE_FIELDS}) if r.face_fix else None,
+        layer_diffuse=LayerDiffuse(r.layer_diffuse["lora"], r.layer_diffuse["vae"]) if r.layer_diffuse else None,
     )

@@ -178,8 +178,10 @@ def test_unbuilt_features_are_refused_by_name(srv, field):
     }.get(field, {"x": 1})
     [err] = post(srv, [task(**{field: value})]).json()["errors"]
     assert err["code"] == "unsupportedParameter" and err["parameter"] == {"pulid": "puLID"}.get(field, field)
+    # layerDiffuse is built: a server without its files says which one is missing and where it goes.
     [err] = post(srv, [task(advancedFeatures={"layerDiffuse": True})]).json()["errors"]
-    assert err["code"] == "unsupportedParameter"
+    assert err["code"] == "modelNotFound" and err["parameter"] == "layerDiffuse.lora", err
+    assert "runware:120@2" in err["message"] and "docs/models.md" in err["message"]
 
 
 def test_bad_bodies(srv):

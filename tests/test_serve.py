@@ -99,6 +99,24 @@ def test_readme_serve_example(tmp_path):
         assert [ln.split()[0] for ln in lines] == ["replicate", "eachlabs", "modelslab"], lines
         for ln in lines:
             assert httpx.get(ln.split()[1]).status_code == 200
+        # The demo also carries the reference's LayerDiffuse and upscaler ids, so those examples run as written.
+        demo = {"taskType": "imageInference", "model": "daguerre:demo@1", "positivePrompt": "a perfume bottle",
+                "width": 128, "height": 128, "steps": 2, "outputType": "base64Data"}  # fmt: skip
+        tasks = [
+            {**demo, "taskUUID": str(uuid.uuid4()), "outputFormat": "png", "advancedFeatures": {"layerDiffuse": True}},
+            {**demo, "taskUUID": str(uuid.uuid4()), "hiresFix": {"model": "runware:504@1", "steps": 2}},
+        ]
+        r = httpx.post(f"http://127.0.0.1:{port}/v1", json=tasks, headers={"Authorization": "Bearer my-secret-key"},
+                       timeout=120)  # fmt: skip
+        assert r.status_code == 200, r.text
+        import base64
+        import io
+
+        from PIL import Image
+
+        got = {d["taskUUID"]: Image.open(io.BytesIO(base64.b64decode(d["imageBase64Data"]))) for d in r.json()["data"]}
+        layered, fixed = (got[t["taskUUID"]] for t in tasks)
+        assert layered.mode == "RGBA" and fixed.size == (128, 128)
     finally:
         _stop(proc)
 

@@ -120,6 +120,8 @@ def tasks_schema() -> dict:
                 **nested("ultralytics", dict.fromkeys(("CFGScale", "confidence", "inpaintSize", "maskBlur",
                                                        "maskPadding", "steps", "strength"), {})),
                 "positivePrompt": prompt, "negativePrompt": prompt}},
+            "layerDiffuse": {"type": "boolean", "description": "RGBA output (PNG by default, or WEBP; JPG refused)"},
+            "advancedFeatures": {"type": "object", "properties": {"layerDiffuse": {"type": "boolean"}}},
             **{name: {"description": "not supported yet: refused with unsupportedParameter"} for name in NOT_YET},
         },
     }  # fmt: skip

@@ -25,6 +25,7 @@ from daguerre.request import (
     GenerationRequest,
     HiresFix,
     IpAdapterRef,
+    LayerDiffuse,
     LoraRef,
     Outpaint,
     OutputSpec,
@@ -33,7 +34,7 @@ from daguerre.request import (
 )
 
 # Reference fields whose feature is not built yet: refused while present and not empty.
-NOT_YET = ("layerDiffuse", "puLID")
+NOT_YET = ("puLID",)
 # Spellings the SDKs send for the same field.
 ALIASES = {"pulid": "puLID", "PuLID": "puLID", "checkNSFW": "checkNsfw"}
 KNOWN = {
@@ -42,7 +43,7 @@ KNOWN = {
     "outputType", "outputFormat", "outputQuality", "deliveryMethod", "includeCost", "ttl", "safety",
     "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", "outpaint", "maskMargin",
     "promptWeighting", "controlNet", "ipAdapters", "enhancePrompt", "character", "acceleratorOptions", "hiresFix",
-    "ultralytics", *NOT_YET,
+    "ultralytics", "layerDiffuse", *NOT_YET,
 }  # fmt: skip
 IMAGE_FIELDS = ("seedImage", "maskImage")
 
@@ -86,8 +87,7 @@ def parse_image_inference(
     if not isinstance(advanced, dict):
         raise RequestError("advancedFeatures must be an object", parameter="advancedFeatures")
     for name in NOT_YET:
-        value = advanced.get(name) if name == "layerDiffuse" and name in advanced else task.get(name)
-        if _present(value):
+        if _present(task.get(name)):
             raise UnsupportedError(f"{name} is not supported yet by this server", parameter=name)
     extra_adv = sorted(set(advanced) - {"layerDiffuse"})
     if extra_adv:
@@ -134,7 +134,11 @@ def parse_image_inference(
     include_cost = task.get("includeCost", False)
     if not isinstance(include_cost, bool):
         raise RequestError(f"includeCost must be true or false, got {include_cost!r}", parameter="includeCost")
-    fmt = task.get("outputFormat", "JPG")
+    # An image with transparency defaults to PNG (JPG, the API's default, has no alpha); an explicit JPG is refused.
+    layered = task.get("layerDiffuse") is True or (
+        isinstance(task.get("advancedFeatures"), dict) and task["advancedFeatures"].get("layerDiffuse") is True
+    )
+    fmt = task.get("outputFormat", "PNG" if layered else "JPG")
     fmt = fmt.upper() if isinstance(fmt, str) else fmt
     fmt = "JPG" if fmt == "JPEG" else fmt
     if fmt not in OUTPUT_FORMATS:
@@ -171,6 +175,7 @@ def parse_image_inference(
         safety=safety,
         hires_fix=_parse_hires(task.get("hiresFix")),
         face_fix=_parse_face(task.get("ultralytics")),
+        layer_diffuse=_parse_layers(task.get("layerDiffuse"), advanced.get("layerDiffuse")),
         loras=_parse_loras(task.get("lora")),
         outpaint=_parse_outpaint(task.get("outpaint")),
         mask_margin=_int(task, "maskMargin"),
@@ -354,6 +359,14 @@ def _parse_safety(value, check_nsfw) -> SafetyCheck | None:
     if not (check or check_nsfw) or mode == "none":
         return None
     return SafetyCheck(action=value.get("action"), threshold=value.get("threshold"))
+
+
+def _parse_layers(top, advanced) -> LayerDiffuse | None:
+    """layerDiffuse (top level, as the SDKs send it) or advancedFeatures.layerDiffuse (the reference's example)."""
+    for name, value in (("layerDiffuse", top), ("advancedFeatures.layerDiffuse", advanced)):
+        if value is not None and not isinstance(value, bool):
+            raise RequestError(f"{name} must be true or false, got {value!r}", parameter=name)
+    return LayerDiffuse() if top or advanced else None
 
 
 def _parse_hires(value) -> HiresFix | None:

@@ -25,7 +25,7 @@ from daguerre.cli.common import (
 )
 from daguerre.errors import DaguerreError
 from daguerre.imaging import EXTENSION
-from daguerre.request import FaceFix, SafetyCheck
+from daguerre.request import FaceFix, LayerDiffuse, SafetyCheck
 
 
 def generate(
@@ -113,6 +113,9 @@ def generate(
     face_fix: Annotated[
         bool, typer.Option("--face-fix", help="detect and re-draw faces (the API's ultralytics)")
     ] = False,
+    transparent: Annotated[
+        bool, typer.Option("--transparent", help="RGBA output with LayerDiffuse (the API's layerDiffuse; PNG/WEBP)")
+    ] = False,
     face_cfg: Annotated[float | None, typer.Option("--face-cfg", help="face pass guidance, 0-50 [8]")] = None,
     face_confidence: Annotated[
         float | None, typer.Option("--face-confidence", help="face detection threshold, 0-1 [0.9]")
@@ -141,7 +144,9 @@ def generate(
             "--prompt-weighting", help="compel | sdEmbeds: read weights like (word)1.2 or (word:1.2) in the prompts"
         ),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="JPG | PNG | WEBP")] = "JPG",
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="JPG | PNG | WEBP [JPG; PNG with --transparent]")
+    ] = None,
     quality: Annotated[int, typer.Option(help="20-99 (JPG/WEBP)")] = 95,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output folder [./out]")] = None,
     config: ConfigOpt = None,
@@ -187,7 +192,8 @@ def generate(
             strength=strength, lora=lora, controlnet=controlnet, ip_adapter=ip_adapter, outpaint=outpaint,
             mask_margin=mask_margin, tea_cache=tea_cache, db_cache=db_cache, db_cache_interval=db_cache_interval,
             cache_start=cache_start, cache_end=cache_end, cache_max_consecutive=cache_max_consecutive,
-            enhance=enhance, character=saved, weighting=weighting, fmt=fmt, quality=quality,
+            enhance=enhance, character=saved, weighting=weighting, quality=quality,
+            fmt=fmt or ("PNG" if transparent else "JPG"), layer_diffuse=LayerDiffuse() if transparent else None,
             safety=SafetyCheck(action=safety_action) if safety_check or safety_action else None,
             hires=hires_fix, hires_steps=hires_steps, hires_strength=hires_strength,
             face=FaceFix(cfg_scale=face_cfg, confidence=face_confidence, inpaint_size=face_inpaint_size,

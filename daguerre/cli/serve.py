@@ -94,7 +94,10 @@ def serve(
             if not (folder / "model_index.json").exists():
                 err.print("building the demo model (random weights, about 1 MB)...")
                 build(folder, layout="folder", seed=0)
-            models = {"demo": {"id": "daguerre:demo@1", "path": str(folder.resolve())}, **demo_extras(srv.data_dir)}
+            models = {
+                "demo": {"id": "daguerre:demo@1", "path": str(folder.resolve())},
+                **demo_extras(srv.data_dir, folder),
+            }
         update = {"server": srv, "models": models, "discover": settings.discover and not demo}
         if demo and "face-yolo" in models:
             update["faces"] = settings.faces.model_copy(update={"detector": "face-yolo"})
@@ -176,17 +179,25 @@ def _bind(host: str, port: int):
     return sock
 
 
-def demo_extras(data_dir: Path) -> dict:
+def demo_extras(data_dir: Path, model_folder: Path) -> dict:
     """The demo's tiny upscaler, under the reference API's upscaler ids (so hiresFix with any of them works),
+    the LayerDiffuse LoRA and transparent VAE under `runware:120@2` / `runware:120@4` (so layerDiffuse works),
     and, with the `faces` extra, a tiny YOLO face model that ultralytics' face enhancement uses."""
-    from daguerre.engine.models.catalog import UPSCALER_IDS
-    from daguerre.testing.tiny import build_face_yolo, build_upscaler
+    from daguerre.engine.models.catalog import LAYER_IDS, UPSCALER_IDS
+    from daguerre.testing.tiny import build_face_yolo, build_layer_diffuse, build_upscaler
 
     up = data_dir / "demo-upscaler" / "RealESRGAN_x4plus.pth"
     if not up.exists():
         build_upscaler(up)
     ids = list(UPSCALER_IDS.values())
     extras = {"demo-upscaler": {"id": ids[0], "path": str(up.resolve()), "kind": "upscaler", "aliases": ids[1:]}}
+    layers = data_dir / "demo-layers"
+    lora, vae = layers / "layerlora.safetensors", layers / "TransparentVAE.pth"
+    if not (lora.exists() and vae.exists()):
+        build_layer_diffuse(layers, model_folder)
+    extras["demo-layer-lora"] = {"id": LAYER_IDS["layerlora"], "path": str(lora.resolve()), "kind": "lora"}
+    extras["demo-transparent-vae"] = {"id": LAYER_IDS["transparentvae"], "path": str(vae.resolve()),
+                                      "kind": "transparentvae"}  # fmt: skip
     import importlib.util
 
     if importlib.util.find_spec("ultralytics") is not None:

@@ -28,6 +28,7 @@ from daguerre.engine import controlnet
 from daguerre.engine import plan as planning
 from daguerre.engine.features import faces as face_features
 from daguerre.engine.features import hires
+from daguerre.engine.features import layerdiffuse as layers
 from daguerre.engine.features.dbcache import CacheDiT
 from daguerre.engine.features.safety import SafetyChecker, Verdict, censor
 from daguerre.engine.inputs import image_inputs
@@ -57,12 +58,13 @@ class GeneratedImage:
     index: int  # position within the request
     seed: int
     pixels: np.ndarray  # (H, W, 3) float32 in [0, 1], before 8-bit rounding
-    image: Image.Image  # 8-bit RGB
+    image: Image.Image  # 8-bit RGB (RGBA with layerDiffuse)
     recipe: Recipe
     seconds: float = 0.0  # compute time of its forward pass, shared equally by the images in it
     warnings: tuple[str, ...] = ()  # prompt lint and enhancement notes (never blocking)
     verdict: Verdict | None = None  # the safety check, when the request asked for one
     faces: int | None = None  # faces the face enhancement redrew (None: it was not asked for)
+    alpha: np.ndarray | None = None  # (H, W) float32 in [0, 1] with layerDiffuse, else None
 
     @property
     def nsfw(self) -> bool:
@@ -107,6 +109,7 @@ class Engine:
         self.safety = safety  # the checker requests with `safety` run on their images (None: none configured)
         self.upscaler = upscaler  # hiresFix: true uses it (settings.upscaler); None = the latent upscale
         self.upscalers = hires.Upscalers(models.device)
+        self.transparent_vaes = layers.TransparentVAEs(models.device, models.dtype)
         self.face_detector = face_detector  # ultralytics: auto | nudenet | haar | a YOLO model (settings.faces)
         self._detector: face_features.Detector | None = None
         self._detector_lock = threading.Lock()
@@ -170,7 +173,7 @@ class Engine:
         """
         if self.max_batch < 2 or req.workflow != "txt2img" or req.accelerator.enabled:
             return None
-        if req.hires_fix is not None or req.face_fix is not None:  # their extra passes run per request
+        if req.hires_fix is not None or req.face_fix is not None or req.layer_diffuse is not None:  # run per request
             return None
         if req.seed_image is not None or req.mask_image is not None or req.controlnets or req.ip_adapters:
             return None
@@ -281,9 +284,11 @@ class Engine:
 
         # 2. Activate the request's LoRAs (hot-swapped; none = the base model, bit for bit).
         loras = self._resolve_loras(req)
+        layer_plan = layers.plan(self, req)  # layerDiffuse: its LoRA joins the request's at weight 1
+        extra = [(layer_plan.lora, layer_plan.lora_sha256, 1.0)] if layer_plan is not None else []
         set_loras(
             model,
-            [(f"lora_{digest[:16]}", spec.path, w) for spec, digest, w in loras],
+            [(f"lora_{digest[:16]}", spec.path, w) for spec, digest, w in [*loras, *extra]],
             structural.lora if structural is not None else None,
         )
         lora_recipe = tuple({"model": spec.id, "sha256": digest, "weight": w} for spec, digest, w in loras)
@@ -303,6 +308,9 @@ class Engine:
                 pipe, plan.negative, req.prompt_weighting, model.device, plan.max_seq, parameter="negativePrompt"
             )
         image_kwargs, output_type, finish = image_inputs(req, plan)
+        if layer_plan is not None and req.seed_image is not None:  # the offset encoder carries the source's alpha
+            tvae = self.transparent_vaes.get(layer_plan.vae_path)
+            image_kwargs["image"] = layers.encode(pipe, tvae, req.seed_image, req.width, req.height)
         warnings = notes + tuple(
             str(w)
             for w in lint(
@@ -334,9 +342,11 @@ class Engine:
             structural=structural,
             warnings=warnings,
             hires=hires_plan,
+            layers=layer_plan,
             face_embeds=face_embeds,
             recipe_extra={
                 "hires_fix": hires_plan.recipe() if hires_plan is not None else None,
+                "layer_diffuse": layer_plan.recipe() if layer_plan is not None else None,
                 "loras": lora_recipe,
                 "controlnets": control_recipe,
                 "ip_adapters": ip_recipe,
@@ -369,7 +379,7 @@ class Engine:
             num_inference_steps=plan.steps,
             max_sequence_length=plan.max_seq,
             generator=[torch.Generator("cpu").manual_seed(p.seed + i) for p, i in items],
-            output_type="latent" if hp is not None and hp.upscaler is None else first.output_type,
+            output_type="latent" if (hp is not None and hp.upscaler is None) or first.layers else first.output_type,
             callback_on_step_end=self._callback(idx, req, t0, on_progress, cancel, preview),
             **first.image_kwargs,
         )
@@ -402,6 +412,8 @@ class Engine:
         if hp is not None:  # hiresFix's second pass, on the final size
             callback = self._callback(idx, req, t0, on_progress, cancel, False)
             out = hires.refine(model, [(p.seed + i) for p, i in items], req, hp, first.plan, out, cond, callback)
+        if first.layers is not None:  # RGBA: the transparent VAE's decoder on the latents
+            out = layers.decode(pipe, self.transparent_vaes.get(first.layers.vae_path), out, height, width)
         accel_recipe = None
         if accel.enabled:
             accel_recipe = {
@@ -423,12 +435,17 @@ class Engine:
                 accelerator=accel_recipe,
                 **prep.recipe_extra,
             )
-            pixels = prep.finish(raw)  # (H, W, 3) float32
+            alpha = raw[..., 3] if raw.shape[-1] == 4 else None  # layerDiffuse
+            pixels = prep.finish(raw[..., :3])  # (H, W, 3) float32
+            picture = to_pil(pixels)
+            if alpha is not None:
+                picture.putalpha(Image.fromarray((alpha * 255).round().astype("uint8"), "L"))
             image = GeneratedImage(
                 index=i,
                 seed=prep.seed + i,
                 pixels=pixels,
-                image=to_pil(pixels),
+                alpha=alpha,
+                image=picture,
                 recipe=recipe,
                 seconds=per_image,
                 warnings=prep.warnings,
@@ -494,8 +511,12 @@ class Engine:
             for k, verdict in zip(ks, verdicts, strict=True):
                 im = images[k]
                 picture = censor(im.image, verdict.action) if verdict.flagged else im.image
-                pixels = np.asarray(picture, dtype=np.float32) / 255.0 if picture is not im.image else im.pixels
-                out[k] = replace(im, image=picture, pixels=pixels, verdict=verdict,
+                censored = picture is not im.image
+                pixels = np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0 if censored else im.pixels
+                alpha = im.alpha if picture.mode == "RGBA" else None  # a blurred RGBA keeps its (blurred) alpha
+                if alpha is not None and censored:
+                    alpha = np.asarray(picture.getchannel("A"), dtype=np.float32) / 255.0
+                out[k] = replace(im, image=picture, pixels=pixels, alpha=alpha, verdict=verdict,
                                  recipe=replace(im.recipe, safety=verdict.recipe()))  # fmt: skip
         return out
 
@@ -569,6 +590,7 @@ class _Prepared:
     warnings: tuple[str, ...]
     hires: hires.HiresPlan | None
     face_embeds: tuple | None  # the face pass's (sequence, pooled, negative sequence, negative pooled)
+    layers: layers.LayerPlan | None  # layerDiffuse, resolved
     recipe_extra: dict  # recipe fields that come from preparation (loras, controlnets, prompts...)
     slot: int = 0  # position in a generate_batch call
 

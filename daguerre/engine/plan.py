@@ -12,9 +12,16 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from daguerre.engine.models.catalog import Catalog
-from daguerre.errors import RequestError
+from daguerre.errors import DaguerreError, RequestError
 from daguerre.prompts.studio import CLIP_WINDOW, enhance_prompt
-from daguerre.request import HIRES_LATENT, MAX_SEQUENCE_LENGTH, GenerationRequest, resolve
+from daguerre.request import (
+    HIRES_LATENT,
+    LAYER_DIFFUSE_LORA,
+    LAYER_DIFFUSE_VAE,
+    MAX_SEQUENCE_LENGTH,
+    GenerationRequest,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from daguerre.engine.models.resident import LoadedModel
@@ -51,6 +58,8 @@ ADAPTER_KINDS = {
     "controlNet.model": (("controlnet", *STRUCTURAL), "a FLUX.1 ControlNet"),
     "ipAdapters.model": (("ipadapter",), "a FLUX.1 IP-Adapter"),
     "hiresFix.model": (("upscaler",), "an upscaler"),
+    "layerDiffuse.lora": (("lora",), "a LoRA (the FLUX LayerDiffuse LoRA)"),
+    "layerDiffuse.vae": (("transparentvae",), "a transparent VAE (TransparentVAE.pth)"),
 }
 
 
@@ -61,9 +70,19 @@ def check_kinds(req: GenerationRequest, catalog: Catalog) -> None:
             *(("ipAdapters.model", x.model) for x in req.ip_adapters)]  # fmt: skip
     if req.hires_fix is not None and req.hires_fix.model not in (None, HIRES_LATENT):
         refs.append(("hiresFix.model", req.hires_fix.model))
+    if (ld := req.layer_diffuse) is not None:  # the reference's ids unless the request named others
+        refs += [("layerDiffuse.lora", ld.lora or LAYER_DIFFUSE_LORA),
+                 ("layerDiffuse.vae", ld.vae or LAYER_DIFFUSE_VAE)]  # fmt: skip
     for parameter, ref in refs:
         kinds, what = ADAPTER_KINDS[parameter]
-        spec = catalog.get(ref, parameter=parameter)
+        try:
+            spec = catalog.get(ref, parameter=parameter)
+        except DaguerreError as e:
+            if parameter.startswith("layerDiffuse.") and ref in (LAYER_DIFFUSE_LORA, LAYER_DIFFUSE_VAE):
+                e.message = (f"{e.message}. layerDiffuse needs {what} under this id: see docs/models.md, "
+                             '"LayerDiffuse files"')  # fmt: skip
+                e.args = (e.message,)
+            raise
         if spec.kind not in kinds:
             raise RequestError(f"{parameter} {ref!r} is a {spec.kind} model, not {what}", parameter=parameter)
 

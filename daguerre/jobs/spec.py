@@ -26,6 +26,7 @@ from daguerre.request import (
     GenerationRequest,
     HiresFix,
     IpAdapterRef,
+    LayerDiffuse,
     LoraRef,
     Outpaint,
     OutputSpec,
@@ -133,7 +134,7 @@ def hydrate(spec: JobSpec, load: Callable[[str, bool], Image.Image]) -> Generati
 # ---- JSON: the one place a JobSpec becomes text and back
 
 _PARTS = {"output": OutputSpec, "outpaint": Outpaint, "accelerator": AccelOptions, "safety": SafetyCheck,
-          "hires_fix": HiresFix, "face_fix": FaceFix}  # fmt: skip
+          "hires_fix": HiresFix, "face_fix": FaceFix, "layer_diffuse": LayerDiffuse}  # fmt: skip
 _LISTS = {"loras": LoraRef, "controlnets": ControlRef, "ip_adapters": IpAdapterRef}
 _IMAGES = {"seed_image", "mask_image", "guide_image", "guide_images"}
 

@@ -23,6 +23,8 @@ from daguerre.request.limits import (
     FACE_DEFAULTS,
     FULL_STRENGTH,
     HIRES_STRENGTH,
+    LAYER_DIFFUSE_LORA,
+    LAYER_DIFFUSE_VAE,
     RANDOM_SEEDS,
 )
 from daguerre.request.types import AccelOptions, GenerationRequest
@@ -94,7 +96,7 @@ def resolve(req: GenerationRequest, kind: str, *, name: str = "", control: str |
     guidance = None
     if has_guidance:
         guidance = req.guidance if req.guidance is not None else DEFAULT_GUIDANCE[control or kind]
-    for field, what in (("hires_fix", "hiresFix"), ("face_fix", "ultralytics")):
+    for field, what in (("hires_fix", "hiresFix"), ("face_fix", "ultralytics"), ("layer_diffuse", "layerDiffuse")):
         if getattr(req, field) is not None and kind not in ("dev", "schnell"):
             raise UnsupportedError(f"{what} is not supported with FLUX.1 {kind} model {name} (dev- and "
                                    "schnell-type models only)", parameter=what)  # fmt: skip
@@ -110,8 +112,12 @@ def resolve(req: GenerationRequest, kind: str, *, name: str = "", control: str |
                                "it", parameter="ultralytics.CFGScale")  # fmt: skip
         defaults = {k: v for k, v in FACE_DEFAULTS.items() if k != "cfg_scale" or has_guidance}
         face = replace(face, **{k: v for k, v in defaults.items() if getattr(face, k) is None})
+    layers = req.layer_diffuse
+    if layers is not None:
+        layers = replace(layers, lora=layers.lora or LAYER_DIFFUSE_LORA, vae=layers.vae or LAYER_DIFFUSE_VAE)
     return replace(
         req,
+        layer_diffuse=layers,
         steps=steps,
         guidance=guidance,
         strength=strength,

@@ -91,6 +91,9 @@ SAFETY_ACTIONS = ("blur", "pixelate", "black", "sensitive_content_text", "flag")
 # the texture an upscaler cannot invent (skin, hair) while keeping the first pass's composition.
 HIRES_SCALE = 2
 HIRES_STRENGTH = 0.6
+# layerDiffuse: the reference API's ids of the LoRA and the transparent VAE it applies
+LAYER_DIFFUSE_LORA = "runware:120@2"
+LAYER_DIFFUSE_VAE = "runware:120@4"
 HIRES_LATENT = "latent"  # hiresFix.model naming the latent upscale (no upscaler file)
 # ultralytics (face enhancement): the reference API's defaults.
 FACE_DEFAULTS = {"cfg_scale": 8.0, "confidence": 0.9, "inpaint_size": 1024, "mask_blur": 5, "mask_padding": 5,

@@ -63,6 +63,14 @@ class HiresFix:
 
 
 @dataclass(frozen=True)
+class LayerDiffuse:
+    """layerDiffuse: an RGBA image from the LayerDiffuse LoRA and the transparent VAE's RGBA decoder."""
+
+    lora: str | None = None  # the LayerDiffuse LoRA (catalog id/name); None = limits.LAYER_DIFFUSE_LORA
+    vae: str | None = None  # the TransparentVAE file (catalog id/name); None = limits.LAYER_DIFFUSE_VAE
+
+
+@dataclass(frozen=True)
 class FaceFix:
     """ultralytics: detect faces, inpaint each at inpaint_size, paste it back feathered."""
 
@@ -166,6 +174,7 @@ class GenerationRequest:
     safety: SafetyCheck | None = None  # check each image for explicit content; None = no check
     hires_fix: HiresFix | None = None  # two-pass generation: half size, upscale, refine (text-to-image)
     face_fix: FaceFix | None = None  # face enhancement after generation (the `ultralytics` object)
+    layer_diffuse: LayerDiffuse | None = None  # transparent output (RGBA; PNG or WEBP)
 
     @property
     def workflow(self) -> str:

@@ -26,7 +26,15 @@ from daguerre.request.limits import (
     SCHEDULERS,
     SIZE_STEP,
 )
-from daguerre.request.types import AccelOptions, ControlRef, FaceFix, GenerationRequest, HiresFix, SafetyCheck
+from daguerre.request.types import (
+    AccelOptions,
+    ControlRef,
+    FaceFix,
+    GenerationRequest,
+    HiresFix,
+    LayerDiffuse,
+    SafetyCheck,
+)
 
 
 def check_range(name: str, value: Any) -> None:
@@ -312,6 +320,7 @@ def validate(req: GenerationRequest) -> GenerationRequest:
     validate_accel(req.accelerator, req.steps)
     _validate_hires(req)
     _validate_face(req)
+    _validate_layers(req)
     if req.safety is not None:
         if not isinstance(req.safety, SafetyCheck):
             raise RequestError("safety must be an object", parameter="safety")
@@ -366,6 +375,24 @@ def _validate_hires(req: GenerationRequest) -> None:
     if req.controlnets or req.ip_adapters:
         what = "controlNet" if req.controlnets else "ipAdapters"
         raise UnsupportedError(f"hiresFix with {what} is not supported yet", parameter="hiresFix")
+
+
+def _validate_layers(req: GenerationRequest) -> None:
+    ld = req.layer_diffuse
+    if ld is None:
+        return
+    if not isinstance(ld, LayerDiffuse):
+        raise RequestError("layerDiffuse must be true or false", parameter="layerDiffuse")
+    if req.output.format not in ("PNG", "WEBP"):
+        raise RequestError(f"outputFormat {req.output.format} cannot carry the transparency layerDiffuse makes (JPG "
+                           "has no alpha channel); use PNG or WEBP", parameter="outputFormat")  # fmt: skip
+    if req.workflow not in ("txt2img", "img2img"):
+        raise UnsupportedError(f"layerDiffuse works for text-to-image and image-to-image; this request is "
+                               f"{req.workflow}", parameter="layerDiffuse")  # fmt: skip
+    for present, what in ((req.hires_fix, "hiresFix"), (req.face_fix, "ultralytics"), (req.controlnets, "controlNet"),
+                          (req.ip_adapters, "ipAdapters")):  # fmt: skip
+        if present:
+            raise UnsupportedError(f"layerDiffuse with {what} is not supported yet", parameter="layerDiffuse")
 
 
 def _validate_face(req: GenerationRequest) -> None:

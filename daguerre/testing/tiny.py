@@ -465,3 +465,37 @@ def build_face_yolo(path: Path, *, config_dir: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(str(path))
     return path
+
+
+TINY_LAYER_WIDTHS = (4, 4, 8, 8, 8, 8, 8)  # the published decoder's 7 levels, narrow (it has 32-512)
+
+
+def build_transparent_vae(path: Path, *, seed: int = 0, latent_c: int = 16) -> Path:
+    """A tiny TransparentVAE.pth as RedAIGC's file stores it: `encoder.blocks.*` (the offset encoder),
+    `decoder.*` (the RGBA UNet, narrow widths) and `sd_vae.*` (a VAE copy, which loaders ignore). The alpha
+    output leans towards opaque so that a picture has both opaque and see-through parts."""
+    from daguerre.engine.features.layerdiffuse import OffsetEncoder, RGBADecoder
+
+    torch.manual_seed(seed)
+    enc, dec = OffsetEncoder(latent_c), RGBADecoder(latent_c, TINY_LAYER_WIDTHS)
+    with torch.no_grad():
+        enc.blocks[-1].weight.mul_(0.01)  # a small offset, as the trained encoder gives
+        dec.conv_out.weight.mul_(4.0)
+        dec.conv_out.bias.copy_(torch.tensor([0.5, 0.5, 0.5, 0.8]))
+    sd = {f"encoder.{k}": v for k, v in enc.state_dict().items()}
+    sd.update({f"decoder.{k}": v for k, v in dec.state_dict().items()})
+    sd["sd_vae.decoder.conv_out.weight"] = torch.zeros(3, 8, 3, 3)  # ignored on load, as in the real file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path)
+    return path
+
+
+def build_layer_diffuse(folder: Path, model_folder: Path, *, seed: int = 0) -> tuple[Path, Path]:
+    """The two LayerDiffuse files under their published names in `folder`: `layerlora.safetensors` (a tiny
+    diffusers-format LoRA for the model in `model_folder`) and `TransparentVAE.pth`."""
+    from daguerre.testing.loras import build_lora
+
+    folder = Path(folder)
+    lora = build_lora(folder / "layerlora.safetensors", model_folder, "peft", seed=seed + 1)
+    return lora, build_transparent_vae(folder / "TransparentVAE.pth", seed=seed)

@@ -23,15 +23,20 @@ log = logging.getLogger(__name__)
 AIR_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9._/+-]+@[A-Za-z0-9._-]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 KINDS = ("dev", "schnell", "fill", "control", "kontext", "lora", "controllora", "controlnet", "ipadapter",
-         "upscaler", "detector")  # fmt: skip
+         "upscaler", "detector", "transparentvae")  # fmt: skip
 COMFY_SUBDIRS = ("diffusion_models", "unet", "checkpoints", "loras", "controlnet", "ipadapter")
 # Image upscalers (spandrel: ESRGAN-class .pth/.safetensors) and YOLO face detectors (.pt), found by folder as
 # ComfyUI keeps them; the file's kind is the folder's.
 AUX_SUBDIRS = {"upscale_models": ("upscaler", (".pth", ".safetensors")),
-               "ultralytics/bbox": ("detector", (".pt",)), "ultralytics": ("detector", (".pt",))}  # fmt: skip
+               "ultralytics/bbox": ("detector", (".pt",)), "ultralytics": ("detector", (".pt",)),
+               "vae": ("transparentvae", (".pth", ".safetensors"))}  # fmt: skip
+# Of the files in vae/ only the transparent VAEs are taken (by name); ordinary VAEs there are not models of their own.
+TRANSPARENT_VAE_NAME = "transparent"
 # The reference API's upscaler ids, given to the same files when found (by file name, any case).
 UPSCALER_IDS = {"realesrgan_x4plus": "runware:504@1", "realesrgan_x4plus_anime_6b": "runware:realesrgan@anime-6b",
                 "4x-animesharp": "runware:esrgan@animesharp", "4x-ultrasharp": "runware:esrgan@ultrasharp"}  # fmt: skip
+# The reference's layerDiffuse ids, given to the published files (RedAIGC/Flux-version-LayerDiffuse) by name.
+LAYER_IDS = {"layerlora": "runware:120@2", "transparentvae": "runware:120@4"}
 # AIR ids the hosted API uses for the Black Forest Labs originals, given to the same
 # models when they are found in the Hugging Face cache.
 WELL_KNOWN_AIR = {
@@ -129,10 +134,13 @@ def spec_for_path(
     if path.is_dir():
         found_kind, size = describe_folder(path, parameter=parameter)
         fmt = "folder"
-    elif path.suffix.lower() in (".pth", ".pt"):
-        # Pickled weights are never FLUX.1 files: upscalers (.pth) and YOLO detectors (.pt), read only when used.
-        found_kind, size, fmt = ("detector" if path.suffix.lower() == ".pt" else "upscaler"), path.stat().st_size, \
-            "single-file"  # fmt: skip
+    elif path.suffix.lower() in (".pth", ".pt") or TRANSPARENT_VAE_NAME in path.stem.lower():
+        # Pickled weights are never FLUX.1 files: upscalers (.pth), YOLO detectors (.pt) and transparent VAEs (by
+        # name, .pth or .safetensors), read only when used.
+        found_kind = "detector" if path.suffix.lower() == ".pt" else "upscaler"
+        if TRANSPARENT_VAE_NAME in path.stem.lower():
+            found_kind = "transparentvae"
+        size, fmt = path.stat().st_size, "single-file"
     else:
         try:
             info = checkpoints.inspect(path)
@@ -218,7 +226,9 @@ def discover_model_dirs(dirs: list[Path], *, base: str | None) -> list[ModelSpec
                     if f.suffix.lower() not in suffixes or f.resolve() in seen:
                         continue
                     seen.add(f.resolve())
-                    known = UPSCALER_IDS.get(f.stem.lower()) if kind == "upscaler" else None
+                    if kind == "transparentvae" and TRANSPARENT_VAE_NAME not in f.stem.lower():
+                        continue
+                    known = UPSCALER_IDS.get(f.stem.lower()) if kind == "upscaler" else LAYER_IDS.get(f.stem.lower())
                     specs.append(ModelSpec(id=known or f"{kind}:{slug(f.stem)}@1", name=slug(f.stem),
                                            path=f.resolve(), format="single-file", kind=kind, source="comfyui",
                                            size_bytes=f.stat().st_size))  # fmt: skip
@@ -234,7 +244,9 @@ def discover_model_dirs(dirs: list[Path], *, base: str | None) -> list[ModelSpec
                         continue
                     specs.append(
                         ModelSpec(
-                            id=f"{'lora' if info.kind in ('lora', 'controllora') else 'comfyui'}:{f.stem}@1",
+                            id=LAYER_IDS.get(f.stem.lower())
+                            if info.kind == "lora" and f.stem.lower() in LAYER_IDS
+                            else f"{'lora' if info.kind in ('lora', 'controllora') else 'comfyui'}:{f.stem}@1",
                             name=slug(f.stem),
                             path=f.resolve(),
                             format="single-file",
@@ -390,6 +402,8 @@ def _from_table(name: str, table: dict, settings: Settings) -> ModelSpec:
             path, base=base, kind=kind, image_encoder=_resolve(table.get("image_encoder"), settings), **fields_
         )
         known = UPSCALER_IDS.get(path.stem.lower()) if spec.kind == "upscaler" else None
+        if spec.kind in ("lora", "transparentvae"):
+            known = LAYER_IDS.get(path.stem.lower())
         if known and known != spec.id and known not in spec.aliases:  # the reference id of that file
             spec = replace(spec, aliases=(*spec.aliases, known))
         return spec
