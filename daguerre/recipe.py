@@ -64,6 +64,7 @@ class Recipe:
     hires_fix: dict | None = None  # {upscaler, sha256, scale, first_width, first_height, steps, strength}
     face_fix: dict | None = None  # the face pass's settings, the detector, and the faces it enhanced
     layer_diffuse: dict | None = None  # {lora, lora_sha256, vae, vae_sha256}: transparent output
+    pulid: dict | None = None  # identity: images_sha256, face_boxes, id_weight, cfg_start_step, true_cfg_scale, files
     version: str = __version__  # Daguerre version that made it
     format: str = FORMAT
 
@@ -198,11 +199,12 @@ def to_request(
     mask_image: Image.Image | None = None,
     guides: list[Image.Image] = (),
     ip_guides: list[Image.Image] = (),
+    id_images: list[Image.Image] = (),
 ):
     """The GenerationRequest that re-runs this image's chunk (the image is number `r.batch_index` of it).
 
     guides: the ControlNet guide images in the recipe's order; ip_guides: every IP-Adapter's image
-    prompts, adapter after adapter, in the recipe's order.
+    prompts, adapter after adapter, in the recipe's order; id_images: puLID's reference photos, in order.
 
     The input images the recipe only names by pixel hash must be given back, and must be the same
     pixels: a RequestError names the one that is missing or different.
@@ -218,6 +220,7 @@ def to_request(
         LoraRef,
         Outpaint,
         OutputSpec,
+        PuLID,
     )
 
     ACCEL_FIELDS = _accel_fields()
@@ -242,6 +245,15 @@ def to_request(
             "an IP-Adapter image prompt is not the one the recipe was made from (pixel hash differs)",
             parameter="ipAdapters.guideImages",
         )
+    pulid = None
+    if r.pulid:
+        wanted = r.pulid["images_sha256"]
+        if len(id_images) != len(wanted) or any(pixels_sha256(g) != h for g, h in zip(id_images, wanted, strict=False)):
+            raise RequestError(f"this recipe's puLID used {len(wanted)} reference photo(s); give the same ones, "
+                               f"in order ({len(id_images)} given, or their pixels differ)",
+                               parameter="puLID.images")  # fmt: skip
+        pulid = PuLID(images=tuple(id_images), id_weight=r.pulid["id_weight"],
+                      cfg_start_step=r.pulid["cfg_start_step"], true_cfg_scale=r.pulid["true_cfg_scale"])  # fmt: skip
     adapters, at = [], 0
     for ip in r.ip_adapters:
         n = len(ip["guide_sha256"])
@@ -295,4 +307,5 @@ def to_request(
         else None,
         face_fix=FaceFix(**{k: v for k, v in r.face_fix.items() if k in FACE_FIELDS}) if r.face_fix else None,
         layer_diffuse=LayerDiffuse(r.layer_diffuse["lora"], r.layer_diffuse["vae"]) if r.layer_diffuse else None,
+        pulid=pulid,
     )

@@ -132,7 +132,7 @@ def _png_b64(size=(96, 80)) -> str:
         ([task(width=100)], KEY, 400, "invalidParameter"),
         ([task(steps=51)], KEY, 400, "invalidParameter"),
         ([task(model="runware:999@1")], KEY, 400, "modelNotFound"),
-        ([task(puLID={"images": ["x"]})], KEY, 400, "unsupportedParameter"),
+        ([task(puLID={"images": [_png_b64()]}, hiresFix=True)], KEY, 400, "unsupportedParameter"),
         ([task(ipAdapters=[{"model": "x", "weight": 1}])], KEY, 400, "invalidParameter"),
         ([task(controlNet=[{"model": "x", "weight": 1}])], KEY, 400, "invalidParameter"),
         ([task(lora=[{"model": "x", "weight": 1, "transformer": "high"}])], KEY, 400, "unsupportedParameter"),
@@ -158,26 +158,12 @@ def test_errors_name_parameter_and_task(srv):
     assert err["parameter"] == "CFGScale" and err["taskUUID"] == t["taskUUID"] and "[0, 20]" in err["message"]
 
 
-@pytest.mark.parametrize(
-    "field",
-    [
-        "puLID",
-        "pulid",
-    ],
-)
-def test_unbuilt_features_are_refused_by_name(srv, field):
-    value = {
-        "lora": [{"model": "a", "weight": 1}],
-        "controlNet": [{"model": "a"}],
-        "ipAdapters": [{"model": "a"}],
-        "maskMargin": 64,
-        "webhookURL": "https://example.com/h",
-        "uploadEndpoint": "https://example.com/u",
-        "promptWeighting": "compel",
-        "hiresFix": True,
-    }.get(field, {"x": 1})
-    [err] = post(srv, [task(**{field: value})]).json()["errors"]
-    assert err["code"] == "unsupportedParameter" and err["parameter"] == {"pulid": "puLID"}.get(field, field)
+@pytest.mark.parametrize("field", ["puLID", "pulid"])
+def test_features_without_their_files_say_which_is_missing(srv, field):
+    # puLID is built: a server without its files refuses it at submission, naming the file and the docs.
+    [err] = post(srv, [task(**{field: {"images": [_png_b64()]}})]).json()["errors"]
+    assert err["code"] == "modelNotFound" and err["parameter"] == "puLID", err
+    assert "PuLID-FLUX" in err["message"] and "docs/models.md" in err["message"]
     # layerDiffuse is built: a server without its files says which one is missing and where it goes.
     [err] = post(srv, [task(advancedFeatures={"layerDiffuse": True})]).json()["errors"]
     assert err["code"] == "modelNotFound" and err["parameter"] == "layerDiffuse.lora", err

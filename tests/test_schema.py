@@ -102,7 +102,7 @@ def test_every_integer_field_is_one_the_schema_converts():
               "acceleratorOptions": props["acceleratorOptions"]["properties"],
               "outpaint": props["outpaint"]["properties"],
               "hiresFix": props["hiresFix"]["oneOf"][1]["properties"],
-              "ultralytics": props["ultralytics"]["properties"]}  # fmt: skip
+              "ultralytics": props["ultralytics"]["properties"], "puLID": props["puLID"]["properties"]}  # fmt: skip
     for name in INTEGERS:
         head, _, tail = name.partition(".")
         prop = nested[head][tail] if tail else props[name]
@@ -127,7 +127,9 @@ def test_openapi_shows_a_type_for_every_field():
         ({"hiresFix": {"model": "x", "colour": 1}}, RequestError, "hiresFix.colour"),
         ({"ultralytics": {"maskPadding": 30}}, RequestError, "ultralytics.maskPadding"),
         ({"ultralytics": "yes"}, RequestError, "ultralytics"),
-        ({"pulid": {"x": 1}}, UnsupportedError, "puLID"),
+        ({"pulid": {"x": 1}}, RequestError, "puLID.x"),
+        ({"puLID": {"images": []}}, RequestError, "puLID.images"),
+        ({"puLID": {"images": ["a"], "CFGStartStep": 1.5}}, RequestError, "puLID.CFGStartStep"),
         ({"advancedFeatures": {"layerDiffuse": 1}}, RequestError, "advancedFeatures.layerDiffuse"),
         ({"layerDiffuse": True, "outputFormat": "JPEG"}, RequestError, "outputFormat"),
         ({"safety": {"checkContent": "yes"}}, RequestError, "safety.checkContent"),

@@ -71,6 +71,19 @@ def _finish(proc: subprocess.Popen, timeout: float) -> str:
     return log
 
 
+def _photo() -> str:
+    """A base64 PNG to use as a reference face (the demo's tiny detector finds one in any picture)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.random.RandomState(0).rand(96, 96, 3) * 255).astype("uint8")).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def test_readme_serve_example(tmp_path):
     text = README.read_text()
     serve = next(
@@ -105,6 +118,7 @@ def test_readme_serve_example(tmp_path):
         tasks = [
             {**demo, "taskUUID": str(uuid.uuid4()), "outputFormat": "png", "advancedFeatures": {"layerDiffuse": True}},
             {**demo, "taskUUID": str(uuid.uuid4()), "hiresFix": {"model": "runware:504@1", "steps": 2}},
+            {**demo, "taskUUID": str(uuid.uuid4()), "puLID": {"images": [_photo()], "idWeight": 1}},
         ]
         r = httpx.post(f"http://127.0.0.1:{port}/v1", json=tasks, headers={"Authorization": "Bearer my-secret-key"},
                        timeout=120)  # fmt: skip
@@ -115,8 +129,8 @@ def test_readme_serve_example(tmp_path):
         from PIL import Image
 
         got = {d["taskUUID"]: Image.open(io.BytesIO(base64.b64decode(d["imageBase64Data"]))) for d in r.json()["data"]}
-        layered, fixed = (got[t["taskUUID"]] for t in tasks)
-        assert layered.mode == "RGBA" and fixed.size == (128, 128)
+        layered, fixed, identity = (got[t["taskUUID"]] for t in tasks)
+        assert layered.mode == "RGBA" and fixed.size == (128, 128) and identity.size == (128, 128)
     finally:
         _stop(proc)
 

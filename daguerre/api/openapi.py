@@ -16,6 +16,7 @@ def tasks_schema() -> dict:
         MAX_CONTROLNETS,
         MAX_IP_ADAPTERS,
         MAX_LORAS,
+        MAX_PULID_IMAGES,
         PREPROCESSORS,
         PROMPT_CHARS,
         PROMPT_WEIGHTINGS,
@@ -122,6 +123,10 @@ def tasks_schema() -> dict:
                 "positivePrompt": prompt, "negativePrompt": prompt}},
             "layerDiffuse": {"type": "boolean", "description": "RGBA output (PNG by default, or WEBP; JPG refused)"},
             "advancedFeatures": {"type": "object", "properties": {"layerDiffuse": {"type": "boolean"}}},
+            "puLID": {"type": "object", "required": ["images"], "properties": {
+                "images": {"type": "array", "minItems": 1, "maxItems": MAX_PULID_IMAGES, "items": image},
+                **nested("puLID", dict.fromkeys(("idWeight", "CFGStartStep", "CFGStartStepPercentage",
+                                                 "trueCFGScale"), {}))}},
             **{name: {"description": "not supported yet: refused with unsupportedParameter"} for name in NOT_YET},
         },
     }  # fmt: skip

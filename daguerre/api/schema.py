@@ -18,6 +18,7 @@ from daguerre.errors import RequestError, UnsupportedError
 from daguerre.jobs.spec import DELIVERY_METHODS, MIN_TTL, OUTPUT_TYPES, DeliverySpec
 from daguerre.request import (
     INTEGERS,
+    MAX_PULID_IMAGES,
     OUTPUT_FORMATS,
     AccelOptions,
     ControlRef,
@@ -29,12 +30,13 @@ from daguerre.request import (
     LoraRef,
     Outpaint,
     OutputSpec,
+    PuLID,
     SafetyCheck,
     validate,
 )
 
 # Reference fields whose feature is not built yet: refused while present and not empty.
-NOT_YET = ("puLID",)
+NOT_YET: tuple[str, ...] = ()
 # Spellings the SDKs send for the same field.
 ALIASES = {"pulid": "puLID", "PuLID": "puLID", "checkNSFW": "checkNsfw"}
 KNOWN = {
@@ -43,7 +45,7 @@ KNOWN = {
     "outputType", "outputFormat", "outputQuality", "deliveryMethod", "includeCost", "ttl", "safety",
     "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", "outpaint", "maskMargin",
     "promptWeighting", "controlNet", "ipAdapters", "enhancePrompt", "character", "acceleratorOptions", "hiresFix",
-    "ultralytics", "layerDiffuse", *NOT_YET,
+    "ultralytics", "layerDiffuse", "puLID", *NOT_YET,
 }  # fmt: skip
 IMAGE_FIELDS = ("seedImage", "maskImage")
 
@@ -176,6 +178,7 @@ def parse_image_inference(
         hires_fix=_parse_hires(task.get("hiresFix")),
         face_fix=_parse_face(task.get("ultralytics")),
         layer_diffuse=_parse_layers(task.get("layerDiffuse"), advanced.get("layerDiffuse")),
+        pulid=_parse_pulid(task.get("puLID"), resolve_image),
         loras=_parse_loras(task.get("lora")),
         outpaint=_parse_outpaint(task.get("outpaint")),
         mask_margin=_int(task, "maskMargin"),
@@ -359,6 +362,33 @@ def _parse_safety(value, check_nsfw) -> SafetyCheck | None:
     if not (check or check_nsfw) or mode == "none":
         return None
     return SafetyCheck(action=value.get("action"), threshold=value.get("threshold"))
+
+
+PULID_FIELDS = {"images": "images", "idWeight": "id_weight", "CFGStartStep": "cfg_start_step",
+                "CFGStartStepPercentage": "cfg_start_percentage", "trueCFGScale": "true_cfg_scale"}  # fmt: skip
+# The reference spells the step fields both ways (CFGstartStep in its property list, CFGStartStep in its example).
+PULID_ALIASES = {"CFGstartStep": "CFGStartStep", "CFGstartStepPercentage": "CFGStartStepPercentage"}
+
+
+def _parse_pulid(value: Any, resolve_image: ImageResolver) -> PuLID | None:
+    """`puLID`: {images: [image, ...], idWeight, CFGStartStep | CFGStartStepPercentage, trueCFGScale}."""
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise RequestError("puLID must be an object {images, idWeight, CFGStartStep, trueCFGScale}", parameter="puLID")
+    value = {PULID_ALIASES.get(k, k): v for k, v in value.items() if v is not None}
+    extra = sorted(set(value) - set(PULID_FIELDS))
+    if extra:
+        raise RequestError(f"unknown field puLID.{extra[0]}", parameter=f"puLID.{extra[0]}")
+    images = value.get("images")
+    if not isinstance(images, list) or not images or not all(isinstance(x, str) and x for x in images):
+        raise RequestError("puLID.images must be a non-empty list of images (UUID, URL, data URI or base64)",
+                           parameter="puLID.images")  # fmt: skip
+    if len(images) > MAX_PULID_IMAGES:
+        raise RequestError(f"puLID.images holds at most {MAX_PULID_IMAGES} reference photos, got {len(images)}",
+                           parameter="puLID.images")  # fmt: skip
+    fields = {PULID_FIELDS[k]: _whole(v, f"puLID.{k}") for k, v in value.items() if k != "images"}
+    return PuLID(images=tuple(resolve_image(x, "puLID.images", False) for x in images), **fields)
 
 
 def _parse_layers(top, advanced) -> LayerDiffuse | None:

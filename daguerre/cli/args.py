@@ -17,6 +17,7 @@ from daguerre.request import (
     HiresFix,
     LayerDiffuse,
     OutputSpec,
+    PuLID,
     SafetyCheck,
     validate,
 )
@@ -63,6 +64,9 @@ def build_request(
     hires_steps: int | None = None,
     hires_strength: float | None = None,
     face: FaceFix | None = None,
+    id_images: list[str] | None = None,
+    id_weight: float | None = None,
+    id_cfg_start: int | None = None,
 ) -> GenerationRequest:
     """The request `daguerre generate` makes, validated (before any model is looked up: a typo answers at once).
 
@@ -105,6 +109,13 @@ def build_request(
         hires_fix=_hires(hires, hires_steps, hires_strength),
         face_fix=face,
         layer_diffuse=layer_diffuse,
+        pulid=PuLID(
+            images=tuple(load_image(x, parameter="puLID.images", limits=limits) for x in id_images),
+            id_weight=1.0 if id_weight is None else id_weight,
+            cfg_start_step=id_cfg_start,
+        )
+        if id_images
+        else None,
         model=model or "",
         positive_prompt=prompt,
         negative_prompt=negative,

@@ -116,6 +116,14 @@ def generate(
     transparent: Annotated[
         bool, typer.Option("--transparent", help="RGBA output with LayerDiffuse (the API's layerDiffuse; PNG/WEBP)")
     ] = False,
+    id_image: Annotated[
+        list[str] | None,
+        typer.Option("--id-image", help="puLID: a reference photo of the person (repeatable, up to 4; averaged)"),
+    ] = None,
+    id_weight: Annotated[float | None, typer.Option("--id-weight", help="puLID identity strength, 0-3 [1]")] = None,
+    id_cfg_start: Annotated[
+        int | None, typer.Option("--id-cfg-start", help="puLID: true CFG (with --true-cfg) from this step [0]")
+    ] = None,
     face_cfg: Annotated[float | None, typer.Option("--face-cfg", help="face pass guidance, 0-50 [8]")] = None,
     face_confidence: Annotated[
         float | None, typer.Option("--face-confidence", help="face detection threshold, 0-1 [0.9]")
@@ -181,6 +189,9 @@ def generate(
         given = [k for k, v in face_options.items() if v is not None]
         if given and not face_fix:
             raise DaguerreError(f"{given[0]} needs --face-fix", parameter="ultralytics", code="invalidParameter")
+        given = [k for k, v in (("--id-weight", id_weight), ("--id-cfg-start", id_cfg_start)) if v is not None]
+        if given and not id_image:
+            raise DaguerreError(f"{given[0]} needs --id-image", parameter="puLID", code="invalidParameter")
         saved = None
         if character is not None:
             from daguerre.cli.studio import LOCAL_OWNER, character_store
@@ -200,6 +211,7 @@ def generate(
                          mask_blur=face_mask_blur, mask_padding=face_mask_padding, positive_prompt=face_prompt,
                          negative_prompt=face_negative, steps=face_steps, strength=face_strength)
             if face_fix else None,
+            id_images=id_image, id_weight=id_weight, id_cfg_start=id_cfg_start,
         )  # fmt: skip
         engine = engine_for(settings)
         if not req.model:
@@ -290,6 +302,9 @@ def reproduce(
         list[str] | None,
         typer.Option("--ip-guide", help="IP-Adapter image prompts, in the recipe's order (repeatable)"),
     ] = None,
+    id_image: Annotated[
+        list[str] | None, typer.Option("--id-image", help="puLID reference photos, in the recipe's order (repeatable)")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output folder [./out]")] = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
@@ -311,9 +326,9 @@ def reproduce(
         ip_guides = [
             load_image(g, parameter="ipAdapters.guideImages", limits=settings.image_limits) for g in ip_guide or ()
         ]
-        req = recipes.to_request(
-            r, model=model, seed_image=seed_image, mask_image=mask_image, guides=guides, ip_guides=ip_guides
-        )
+        id_images = [load_image(g, parameter="puLID.images", limits=settings.image_limits) for g in id_image or ()]
+        req = recipes.to_request(r, model=model, seed_image=seed_image, mask_image=mask_image, guides=guides,
+                                 ip_guides=ip_guides, id_images=id_images)  # fmt: skip
         engine = engine_for(settings)
         # The image's whole chunk runs again: batched results match single runs only to ~1e-5.
         [(path, im)] = run(engine, req, out_dir or settings.output_dir, max_batch=r.batch_size, keep=r.batch_index)
@@ -322,7 +337,8 @@ def reproduce(
     except OSError as e:
         fail(DaguerreError(f"cannot read {image_path}: {e.strerror or e}", parameter="image", code="invalidImage"))
     except DaguerreError as e:
-        fail(e, {"controlNet.guideImage": "--guide", "ipAdapters.guideImages": "--ip-guide"})
+        fail(e, {"controlNet.guideImage": "--guide", "ipAdapters.guideImages": "--ip-guide",
+                 "puLID.images": "--id-image"})  # fmt: skip
     verdict = recipes.compare(original, path.read_bytes())
     typer.echo(f"{path}\tseed={im.seed}\t{verdict.summary()}")
     if not verdict.pixels_identical:

@@ -182,6 +182,7 @@ def _bind(host: str, port: int):
 def demo_extras(data_dir: Path, model_folder: Path) -> dict:
     """The demo's tiny upscaler, under the reference API's upscaler ids (so hiresFix with any of them works),
     the LayerDiffuse LoRA and transparent VAE under `runware:120@2` / `runware:120@4` (so layerDiffuse works),
+    tiny PuLID, EVA-CLIP and antelopev2 files (so puLID works),
     and, with the `faces` extra, a tiny YOLO face model that ultralytics' face enhancement uses."""
     from daguerre.engine.models.catalog import LAYER_IDS, UPSCALER_IDS
     from daguerre.testing.tiny import build_face_yolo, build_layer_diffuse, build_upscaler
@@ -200,6 +201,21 @@ def demo_extras(data_dir: Path, model_folder: Path) -> dict:
                                       "kind": "transparentvae"}  # fmt: skip
     import importlib.util
 
+    try:  # puLID's three files (its face analysis runs on onnxruntime: the `safety` extra)
+        from daguerre.testing.identity import build_identity
+
+        marker = data_dir / "demo-identity" / ".built"
+        names = {"pulid": "models/pulid/pulid_flux_v0.9.1.safetensors",
+                 "evaclip": "models/clip/EVA02_CLIP_L_336_psz14_s6B.pt",
+                 "faceanalysis": "models/insightface/models/antelopev2"}  # fmt: skip
+        if not marker.exists():
+            build_identity(data_dir / "demo-identity", model_folder)
+            marker.touch()
+        for kind, rel in names.items():
+            path = (data_dir / "demo-identity" / rel).resolve()
+            extras[f"demo-{kind}"] = {"id": f"daguerre:demo-{kind}@1", "path": str(path), "kind": kind}
+    except Exception as e:  # noqa: BLE001 - a missing optional package must not stop the demo
+        warn(f"no demo puLID files: {e}")
     if importlib.util.find_spec("ultralytics") is not None:
         yolo = data_dir / "demo-faces" / "face_yolov8n.pt"
         try:

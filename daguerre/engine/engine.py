@@ -27,7 +27,7 @@ from PIL import Image
 from daguerre.engine import controlnet
 from daguerre.engine import plan as planning
 from daguerre.engine.features import faces as face_features
-from daguerre.engine.features import hires
+from daguerre.engine.features import hires, pulid
 from daguerre.engine.features import layerdiffuse as layers
 from daguerre.engine.features.dbcache import CacheDiT
 from daguerre.engine.features.safety import SafetyChecker, Verdict, censor
@@ -110,6 +110,7 @@ class Engine:
         self.upscaler = upscaler  # hiresFix: true uses it (settings.upscaler); None = the latent upscale
         self.upscalers = hires.Upscalers(models.device)
         self.transparent_vaes = layers.TransparentVAEs(models.device, models.dtype)
+        self.identities = pulid.IdentityCache()  # puLID's ID former, EVA tower and face analysis, by path
         self.face_detector = face_detector  # ultralytics: auto | nudenet | haar | a YOLO model (settings.faces)
         self._detector: face_features.Detector | None = None
         self._detector_lock = threading.Lock()
@@ -173,7 +174,7 @@ class Engine:
         """
         if self.max_batch < 2 or req.workflow != "txt2img" or req.accelerator.enabled:
             return None
-        if req.hires_fix is not None or req.face_fix is not None or req.layer_diffuse is not None:  # run per request
+        if any(x is not None for x in (req.hires_fix, req.face_fix, req.layer_diffuse, req.pulid)):  # run per request
             return None
         if req.seed_image is not None or req.mask_image is not None or req.controlnets or req.ip_adapters:
             return None
@@ -324,6 +325,7 @@ class Engine:
             )
         )
         hires_plan = hires.plan(self, req)
+        pulid_plan = pulid.plan(self, req, pipe.transformer)  # puLID: the reference photos' ID embeddings
         face_embeds = face_features.embeddings(pipe, req, plan, (pe, ppe, npe, nppe), model.device)
         control_recipe = tuple(controlnet.recipe_entry(c.ref, c.spec, start=c.start, end=c.end) for c in control)
         if structural is not None:
@@ -343,10 +345,12 @@ class Engine:
             warnings=warnings,
             hires=hires_plan,
             layers=layer_plan,
+            pulid=pulid_plan,
             face_embeds=face_embeds,
             recipe_extra={
                 "hires_fix": hires_plan.recipe() if hires_plan is not None else None,
                 "layer_diffuse": layer_plan.recipe() if layer_plan is not None else None,
+                "pulid": pulid_plan.recipe if pulid_plan is not None else None,
                 "loras": lora_recipe,
                 "controlnets": control_recipe,
                 "ip_adapters": ip_recipe,
@@ -407,7 +411,10 @@ class Engine:
             cache = CacheDiT(pipe, resolve_accel(accel), run_steps)
         else:
             cache = StepCache(pipe.transformer, accel, plan.steps, pipe.scheduler.order)
-        with torch.inference_mode(), cache if accel.enabled else contextlib.nullcontext():
+        # puLID's injection wraps outside the step cache, so it sees (and can answer) every transformer call.
+        identity = (pulid.Injection(pipe.transformer, order=pipe.scheduler.order, **first.pulid.injection_args)
+                    if first.pulid is not None else contextlib.nullcontext())  # fmt: skip
+        with torch.inference_mode(), cache if accel.enabled else contextlib.nullcontext(), identity:
             out = pipe(**kwargs).images
         if hp is not None:  # hiresFix's second pass, on the final size
             callback = self._callback(idx, req, t0, on_progress, cancel, False)
@@ -591,6 +598,7 @@ class _Prepared:
     hires: hires.HiresPlan | None
     face_embeds: tuple | None  # the face pass's (sequence, pooled, negative sequence, negative pooled)
     layers: layers.LayerPlan | None  # layerDiffuse, resolved
+    pulid: pulid.PulidPlan | None  # puLID: the identity to inject
     recipe_extra: dict  # recipe fields that come from preparation (loras, controlnets, prompts...)
     slot: int = 0  # position in a generate_batch call
 

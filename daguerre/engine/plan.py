@@ -73,6 +73,10 @@ def check_kinds(req: GenerationRequest, catalog: Catalog) -> None:
     if (ld := req.layer_diffuse) is not None:  # the reference's ids unless the request named others
         refs += [("layerDiffuse.lora", ld.lora or LAYER_DIFFUSE_LORA),
                  ("layerDiffuse.vae", ld.vae or LAYER_DIFFUSE_VAE)]  # fmt: skip
+    if req.pulid is not None:  # its three files are the catalog's own choice (features/pulid.py)
+        from daguerre.engine.features.pulid import identity_specs
+
+        identity_specs(catalog)
     for parameter, ref in refs:
         kinds, what = ADAPTER_KINDS[parameter]
         try:

@@ -30,6 +30,7 @@ from daguerre.request import (
     LoraRef,
     Outpaint,
     OutputSpec,
+    PuLID,
     SafetyCheck,
 )
 
@@ -74,7 +75,7 @@ class JobSpec:
 
 def image_slots(req: GenerationRequest) -> list[tuple[str, Image.Image]]:
     """(slot, image) for every image a request carries: seed_image, mask_image, controlnets.N.guide_image,
-    ip_adapters.N.guide_images.M."""
+    ip_adapters.N.guide_images.M, pulid.images.N."""
     out = [(name, getattr(req, name)) for name in ("seed_image", "mask_image") if getattr(req, name) is not None]
     out += [(f"controlnets.{i}.guide_image", c.guide_image) for i, c in enumerate(req.controlnets)]
     out += [
@@ -82,6 +83,7 @@ def image_slots(req: GenerationRequest) -> list[tuple[str, Image.Image]]:
         for i, ip in enumerate(req.ip_adapters)
         for j, g in enumerate(ip.guide_images)
     ]
+    out += [(f"pulid.images.{j}", g) for j, g in enumerate(req.pulid.images if req.pulid else ())]
     return out
 
 
@@ -96,6 +98,8 @@ def with_images(req: GenerationRequest, images: Callable[[str], Image.Image | No
         ip_adapters=tuple(replace(ip, guide_images=tuple(images(f"ip_adapters.{i}.guide_images.{j}")
                                                          for j in range(len(ip.guide_images))))
                           for i, ip in enumerate(req.ip_adapters)),
+        pulid=replace(req.pulid, images=tuple(images(f"pulid.images.{j}") for j in range(len(req.pulid.images))))
+        if req.pulid else None,
     )  # fmt: skip
 
 
@@ -134,7 +138,8 @@ def hydrate(spec: JobSpec, load: Callable[[str, bool], Image.Image]) -> Generati
 # ---- JSON: the one place a JobSpec becomes text and back
 
 _PARTS = {"output": OutputSpec, "outpaint": Outpaint, "accelerator": AccelOptions, "safety": SafetyCheck,
-          "hires_fix": HiresFix, "face_fix": FaceFix, "layer_diffuse": LayerDiffuse}  # fmt: skip
+          "hires_fix": HiresFix, "face_fix": FaceFix, "layer_diffuse": LayerDiffuse,
+          "pulid": PuLID}  # fmt: skip
 _LISTS = {"loras": LoraRef, "controlnets": ControlRef, "ip_adapters": IpAdapterRef}
 _IMAGES = {"seed_image", "mask_image", "guide_image", "guide_images"}
 
@@ -176,6 +181,8 @@ def from_json(text: str | dict) -> JobSpec:
     for name, cls in _PARTS.items():
         if r.get(name) is not None:
             r[name] = cls(**r[name])
+    if r.get("pulid") is not None:
+        r["pulid"] = replace(r["pulid"], images=tuple(r["pulid"].images))
     r["loras"] = tuple(LoraRef(**x) for x in r.get("loras", ()))
     r["controlnets"] = tuple(ControlRef(guide_image=None, **x) for x in r.get("controlnets", ()))
     counts = data.get("ip_adapter_images", [])

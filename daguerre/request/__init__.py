@@ -35,6 +35,7 @@ from daguerre.request.limits import (
     MAX_CONTROLNETS,
     MAX_IP_ADAPTERS,
     MAX_LORAS,
+    MAX_PULID_IMAGES,
     MAX_SEED,
     MAX_SEQUENCE_LENGTH,
     OUTPAINT_DEFAULT_BLUR,
@@ -60,6 +61,7 @@ from daguerre.request.types import (
     LoraRef,
     Outpaint,
     OutputSpec,
+    PuLID,
     SafetyCheck,
 )
 from daguerre.request.validate import check_range, check_scheduler, check_text, validate, validate_accel
@@ -90,6 +92,7 @@ __all__ = [
     "MAX_CONTROLNETS",
     "MAX_IP_ADAPTERS",
     "MAX_LORAS",
+    "MAX_PULID_IMAGES",
     "MAX_SEED",
     "MAX_SEQUENCE_LENGTH",
     "OUTPAINT_DEFAULT_BLUR",
@@ -107,6 +110,7 @@ __all__ = [
     "ControlRef",
     "FaceFix",
     "LayerDiffuse",
+    "PuLID",
     "GenerationRequest",
     "HiresFix",
     "IpAdapterRef",

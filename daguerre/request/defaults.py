@@ -96,7 +96,8 @@ def resolve(req: GenerationRequest, kind: str, *, name: str = "", control: str |
     guidance = None
     if has_guidance:
         guidance = req.guidance if req.guidance is not None else DEFAULT_GUIDANCE[control or kind]
-    for field, what in (("hires_fix", "hiresFix"), ("face_fix", "ultralytics"), ("layer_diffuse", "layerDiffuse")):
+    for field, what in (("hires_fix", "hiresFix"), ("face_fix", "ultralytics"), ("layer_diffuse", "layerDiffuse"),
+                        ("pulid", "puLID")):  # fmt: skip
         if getattr(req, field) is not None and kind not in ("dev", "schnell"):
             raise UnsupportedError(f"{what} is not supported with FLUX.1 {kind} model {name} (dev- and "
                                    "schnell-type models only)", parameter=what)  # fmt: skip
@@ -115,8 +116,24 @@ def resolve(req: GenerationRequest, kind: str, *, name: str = "", control: str |
     layers = req.layer_diffuse
     if layers is not None:
         layers = replace(layers, lora=layers.lora or LAYER_DIFFUSE_LORA, vae=layers.vae or LAYER_DIFFUSE_VAE)
+    pulid, true_cfg = req.pulid, req.true_cfg_scale
+    if pulid is not None:
+        start = pulid.cfg_start_step
+        if pulid.cfg_start_percentage is not None:
+            start = steps * pulid.cfg_start_percentage // 100
+        if start is not None and start >= steps:
+            raise RequestError(f"puLID.CFGStartStep must be less than steps ({steps}), got {start}",
+                               parameter="puLID.CFGStartStep")  # fmt: skip
+        if pulid.true_cfg_scale is not None:
+            if true_cfg is not None and true_cfg != pulid.true_cfg_scale:
+                raise RequestError(f"trueCFGScale {true_cfg} and puLID.trueCFGScale {pulid.true_cfg_scale} disagree; "
+                                   "give one of them", parameter="puLID.trueCFGScale")  # fmt: skip
+            true_cfg = pulid.true_cfg_scale
+        pulid = replace(pulid, cfg_start_step=start, cfg_start_percentage=None, true_cfg_scale=true_cfg)
     return replace(
         req,
+        pulid=pulid,
+        true_cfg_scale=true_cfg,
         layer_diffuse=layers,
         steps=steps,
         guidance=guidance,

@@ -57,6 +57,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "ultralytics.maskPadding": (0, 20),
     "ultralytics.steps": (1, 100),
     "ultralytics.strength": (0, 1),
+    "puLID.idWeight": (0, 3),
+    "puLID.CFGStartStep": (0, 49),
+    "puLID.CFGStartStepPercentage": (0, 99),
+    "puLID.trueCFGScale": (0, 10),
 }
 # The numeric fields that take whole numbers. Every one of them also accepts an integral float (1024.0, as
 # JavaScript clients send numbers); any other float is refused.
@@ -69,12 +73,13 @@ INTEGERS = frozenset(
      "acceleratorOptions.cacheEndStep", "acceleratorOptions.cacheStartStepPercentage",
      "acceleratorOptions.cacheEndStepPercentage", "acceleratorOptions.cacheMaxConsecutiveSteps",
      "hiresFix.steps", "ultralytics.inpaintSize", "ultralytics.maskBlur", "ultralytics.maskPadding",
-     "ultralytics.steps"}
+     "ultralytics.steps", "puLID.CFGStartStep", "puLID.CFGStartStepPercentage"}
 )  # fmt: skip
 
 MAX_LORAS = 8
 MAX_CONTROLNETS = 4
 MAX_IP_ADAPTERS = 4
+MAX_PULID_IMAGES = 4  # reference photos of one identity, averaged in ID-embedding space
 CONTROL_MODES = ("balanced", "prompt", "controlnet")
 PREPROCESSORS = ("canny",)
 # Union ControlNets (InstantX / Shakker-Labs FLUX.1-dev-Controlnet-Union) embed the condition type as

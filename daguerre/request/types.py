@@ -71,6 +71,17 @@ class LayerDiffuse:
 
 
 @dataclass(frozen=True)
+class PuLID:
+    """puLID: identity from reference photos (PuLID-FLUX's ID former and cross-attention)."""
+
+    images: tuple = ()  # PIL images of the person (each one's largest face is used)
+    id_weight: float = 1.0  # 0-3: the identity's strength
+    cfg_start_step: int | None = None  # true CFG (with the zero identity) from this step; exclusive with:
+    cfg_start_percentage: int | None = None  # 0-99 percent of the steps
+    true_cfg_scale: float | None = None  # 0-10: the true CFG scale for the run (> 1: on)
+
+
+@dataclass(frozen=True)
 class FaceFix:
     """ultralytics: detect faces, inpaint each at inpaint_size, paste it back feathered."""
 
@@ -175,6 +186,7 @@ class GenerationRequest:
     hires_fix: HiresFix | None = None  # two-pass generation: half size, upscale, refine (text-to-image)
     face_fix: FaceFix | None = None  # face enhancement after generation (the `ultralytics` object)
     layer_diffuse: LayerDiffuse | None = None  # transparent output (RGBA; PNG or WEBP)
+    pulid: PuLID | None = None  # identity from reference photos
 
     @property
     def workflow(self) -> str:

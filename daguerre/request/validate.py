@@ -16,6 +16,7 @@ from daguerre.request.limits import (
     MAX_CONTROLNETS,
     MAX_IP_ADAPTERS,
     MAX_LORAS,
+    MAX_PULID_IMAGES,
     OUTPUT_FORMATS,
     PREPROCESSORS,
     PROMPT_CHARS,
@@ -33,6 +34,7 @@ from daguerre.request.types import (
     GenerationRequest,
     HiresFix,
     LayerDiffuse,
+    PuLID,
     SafetyCheck,
 )
 
@@ -321,6 +323,7 @@ def validate(req: GenerationRequest) -> GenerationRequest:
     _validate_hires(req)
     _validate_face(req)
     _validate_layers(req)
+    _validate_pulid(req)
     if req.safety is not None:
         if not isinstance(req.safety, SafetyCheck):
             raise RequestError("safety must be an object", parameter="safety")
@@ -393,6 +396,32 @@ def _validate_layers(req: GenerationRequest) -> None:
                           (req.ip_adapters, "ipAdapters")):  # fmt: skip
         if present:
             raise UnsupportedError(f"layerDiffuse with {what} is not supported yet", parameter="layerDiffuse")
+
+
+def _validate_pulid(req: GenerationRequest) -> None:
+    p = req.pulid
+    if p is None:
+        return
+    if not isinstance(p, PuLID):
+        raise RequestError("puLID must be an object {images, idWeight, CFGStartStep, trueCFGScale}", parameter="puLID")
+    if not p.images or len(p.images) > MAX_PULID_IMAGES:
+        raise RequestError(f"puLID.images must hold 1 to {MAX_PULID_IMAGES} reference photos, got {len(p.images)}",
+                           parameter="puLID.images")  # fmt: skip
+    for name, value in (("idWeight", p.id_weight), ("CFGStartStep", p.cfg_start_step),
+                        ("CFGStartStepPercentage", p.cfg_start_percentage),
+                        ("trueCFGScale", p.true_cfg_scale)):  # fmt: skip
+        _optional(f"puLID.{name}", value)
+    if p.cfg_start_step is not None and p.cfg_start_percentage is not None:
+        raise RequestError("puLID.CFGStartStep and puLID.CFGStartStepPercentage are exclusive; give one",
+                           parameter="puLID.CFGStartStepPercentage")  # fmt: skip
+    if req.workflow not in ("txt2img", "img2img"):
+        raise UnsupportedError(f"puLID works for text-to-image and image-to-image; this request is {req.workflow}",
+                               parameter="puLID")  # fmt: skip
+    for present, what in ((req.hires_fix, "hiresFix"), (req.face_fix, "ultralytics"), (req.controlnets, "controlNet"),
+                          (req.ip_adapters, "ipAdapters"), (req.layer_diffuse, "layerDiffuse"),
+                          (req.accelerator.db_cache, "acceleratorOptions.dbCache")):  # fmt: skip
+        if present:
+            raise UnsupportedError(f"puLID with {what} is not supported yet", parameter="puLID")
 
 
 def _validate_face(req: GenerationRequest) -> None:

@@ -23,15 +23,21 @@ log = logging.getLogger(__name__)
 AIR_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9._/+-]+@[A-Za-z0-9._-]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 KINDS = ("dev", "schnell", "fill", "control", "kontext", "lora", "controllora", "controlnet", "ipadapter",
-         "upscaler", "detector", "transparentvae")  # fmt: skip
+         "upscaler", "detector", "transparentvae", "pulid", "evaclip", "faceanalysis")  # fmt: skip
 COMFY_SUBDIRS = ("diffusion_models", "unet", "checkpoints", "loras", "controlnet", "ipadapter")
 # Image upscalers (spandrel: ESRGAN-class .pth/.safetensors) and YOLO face detectors (.pt), found by folder as
 # ComfyUI keeps them; the file's kind is the folder's.
 AUX_SUBDIRS = {"upscale_models": ("upscaler", (".pth", ".safetensors")),
                "ultralytics/bbox": ("detector", (".pt",)), "ultralytics": ("detector", (".pt",)),
-               "vae": ("transparentvae", (".pth", ".safetensors"))}  # fmt: skip
+               "vae": ("transparentvae", (".pth", ".safetensors")), "pulid": ("pulid", (".safetensors",)),
+               "clip": ("evaclip", (".pt", ".pth", ".safetensors"))}  # fmt: skip
+# puLID's face analysis: insightface's model folders (antelopev2), where ComfyUI's PuLID nodes keep them.
+FACE_ANALYSIS_DIRS = ("insightface/models", "insightface")
 # Of the files in vae/ only the transparent VAEs are taken (by name); ordinary VAEs there are not models of their own.
 TRANSPARENT_VAE_NAME = "transparent"
+EVA_NAME = "eva"  # of the files in clip/, only EVA-CLIP towers (by name) are puLID's
+AUX_NAMES = {"transparentvae": TRANSPARENT_VAE_NAME, "evaclip": EVA_NAME}
+PULID_NAME = "pulid"
 # The reference API's upscaler ids, given to the same files when found (by file name, any case).
 UPSCALER_IDS = {"realesrgan_x4plus": "runware:504@1", "realesrgan_x4plus_anime_6b": "runware:realesrgan@anime-6b",
                 "4x-animesharp": "runware:esrgan@animesharp", "4x-ultrasharp": "runware:esrgan@ultrasharp"}  # fmt: skip
@@ -77,6 +83,11 @@ def slug(name: str) -> str:
 
 def _dir_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix == ".safetensors")
+
+
+def _is_face_analysis(folder: Path) -> bool:
+    """An insightface model folder: ONNX files and no diffusers index."""
+    return not (folder / "model_index.json").exists() and any(folder.glob("*.onnx"))
 
 
 def describe_folder(folder: Path, parameter: str = "model") -> tuple[str, int]:
@@ -131,9 +142,18 @@ def spec_for_path(
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelNotFoundError(f"{parameter} path {path} does not exist", parameter=parameter)
-    if path.is_dir():
+    if path.is_dir() and (kind == "faceanalysis" or _is_face_analysis(path)):
+        found_kind, size, fmt = "faceanalysis", _dir_size(path), "folder"
+    elif path.is_dir():
         found_kind, size = describe_folder(path, parameter=parameter)
         fmt = "folder"
+    elif (
+        kind in ("pulid", "evaclip")
+        or path.stem.lower().startswith(PULID_NAME)
+        or (EVA_NAME in path.stem.lower() and path.suffix.lower() in (".pt", ".pth"))
+    ):
+        found_kind = kind or ("pulid" if path.stem.lower().startswith(PULID_NAME) else "evaclip")
+        size, fmt = path.stat().st_size, "single-file"
     elif path.suffix.lower() in (".pth", ".pt") or TRANSPARENT_VAE_NAME in path.stem.lower():
         # Pickled weights are never FLUX.1 files: upscalers (.pth), YOLO detectors (.pt) and transparent VAEs (by
         # name, .pth or .safetensors), read only when used.
@@ -226,12 +246,20 @@ def discover_model_dirs(dirs: list[Path], *, base: str | None) -> list[ModelSpec
                     if f.suffix.lower() not in suffixes or f.resolve() in seen:
                         continue
                     seen.add(f.resolve())
-                    if kind == "transparentvae" and TRANSPARENT_VAE_NAME not in f.stem.lower():
+                    if kind in AUX_NAMES and AUX_NAMES[kind] not in f.stem.lower():
                         continue
                     known = UPSCALER_IDS.get(f.stem.lower()) if kind == "upscaler" else LAYER_IDS.get(f.stem.lower())
                     specs.append(ModelSpec(id=known or f"{kind}:{slug(f.stem)}@1", name=slug(f.stem),
                                            path=f.resolve(), format="single-file", kind=kind, source="comfyui",
                                            size_bytes=f.stat().st_size))  # fmt: skip
+        for sub in FACE_ANALYSIS_DIRS:
+            for parent in (root / "models" / sub, root / sub):
+                for f in sorted(parent.iterdir()) if parent.is_dir() else ():
+                    if f.is_dir() and f.resolve() not in seen and _is_face_analysis(f):
+                        seen.add(f.resolve())
+                        specs.append(ModelSpec(id=f"faceanalysis:{slug(f.name)}@1", name=slug(f.name),
+                                               path=f.resolve(), format="folder", kind="faceanalysis",
+                                               source="comfyui", size_bytes=_dir_size(f)))  # fmt: skip
     for root in dirs:
         for sub in COMFY_SUBDIRS:
             for folder in (root / "models" / sub, root / sub):
