@@ -19,6 +19,8 @@ from daguerre.request import GenerationRequest, HiresFix, PuLID, validate
 from daguerre.testing.identity import build_identity
 from tests.conftest import inference_task
 
+pytest.importorskip("onnxruntime", reason="puLID's face analysis runs on onnxruntime (the `safety` extra)")
+
 
 @pytest.fixture(scope="module")
 def id_files(tmp_path_factory, tiny_folder):
