@@ -126,6 +126,7 @@ def test_id_weight_zero_is_the_plain_run_and_the_identity_changes_the_image(id_e
     rec = one.recipe.pulid
     assert rec["id_weight"] == 1.0 and len(rec["images_sha256"][0]) == 64 and len(rec["pulid_sha256"]) == 64
     assert rec["pulid"] == id_engine.models.catalog.get(rec["pulid"]).id and len(rec["face_boxes"]) == 1
+    assert rec["parsing"] == id_engine.models.catalog.get(rec["parsing"]).id  # the face parser was used
 
 
 def test_true_cfg_starts_at_cfg_start_step_with_the_zero_identity(id_engine):
@@ -227,3 +228,26 @@ def test_the_cli_id_image_generates_and_reproduces(tiny_folder, tmp_path, monkey
     assert missing.exit_code == 2 and "--id-image" in missing.stderr, missing.output
     bad = CliRunner().invoke(app, [*base, "--id-weight", "1"])
     assert bad.exit_code == 2 and "--id-image" in bad.stderr
+
+
+def test_face_parsing_whitens_all_but_the_face(id_files, tmp_path):
+    from daguerre.engine.features import faceparse
+
+    parser = faceparse.load(id_files["faceparsing"])
+    g = torch.Generator().manual_seed(1)
+    face, grey = torch.rand(1, 3, 64, 64, generator=g), torch.rand(1, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        labels = parser(
+            (face - torch.tensor(faceparse.MEAN)[:, None, None]) / torch.tensor(faceparse.STD)[:, None, None]
+        )
+        out = faceparse.face_only(parser, face, grey)
+    background = torch.isin(labels.argmax(1, keepdim=True), torch.tensor(faceparse.BACKGROUND)).expand_as(grey)
+    assert 0 < background.float().mean() < 1  # the tiny parser sees both
+    assert torch.equal(out[background], torch.ones_like(out[background])) and torch.equal(
+        out[~background], grey[~background]
+    )
+    sd = torch.load(id_files["faceparsing"], weights_only=True)
+    assert "cp.arm16.conv_atten.weight" in sd and "ffm.convblk.conv.weight" in sd and "conv_out32.conv_out.weight" in sd
+    torch.save({k: v for k, v in sd.items() if "arm32" not in k}, tmp_path / "parsing_broken.pth")
+    with pytest.raises(ModelLoadError, match="arm32"):
+        faceparse.load(tmp_path / "parsing_broken.pth")

@@ -207,7 +207,8 @@ def demo_extras(data_dir: Path, model_folder: Path) -> dict:
         marker = data_dir / "demo-identity" / ".built"
         names = {"pulid": "models/pulid/pulid_flux_v0.9.1.safetensors",
                  "evaclip": "models/clip/EVA02_CLIP_L_336_psz14_s6B.pt",
-                 "faceanalysis": "models/insightface/models/antelopev2"}  # fmt: skip
+                 "faceanalysis": "models/insightface/models/antelopev2",
+                 "faceparsing": "models/facexlib/parsing_bisenet.pth"}  # fmt: skip
         if not marker.exists():
             build_identity(data_dir / "demo-identity", model_folder)
             marker.touch()

@@ -1,6 +1,6 @@
 """Tiny puLID files under their published names and key layouts (random weights): the PuLID-FLUX file, an
-EVA02-CLIP checkpoint in BAAI's naming, and an antelopev2 folder of two ONNX models shaped like SCRFD and
-ArcFace. The loaders read them with the code that reads the real files."""
+EVA02-CLIP checkpoint in BAAI's naming, an antelopev2 folder of two ONNX models shaped like SCRFD and
+ArcFace, and facexlib's BiSeNet face parser. The loaders read them with the code that reads the real files."""
 
 from __future__ import annotations
 
@@ -128,9 +128,26 @@ def build_face_analysis(folder: Path, *, seed: int = 0) -> Path:
     return folder
 
 
+def build_face_parser(path: Path, *, seed: int = 0, base: int = 4) -> Path:
+    """facexlib's `parsing_bisenet.pth` under its own key names, `base` channels wide (the real one: 64)."""
+    from daguerre.engine.features.faceparse import BiSeNet
+
+    torch.manual_seed(seed)
+    model = BiSeNet(base).eval()
+    with torch.no_grad():  # BatchNorm statistics as a trained model has them, not the untrained identity
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
 def build_identity(root: Path, model_folder: Path, *, seed: int = 0) -> dict[str, Path]:
-    """All three under ComfyUI's folders in `root` (models/pulid, models/clip, models/insightface/models), for the
-    tiny transformer in `model_folder`."""
+    """All four under ComfyUI's folders in `root` (models/pulid, models/clip, models/insightface/models,
+    models/facexlib), for the tiny transformer in `model_folder`."""
     import json
 
     cfg = json.loads((Path(model_folder) / "transformer" / "config.json").read_text())
@@ -145,4 +162,5 @@ def build_identity(root: Path, model_folder: Path, *, seed: int = 0) -> dict[str
         ),  # fmt: skip
         "evaclip": build_eva(root / "models" / "clip" / "EVA02_CLIP_L_336_psz14_s6B.pt", seed=seed),
         "faceanalysis": build_face_analysis(root / "models" / "insightface" / "models" / "antelopev2", seed=seed),
+        "faceparsing": build_face_parser(root / "models" / "facexlib" / "parsing_bisenet.pth", seed=seed),
     }

@@ -199,6 +199,7 @@ class IdentityModels:
     weights: PulidWeights
     eva: nn.Module
     faces: object  # faceid.FaceAnalysis
+    parser: nn.Module | None = None  # faceparse.BiSeNet: whitens all but the face (None: not installed)
 
 
 def to_gray(x: torch.Tensor) -> torch.Tensor:
@@ -225,8 +226,14 @@ def embed_identity(models: IdentityModels, images: list, device, dtype) -> tuple
         arc = torch.from_numpy(np.asarray(models.faces.embed(rgb, face), dtype=np.float32))[None]
         aligned = torch.from_numpy(models.faces.aligned(rgb, face)).permute(2, 0, 1)[None].float() / 255.0
         # PuLID keeps only the face (BiSeNet parsing whitens hair and background) and shows the tower its
-        # greyscale; without a parsing model here the whole aligned crop is greyed (docs/api.md "puLID").
-        pixels = eva_mod.preprocess(to_gray(aligned), models.eva.image_size).to(device, dtype)
+        # greyscale; without a parsing model the whole aligned crop is greyed (docs/api.md "Identity").
+        aligned = aligned.to(device, dtype)
+        features = to_gray(aligned)
+        if models.parser is not None:
+            from daguerre.engine.features.faceparse import face_only
+
+            features = face_only(models.parser, aligned, features)
+        pixels = eva_mod.preprocess(features, models.eva.image_size)
         vit, hidden = models.eva(pixels)
         vit = vit / vit.norm(dim=1, keepdim=True)
         conds.append(torch.cat([arc.to(device, dtype), vit], dim=-1))
@@ -365,18 +372,20 @@ class IdentityCache:
         self._lock = threading.Lock()
         self._models: dict[tuple, IdentityModels] = {}
 
-    def get(self, pulid_path: Path, eva_path: Path, faces_path: Path, device, dtype) -> IdentityModels:
-        from daguerre.engine.features import eva
+    def get(self, pulid_path: Path, eva_path: Path, faces_path: Path, parsing_path: Path | None, device,
+            dtype) -> IdentityModels:  # fmt: skip
+        from daguerre.engine.features import eva, faceparse
         from daguerre.engine.features.faceid import FaceAnalysis
 
-        key = (str(pulid_path), str(eva_path), str(faces_path), str(device), str(dtype))
+        key = (str(pulid_path), str(eva_path), str(faces_path), str(parsing_path), str(device), str(dtype))
         with self._lock:
             if key not in self._models:
                 weights = load(pulid_path, dtype)
                 weights.encoder.to(device)
                 weights.cas.to(device)
+                parser = faceparse.load(parsing_path, dtype).to(device) if parsing_path else None
                 self._models[key] = IdentityModels(weights, eva.load(eva_path, dtype).to(device),
-                                                   FaceAnalysis(faces_path))  # fmt: skip
+                                                   FaceAnalysis(faces_path), parser)  # fmt: skip
                 log.info("puLID models loaded: %s, %s, %s", pulid_path, eva_path, faces_path)
             return self._models[key]
 
@@ -385,6 +394,7 @@ class IdentityCache:
 KINDS = {"pulid": "the PuLID-FLUX weights (pulid_flux_v0.9.1.safetensors)",
          "evaclip": "the EVA02-CLIP-L-14-336 vision tower (EVA02_CLIP_L_336_psz14_s6B.pt)",
          "faceanalysis": "insightface's antelopev2 folder (scrfd_10g_bnkps.onnx, glintr100.onnx)"}  # fmt: skip
+OPTIONAL_KINDS = {"faceparsing": "facexlib's face parser (parsing_bisenet.pth)"}
 
 
 def identity_specs(catalog) -> dict:
@@ -399,6 +409,9 @@ def identity_specs(catalog) -> dict:
             raise ModelNotFoundError(f"puLID needs {what}; none is in the catalog (docs/models.md, \"PuLID files\")",
                                      parameter="puLID")  # fmt: skip
         found[kind] = specs[-1]
+    for kind in OPTIONAL_KINDS:
+        specs = sorted((s for s in catalog if s.kind == kind and not s.missing), key=lambda s: s.name)
+        found[kind] = specs[-1] if specs else None
     return found
 
 
@@ -419,8 +432,9 @@ def plan(engine, req, transformer) -> PulidPlan | None:
         return None
     specs = identity_specs(engine.models.catalog)
     device, dtype = engine.models.device, engine.models.dtype
+    parsing = specs["faceparsing"]
     models = engine.identities.get(specs["pulid"].path, specs["evaclip"].path, specs["faceanalysis"].path,
-                                   device, dtype)  # fmt: skip
+                                   parsing.path if parsing else None, device, dtype)  # fmt: skip
     cond, uncond, boxes = embed_identity(models, list(p.images), device, dtype)
     hashes = engine.models.hashes
     recipe = {
@@ -434,6 +448,7 @@ def plan(engine, req, transformer) -> PulidPlan | None:
         "eva": specs["evaclip"].id,
         "eva_sha256": hashes.sha256([specs["evaclip"].path]),
         "faces": specs["faceanalysis"].id,
+        "parsing": parsing.id if parsing else None,
     }
     args = dict(cas=models.weights.cas, cond=cond, uncond=uncond, weight=float(p.id_weight),
                 cfg_start=p.cfg_start_step if (p.true_cfg_scale or 0) > 1 else None)  # fmt: skip

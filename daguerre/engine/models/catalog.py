@@ -23,20 +23,23 @@ log = logging.getLogger(__name__)
 AIR_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9._/+-]+@[A-Za-z0-9._-]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 KINDS = ("dev", "schnell", "fill", "control", "kontext", "lora", "controllora", "controlnet", "ipadapter",
-         "upscaler", "detector", "transparentvae", "pulid", "evaclip", "faceanalysis")  # fmt: skip
+         "upscaler", "detector", "transparentvae", "pulid", "evaclip", "faceanalysis",
+         "faceparsing")  # fmt: skip
 COMFY_SUBDIRS = ("diffusion_models", "unet", "checkpoints", "loras", "controlnet", "ipadapter")
 # Image upscalers (spandrel: ESRGAN-class .pth/.safetensors) and YOLO face detectors (.pt), found by folder as
 # ComfyUI keeps them; the file's kind is the folder's.
 AUX_SUBDIRS = {"upscale_models": ("upscaler", (".pth", ".safetensors")),
                "ultralytics/bbox": ("detector", (".pt",)), "ultralytics": ("detector", (".pt",)),
                "vae": ("transparentvae", (".pth", ".safetensors")), "pulid": ("pulid", (".safetensors",)),
-               "clip": ("evaclip", (".pt", ".pth", ".safetensors"))}  # fmt: skip
+               "clip": ("evaclip", (".pt", ".pth", ".safetensors")),
+               "facexlib": ("faceparsing", (".pth",))}  # fmt: skip
 # puLID's face analysis: insightface's model folders (antelopev2), where ComfyUI's PuLID nodes keep them.
 FACE_ANALYSIS_DIRS = ("insightface/models", "insightface")
 # Of the files in vae/ only the transparent VAEs are taken (by name); ordinary VAEs there are not models of their own.
 TRANSPARENT_VAE_NAME = "transparent"
 EVA_NAME = "eva"  # of the files in clip/, only EVA-CLIP towers (by name) are puLID's
-AUX_NAMES = {"transparentvae": TRANSPARENT_VAE_NAME, "evaclip": EVA_NAME}
+PARSING_NAME = "parsing"  # of facexlib's files, the face parser (its detection models are not used)
+AUX_NAMES = {"transparentvae": TRANSPARENT_VAE_NAME, "evaclip": EVA_NAME, "faceparsing": PARSING_NAME}
 PULID_NAME = "pulid"
 # The reference API's upscaler ids, given to the same files when found (by file name, any case).
 UPSCALER_IDS = {"realesrgan_x4plus": "runware:504@1", "realesrgan_x4plus_anime_6b": "runware:realesrgan@anime-6b",
@@ -148,11 +151,14 @@ def spec_for_path(
         found_kind, size = describe_folder(path, parameter=parameter)
         fmt = "folder"
     elif (
-        kind in ("pulid", "evaclip")
+        kind in ("pulid", "evaclip", "faceparsing")
         or path.stem.lower().startswith(PULID_NAME)
-        or (EVA_NAME in path.stem.lower() and path.suffix.lower() in (".pt", ".pth"))
+        or (path.suffix.lower() in (".pt", ".pth") and any(n in path.stem.lower() for n in (EVA_NAME, PARSING_NAME)))
     ):
-        found_kind = kind or ("pulid" if path.stem.lower().startswith(PULID_NAME) else "evaclip")
+        stem = path.stem.lower()
+        found_kind = kind or (
+            "pulid" if stem.startswith(PULID_NAME) else "faceparsing" if PARSING_NAME in stem else "evaclip"
+        )
         size, fmt = path.stat().st_size, "single-file"
     elif path.suffix.lower() in (".pth", ".pt") or TRANSPARENT_VAE_NAME in path.stem.lower():
         # Pickled weights are never FLUX.1 files: upscalers (.pth), YOLO detectors (.pt) and transparent VAEs (by
