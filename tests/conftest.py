@@ -202,3 +202,11 @@ def tiny_ip_adapter(tmp_path_factory):
     from daguerre.testing.tiny import build_ip_adapter
 
     return build_ip_adapter(tmp_path_factory.mktemp("ip-adapter"), seed=1)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (item.rep_call...), for fixtures that keep evidence of a failure."""
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep

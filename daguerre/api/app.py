@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from daguerre import __version__
-from daguerre.api import eachlabs, health, modelslab, replicate, rest, ws
+from daguerre.api import eachlabs, health, modelslab, replicate, rest, studio, ws
 from daguerre.api.deps import error_response, in_thread
 from daguerre.api.intake import ProtocolError
 from daguerre.api.runware import error_item
@@ -72,8 +72,9 @@ def create_app(services: Services) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=server.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])  # fmt: skip
     health.mount_docs(app)
-    for module in (health, rest, ws, eachlabs, replicate, modelslab):
+    for module in (studio, health, rest, ws, eachlabs, replicate, modelslab):  # studio first: it serves "/"
         app.include_router(module.router)
+    studio.mount(app)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):

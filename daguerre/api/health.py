@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
 from daguerre import __version__
 from daguerre.api.deps import Services
@@ -57,29 +57,6 @@ def models_info(services) -> list[dict]:
             entry.update(demo=True, note="random weights: images are noise")
         out.append(entry)
     return out
-
-
-@router.get("/", include_in_schema=False)
-async def index(services: Services):
-    return HTMLResponse(_index_page(len(services.engine.models.catalog), services.demo))
-
-
-def _index_page(models: int, demo: bool) -> str:
-    note = " (demo model: random weights, images are noise)" if demo else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Daguerre</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body style="font-family: system-ui, sans-serif; max-width: 42rem; margin: 3rem auto; line-height: 1.5">
-<h1>Daguerre</h1>
-<p>Photoreal FLUX.1 image generation. This server holds {models} model(s){note}.</p>
-<ul>
-<li><a href="/docs">API explorer</a> (OpenAPI: <a href="/openapi.json">/openapi.json</a>)</li>
-<li><a href="/health/ready">/health/ready</a>: models, queue, device</li>
-<li>Task API: <code>POST /v1</code> (JSON array of tasks) and the WebSocket <code>/v1</code>,
-compatible with the official Runware SDKs</li>
-<li>Reference: <code>docs/api.md</code> in the Daguerre source tree</li>
-</ul>
-</body></html>"""
 
 
 def mount_docs(app: FastAPI) -> None:

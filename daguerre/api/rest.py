@@ -73,6 +73,35 @@ async def tasks(request: Request, services: Services):
     return error_response(reply.errors, code, reply) if code else JSONResponse(reply.body())
 
 
+def _owner(request: Request, services) -> str:
+    header = request.headers.get("authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else None
+    return services.runware.intake.authenticate(key)
+
+
+@router.get("/v1/gallery", summary="This key's finished images with their recipes, newest first (Daguerre extension)")
+async def gallery(request: Request, services: Services, limit: int = 50, before: int | None = None):
+    try:
+        owner = _owner(request, services)
+        if not 1 <= limit <= 200:
+            raise ProtocolError(f"limit must be 1-200, got {limit}", parameter="limit", code="invalidParameter")
+        return JSONResponse(await in_thread(services.runware.gallery, owner, limit, before))
+    except DaguerreError as e:
+        return error_response([error_item(e, None)], e.code)
+
+
+@router.delete("/v1/gallery/{task_uuid}", status_code=204,
+               summary="Delete a finished task of this key and its images (Daguerre extension)")  # fmt: skip
+async def forget(task_uuid: str, request: Request, services: Services):
+    try:
+        owner = _owner(request, services)
+        if not await in_thread(services.runware.forget, owner, task_uuid):
+            raise ProtocolError(f"no task {task_uuid} for this API key", parameter="taskUUID", code="taskNotFound")
+    except DaguerreError as e:
+        return error_response([error_item(e, None)], e.code)
+    return Response(status_code=204)
+
+
 @router.get("/v1/images/{name}")
 async def image(name: str, services: Services, exp: str = "0", sig: str = ""):
     # exp and sig are read as text and checked by the signer: a malformed link is a 404 like any bad link.

@@ -19,10 +19,11 @@ from daguerre.imaging import CONTENT_TYPES
 from daguerre.jobs import spec as specs
 from daguerre.jobs.service import check_task_uuid
 from daguerre.jobs.spec import JobSpec
-from daguerre.jobs.store import CANCELLED, ERROR, Job
+from daguerre.jobs.store import CANCELLED, ERROR, QUEUED, SUCCESS, Job
 from daguerre.request import check_text
 
-TASK_TYPES = ("authentication", "ping", "imageInference", "getResponse", "imageUpload", "promptEnhance")
+# cancelTask is a Daguerre extension (the studio's cancel button): the reference API has no cancel.
+TASK_TYPES = ("authentication", "ping", "imageInference", "getResponse", "imageUpload", "promptEnhance", "cancelTask")
 
 
 def error_item(e: DaguerreError, task: dict | None) -> dict:
@@ -83,6 +84,7 @@ class Runware:
             "promptEnhance": self.prompt_enhance,
             "getResponse": self.get_response,
             "imageInference": self.inference,
+            "cancelTask": self.cancel,
         }
 
     def handle(self, owner: str, task: dict) -> Reply | Running:
@@ -161,6 +163,14 @@ class Runware:
             raise ProtocolError(f"no task {task_uuid} for this API key", parameter="taskUUID", code="taskNotFound")
         return self.reply_for(job, with_status=True)
 
+    def cancel(self, owner: str, task: dict) -> Reply:
+        """cancelTask: stop this owner's task (queued: at once; running: at its next denoising step)."""
+        task_uuid = check_task_uuid(task.get("taskUUID"))
+        job = self.intake.cancel(owner, task_uuid)
+        if job is None:
+            raise ProtocolError(f"no task {task_uuid} for this API key", parameter="taskUUID", code="taskNotFound")
+        return Reply([{"taskType": "cancelTask", "taskUUID": task_uuid, "status": job.status}])
+
     def inference(self, owner: str, task: dict) -> Reply | Running:
         """imageInference: validated and queued once (a resend finds the same job); async answers at once."""
         intake = self.intake
@@ -192,14 +202,68 @@ class Runware:
             r = done.get(image_uuid)
             if r is None:
                 if with_status and job.status != ERROR:
-                    out.append({"taskType": job.task_type, "taskUUID": job.task_uuid, "imageUUID": image_uuid,
-                                "status": "processing"})  # fmt: skip
+                    pending = {"taskType": job.task_type, "taskUUID": job.task_uuid, "imageUUID": image_uuid,
+                               "status": "processing"}  # fmt: skip
+                    if job.spec.delivery.progress:  # includeProgress (a Daguerre extension)
+                        pending.update(self.progress_fields(job, job.image_uuids.index(image_uuid)))
+                    out.append(pending)
                 continue
             item = self._result_item(job, r)
             if item is not None:
                 if with_status:
                     item["status"] = "success"
                 out.append(item)
+        return out
+
+    # ---- the gallery (a Daguerre extension the studio uses: GET/DELETE /v1/gallery)
+    def gallery(self, owner: str, limit: int, before: int | None) -> dict:
+        """This key's finished imageInference results, newest first, each with its embedded recipe."""
+        import json
+
+        from daguerre.imaging import read_embedded
+
+        out, last = [], None
+        for job in self.intake.jobs.store.recent(owner, limit, before):
+            last = job.number
+            if job.task_type != "imageInference" or job.status != SUCCESS:
+                continue
+            for r in sorted(job.results, key=lambda r: r.get("index", 0)):
+                found = self.intake.results.get(r["imageUUID"], owner)
+                if found is None:  # expired
+                    continue
+                obj, data = found
+                recipe = read_embedded(data)
+                out.append({"taskUUID": job.task_uuid, "imageUUID": r["imageUUID"], "seed": r["seed"],
+                            "createdAt": job.created_at, "imageURL": self.intake.signer.sign(obj.uuid, obj.ext,
+                                                                                            obj.expires_at),
+                            "format": obj.ext, "recipe": json.loads(recipe) if recipe else None})  # fmt: skip
+        return {"data": out, "next": last if last is not None and len(out) and last > 1 else None}
+
+    def forget(self, owner: str, task_uuid: str) -> bool:
+        """Delete a finished task of this key and its images (the gallery's delete)."""
+        job = self.intake.jobs.get(owner, check_task_uuid(task_uuid))
+        if job is None:
+            return False
+        if not job.done:
+            raise ProtocolError("the task is still running; cancel it or wait", parameter="taskUUID",
+                                code="taskRunning")  # fmt: skip
+        for r in job.results:
+            self.intake.results.delete(r["imageUUID"])
+        self.intake.jobs.store.delete(owner, job.task_uuid)
+        return True
+
+    def progress_fields(self, job: Job, index: int) -> dict:
+        """A pending image's progress: queuePosition while queued (0 = next), then step/total of the pass that
+        runs it and, once it is running, the latest latent preview (a small PNG data URI)."""
+        if job.status == QUEUED:
+            waiting = self.intake.jobs.store.unfinished()
+            return {"queuePosition": sum(1 for j in waiting if j.status == QUEUED and j.created_at < job.created_at)}
+        p = job.progress or {}
+        if index not in p.get("images", []):
+            return {"progress": {"step": 0, "total": p.get("total", 0)}}  # waiting for a later pass
+        out = {"progress": {"step": p.get("step", 0), "total": p.get("total", 0)}}
+        if p.get("preview"):
+            out["previewImage"] = p["preview"]
         return out
 
     def _result_item(self, job: Job, r: dict) -> dict | None:

@@ -45,7 +45,7 @@ KNOWN = {
     "outputType", "outputFormat", "outputQuality", "deliveryMethod", "includeCost", "ttl", "safety",
     "advancedFeatures", "checkNsfw", "webhookURL", "uploadEndpoint", "lora", "outpaint", "maskMargin",
     "promptWeighting", "controlNet", "ipAdapters", "enhancePrompt", "character", "acceleratorOptions", "hiresFix",
-    "ultralytics", "layerDiffuse", "puLID", *NOT_YET,
+    "ultralytics", "layerDiffuse", "puLID", "includeProgress", *NOT_YET,
 }  # fmt: skip
 IMAGE_FIELDS = ("seedImage", "maskImage")
 
@@ -136,6 +136,10 @@ def parse_image_inference(
     include_cost = task.get("includeCost", False)
     if not isinstance(include_cost, bool):
         raise RequestError(f"includeCost must be true or false, got {include_cost!r}", parameter="includeCost")
+    include_progress = task.get("includeProgress", False)  # a Daguerre extension (the studio's live previews)
+    if not isinstance(include_progress, bool):
+        raise RequestError(f"includeProgress must be true or false, got {include_progress!r}",
+                           parameter="includeProgress")  # fmt: skip
     # An image with transparency defaults to PNG (JPG, the API's default, has no alpha); an explicit JPG is refused.
     layered = task.get("layerDiffuse") is True or (
         isinstance(task.get("advancedFeatures"), dict) and task["advancedFeatures"].get("layerDiffuse") is True
@@ -207,6 +211,7 @@ def parse_image_inference(
         method=method,
         output_types=out_types,
         include_cost=include_cost,
+        progress=include_progress,
         ttl=ttl,
         webhook_url=urls["webhookURL"],
         upload_endpoint=urls["uploadEndpoint"],

@@ -54,6 +54,7 @@ class DeliverySpec:
     webhook_events: tuple[str, ...] | None = None  # the job events webhooked (worker.EVENTS); None = the door's own
     webhook_secret: str | None = None  # sent back verbatim in X-Webhook-Secret (eachlabs), besides the signature
     reference: str | None = None  # the client's own id for the job, echoed in replies and webhooks (track_id)
+    progress: bool = False  # includeProgress: pending items carry step progress and a latent preview
 
 
 @dataclass(frozen=True)

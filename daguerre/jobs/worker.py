@@ -16,6 +16,8 @@ internalError without a traceback).
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import threading
 import time
@@ -120,7 +122,8 @@ class Worker:
         if req is None:
             return
         group = [(job, spec, req)]
-        key = self.engine.batch_key(req) if not spec.images else None
+        # Jobs with input images, or whose client watches live previews, run alone.
+        key = self.engine.batch_key(req) if not spec.images and not spec.delivery.progress else None
         if key is not None:
             group += self._companions(key, room=self.engine.max_batch - req.number_results)
         if len(group) == 1:
@@ -170,7 +173,7 @@ class Worker:
             if room <= 0:
                 break
             spec = from_json(message)
-            if spec.images:  # jobs with input images never share a pass
+            if spec.images or spec.delivery.progress:  # input images or live previews: never share a pass
                 continue
             job = self.jobs.get(*spec.key)
             if job is None or job.done:
@@ -185,7 +188,8 @@ class Worker:
     def _run_alone(self, job: Job, spec: JobSpec, req: GenerationRequest) -> None:
         try:
             self.engine.generate(req, on_image=self._on_image(job, spec), on_progress=self._on_progress([job]),
-                                 cancel=StoreCancel(self.jobs, [job.key]), checked=True)  # fmt: skip
+                                 cancel=StoreCancel(self.jobs, [job.key]), checked=True,
+                                 preview=spec.delivery.progress)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - reported as the job's error
             self._finish(job, e)
             return
@@ -251,8 +255,15 @@ class Worker:
 
         def on_progress(ev: ProgressEvent) -> None:
             now = time.monotonic()
+            preview = None
+            if ev.preview is not None:  # includeProgress: the latent preview, as a small PNG data URI
+                buf = io.BytesIO()
+                ev.preview.save(buf, "PNG")
+                preview = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
             for job in jobs:
                 job.progress = {"step": ev.step, "total": ev.total, "images": list(ev.images)}
+                if preview is not None:
+                    job.progress["preview"] = preview
                 job.log = [*job.log, progress_line(ev)][-LOG_LINES:]
                 self.jobs.progressed(job)
                 if now - self._logged.get(job.key, 0.0) >= LOG_EVERY or ev.step == ev.total:
