@@ -2,7 +2,8 @@
 
 A photographer's path: sign in, size from a preset, build the prompt with the formula builder, generate and
 watch progress previews, get the image in the gallery, use its settings again (same bytes), start from an
-uploaded image, paint a mask and inpaint, cancel a long task, see a bad value's message next to its field,
+uploaded image, paint a mask and inpaint, outpaint, reproduce from the gallery (identical bytes), compare two,
+a saved character and a LoRA, cancel a long task, see a bad value's message next to its field,
 reload and keep the gallery, and no console errors throughout. Screenshots go to $STUDIO_SHOTS (or the
 test's temp folder)."""
 
@@ -89,13 +90,14 @@ def test_a_photographers_session(server, page, tmp_path):
     page.select_option("#formula-lighting", index=1)
     assert added in page.input_value("#prompt")
     page.fill("#steps", "40")  # slow enough on the tiny model to watch a few steps go by
-    page.screenshot(path=str(shots / "studio-compose.png"))
 
     # Generate and watch: progress with step counts and a live preview, then the image, then the gallery.
     page.keyboard.press("Control+Enter")
     page.wait_for_selector(".task .status:text-matches('step \\\\d+ of 40')", timeout=60_000)
     page.wait_for_selector(".task img.preview, .task img[data-image]", timeout=60_000)
     _wait_done(page, 1)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(shots / "studio-compose.png"))
     first = page.locator(".task img[data-image]").first
     first_src = first.get_attribute("src")
     page.wait_for_selector(".card img")
@@ -117,13 +119,42 @@ def test_a_photographers_session(server, page, tmp_path):
     again = page.locator(".task").first.locator("img[data-image]").first.get_attribute("src")
     assert httpx.get(again).content == httpx.get(first_src).content
 
+    # Reproduce from the gallery: the recipe runs again and the bytes are compared.
+    page.locator(".card img").first.click()
+    page.click("#details-reproduce")
+    page.wait_for_selector("#details-verdict:text('identical bytes')", timeout=60_000)
+    page.click("#details-close")
+    page.wait_for_function("document.querySelectorAll('.card').length === 3")  # two runs and the reproduction
+    # Side by side: two selected cards, their recipes' differences listed.
+    page.locator(".card .pick").nth(0).check()
+    page.locator(".card .pick").nth(1).check()
+    page.click("#compare")
+    page.wait_for_selector("#compare-dialog[open]")
+    assert page.text_content("#compare-diff")
+    page.click("#compare-close")
+
+    # A saved character (anchor + locked seed) and a LoRA from the catalog.
+    page.fill("#steps", "4")
+    page.click("#save-character summary")
+    page.fill("#character-name", "harbour-man")
+    page.fill("#character-anchor", "a weathered fisherman in his 60s, grey beard")
+    page.fill("#character-seed", "7")
+    page.click("#character-save")
+    page.wait_for_function("document.querySelector('#character').value === 'harbour-man'")
+    page.click("#add-lora")
+    assert page.locator(".lora select option").count() >= 1
+    page.click("#generate")
+    _wait_done(page, 3)
+    page.select_option("#character", "")
+    page.locator(".lora button").click()
+
     # Image-to-image from an upload, then a painted mask (inpainting).
     photo = tmp_path / "photo.png"
     Image.fromarray((np.random.RandomState(0).rand(192, 256, 3) * 255).astype("uint8")).save(photo)
     page.set_input_files("#source", str(photo))
     page.wait_for_selector("#edit:not([hidden])")
     page.click("#generate")
-    _wait_done(page, 3)
+    _wait_done(page, 4)
     box = page.locator("#mask-canvas").bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
     page.mouse.down()
@@ -131,8 +162,17 @@ def test_a_photographers_session(server, page, tmp_path):
     page.mouse.up()
     page.screenshot(path=str(shots / "studio-inpaint.png"))
     page.click("#generate")
-    _wait_done(page, 4)
+    _wait_done(page, 5)
     assert page.locator(".task").first.locator("img[data-image]").count() == 1
+    # Outpaint: 64 px more on the right; the result is the source plus the border.
+    page.click("#clear-mask")
+    page.fill("#out-right", "64")
+    page.click("#generate")
+    _wait_done(page, 6)
+    result = page.locator(".task").first.locator("img[data-image]").first
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=result.element_handle())
+    assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [320, 192]
+    page.fill("#out-right", "0")
     page.click("#drop-source")
 
     # Cancel a long task: it stops, and says so.
@@ -147,7 +187,11 @@ def test_a_photographers_session(server, page, tmp_path):
     # Reload: still signed in, the gallery is the server's.
     page.reload()
     page.wait_for_selector(".card img")
-    assert page.locator(".card").count() == 4
+    assert page.locator(".card").count() == 7
+    gallery = httpx.get(f"{url}/v1/gallery", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    [used] = [g["recipe"] for g in gallery if g["recipe"].get("character") == "harbour-man"]
+    assert used["seed"] == 7 and used["positive_prompt"].startswith("a weathered fisherman")
+    assert any(g["recipe"]["loras"] for g in gallery)  # the LoRA picked from the catalog
     page.screenshot(path=str(shots / "studio-gallery.png"), full_page=True)
 
     # A phone-width screen: one column, nothing cut off.

@@ -73,3 +73,22 @@ def test_progress_previews_cancel_and_the_gallery(make_server):
         assert page.status_code == 200 and "/studio/studio.js" in page.text
         cfg = httpx.get(base + "/studio/config.json").json()
         assert cfg["presets"]["lighting"] and "Default" in cfg["schedulers"]
+
+
+def test_characters_over_http_are_per_key(make_server):
+    with make_server(api_keys=[KEY, OTHER]) as s:
+        base = s.url.rsplit("/v1", 1)[0]
+        auth = {"Authorization": f"Bearer {KEY}"}
+        ada = {"name": "ada", "anchor": "a woman in her 40s, red hair", "seed": 9}
+        r = httpx.post(f"{base}/v1/characters", json=ada, headers=auth)
+        assert r.status_code == 200 and r.json()["data"][0]["seed"] == 9
+        assert [c["name"] for c in httpx.get(f"{base}/v1/characters", headers=auth).json()["data"]] == ["ada"]
+        other = httpx.get(f"{base}/v1/characters", headers={"Authorization": f"Bearer {OTHER}"}).json()["data"]
+        assert other == []
+        bad = httpx.post(f"{base}/v1/characters", json={"name": "x y", "anchor": "ab", "seed": 1}, headers=auth)
+        assert bad.status_code == 400 and bad.json()["errors"][0]["parameter"] == "character"
+        task = inference_task(character="ada", outputType="base64Data")
+        r = _post(s, [task])
+        assert r.status_code == 200 and r.json()["data"][0]["seed"] == 9
+        assert httpx.delete(f"{base}/v1/characters/ada", headers=auth).status_code == 204
+        assert httpx.delete(f"{base}/v1/characters/ada", headers=auth).status_code == 404

@@ -34,6 +34,8 @@ HTTP_STATUS = {
     "missingApiKey": 401,
     "invalidApiKey": 401,
     "taskNotFound": 404,
+    "characterNotFound": 404,
+    "taskRunning": 409,
     "modelNotFound": 400,
     "payloadTooLarge": 413,
     "unsupportedMediaType": 415,

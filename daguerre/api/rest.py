@@ -5,7 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from daguerre.api.deps import Services, check_json_type, error_response, in_thread, parse_tasks, read_capped
+from daguerre.api.deps import (
+    Services,
+    check_json_type,
+    error_response,
+    in_thread,
+    parse_json,
+    parse_tasks,
+    read_capped,
+)
 from daguerre.api.intake import ProtocolError
 from daguerre.api.openapi import tasks_schema
 from daguerre.api.runware import Reply, Running, error_item
@@ -97,6 +105,61 @@ async def forget(task_uuid: str, request: Request, services: Services):
         owner = _owner(request, services)
         if not await in_thread(services.runware.forget, owner, task_uuid):
             raise ProtocolError(f"no task {task_uuid} for this API key", parameter="taskUUID", code="taskNotFound")
+    except DaguerreError as e:
+        return error_response([error_item(e, None)], e.code)
+    return Response(status_code=204)
+
+
+def _characters(services):
+    store = services.runware.intake.characters
+    if store is None:
+        raise ProtocolError("characters are not available on this server", parameter="character",
+                            code="unsupportedParameter")  # fmt: skip
+    return store
+
+
+def _character_json(c) -> dict:
+    return {"name": c.name, "anchor": c.anchor, "seed": c.seed, "createdAt": c.created_at}
+
+
+@router.get("/v1/characters", summary="This key's saved characters (anchor + locked seed; Daguerre extension)")
+async def characters(request: Request, services: Services):
+    try:
+        owner = _owner(request, services)
+        found = await in_thread(_characters(services).list, owner)
+        return JSONResponse({"data": [_character_json(c) for c in found]})
+    except DaguerreError as e:
+        return error_response([error_item(e, None)], e.code)
+
+
+@router.post("/v1/characters", summary="Save a character {name, anchor, seed} for this key (Daguerre extension)")
+async def save_character(request: Request, services: Services):
+    from daguerre.jobs.characters import Character, check
+
+    try:
+        owner = _owner(request, services)
+        check_json_type(request.headers.get("content-type"))
+        body = parse_json(await read_capped(request, 64 * 1024))
+        if not isinstance(body, dict):
+            raise ProtocolError("the body must be a JSON object {name, anchor, seed}", code="invalidJSON")
+        unknown = sorted(set(body) - {"name", "anchor", "seed"})
+        if unknown:
+            raise ProtocolError(f"unknown field {unknown[0]!r}", parameter=unknown[0], code="invalidParameter")
+        name, anchor, seed = body.get("name"), body.get("anchor"), body.get("seed")
+        check(name, anchor, seed)
+        saved = await in_thread(_characters(services).put, owner, Character(name=name, anchor=anchor, seed=seed))
+        return JSONResponse({"data": [_character_json(saved)]})
+    except DaguerreError as e:
+        return error_response([error_item(e, None)], e.code)
+
+
+@router.delete("/v1/characters/{name}", status_code=204, summary="Delete a saved character (Daguerre extension)")
+async def delete_character(name: str, request: Request, services: Services):
+    try:
+        owner = _owner(request, services)
+        if not await in_thread(_characters(services).delete, owner, name):
+            raise ProtocolError(f"no character {name!r} for this API key", parameter="character",
+                                code="characterNotFound")  # fmt: skip
     except DaguerreError as e:
         return error_response([error_item(e, None)], e.code)
     return Response(status_code=204)

@@ -51,6 +51,7 @@ $("#key-form").addEventListener("submit", async (ev) => {
   $("#key-dialog").close();
   $("#sign-out").hidden = false;
   loadGallery();
+  loadCharacters();
 });
 $("#sign-out").addEventListener("click", () => { localStorage.removeItem(KEY); apiKey = ""; location.reload(); });
 
@@ -216,6 +217,54 @@ function fieldError(parameter, message) {
 function clearErrors() { document.querySelectorAll(".field-error").forEach((e) => { e.textContent = ""; }); }
 function showErrors(errors) { for (const e of errors) fieldError(e.parameter, e.message); }
 
+function outpaintSides() {
+  const sides = Object.fromEntries(["top", "bottom", "left", "right"].map((k) => [k, Number($(`#out-${k}`).value || 0)]));
+  return Object.values(sides).some((v) => v > 0) ? sides : null;
+}
+
+// ---- LoRAs (the catalog's) and saved characters (this key's)
+$("#add-lora").addEventListener("click", () => {
+  const loras = models.filter((m) => m.kind === "lora");
+  if (!loras.length) { fieldError("lora", "this server has no LoRAs in its catalog"); return; }
+  const n = document.querySelectorAll(".lora").length;
+  const row = document.createElement("div");
+  row.className = "lora";
+  row.innerHTML = `<div><label for="lora-${n}">LoRA</label><select id="lora-${n}"></select></div>
+    <div><label for="lora-w-${n}">Weight</label><input id="lora-w-${n}" type="number" step="0.05" min="-4" max="4" value="1"></div>
+    <button type="button">Remove</button>`;
+  for (const m of loras) option(row.querySelector("select"), m.id, m.name);
+  row.querySelector("button").addEventListener("click", () => row.remove());
+  $("#loras").append(row);
+});
+
+async function loadCharacters() {
+  const r = await api("GET", "/v1/characters");
+  if (r.status !== 200) return;
+  const sel = $("#character");
+  const keep = sel.value;
+  sel.replaceChildren();
+  option(sel, "", "(none)");
+  for (const c of r.body.data) option(sel, c.name, `${c.name} (seed ${c.seed})`);
+  sel.value = keep;
+}
+
+$("#character-save").addEventListener("click", async () => {
+  clearErrors();
+  const seed = $("#character-seed").value === "" ? Number($("#seed").value || 0) : Number($("#character-seed").value);
+  const r = await api("POST", "/v1/characters", { name: $("#character-name").value.trim(),
+    anchor: $("#character-anchor").value.trim(), seed });
+  if (r.status !== 200) { showErrors(r.body.errors); return; }
+  await loadCharacters();
+  $("#character").value = r.body.data[0].name;
+});
+$("#character-delete").addEventListener("click", async () => {
+  const name = $("#character").value;
+  if (!name) return;
+  await api("DELETE", `/v1/characters/${encodeURIComponent(name)}`);
+  $("#character").value = "";
+  loadCharacters();
+});
+
 // ---- generate
 function numberOrNone(id) { const v = $(id).value.trim(); return v === "" ? undefined : Number(v); }
 
@@ -228,11 +277,23 @@ function buildTask() {
   };
   const extra = { negativePrompt: $("#negative").value.trim() || undefined, steps: numberOrNone("#steps"),
     CFGScale: numberOrNone("#cfg"), trueCFGScale: numberOrNone("#true-cfg") };
-  if ($("#seed-lock").checked && $("#seed").value !== "") extra.seed = Number($("#seed").value);
+  const character = $("#character").value;
+  if (character) extra.character = character; // its seed is the character's: no seed of our own
+  else if ($("#seed-lock").checked && $("#seed").value !== "") extra.seed = Number($("#seed").value);
+  const loras = [...document.querySelectorAll(".lora")].map((row) => ({
+    model: row.querySelector("select").value, weight: Number(row.querySelector("input").value) }));
+  if (loras.length) extra.lora = loras;
   if (source) {
     extra.seedImage = source.dataURI;
-    extra.strength = Number($("#strength").value);
-    if (painted) { extra.maskImage = maskDataURI(); extra.maskMargin = numberOrNone("#mask-margin"); }
+    const out = outpaintSides();
+    if (out) {
+      extra.outpaint = out;
+      t.width = source.width + out.left + out.right;
+      t.height = source.height + out.top + out.bottom;
+    } else {
+      extra.strength = Number($("#strength").value);
+      if (painted) { extra.maskImage = maskDataURI(); extra.maskMargin = numberOrNone("#mask-margin"); }
+    }
   }
   for (const [k, v] of Object.entries(extra)) if (v !== undefined) t[k] = v;
   return t;
@@ -332,11 +393,65 @@ async function loadGallery() {
       await api("DELETE", `/v1/gallery/${item.taskUUID}`);
       loadGallery();
     });
-    row.append(use, del);
+    const pick = Object.assign(document.createElement("input"), { type: "checkbox", className: "pick" });
+    pick.setAttribute("aria-label", `select the image with seed ${item.seed} for comparison`);
+    pick.addEventListener("change", () => {
+      $("#compare").disabled = document.querySelectorAll(".card .pick:checked").length !== 2;
+    });
+    row.append(use, del, pick);
     card.append(img, row);
+    card.item = item;
     return card;
   });
   $("#gallery").replaceChildren(...cards);
+  $("#compare").disabled = true;
+}
+
+$("#compare").addEventListener("click", () => {
+  const [a, b] = [...document.querySelectorAll(".card .pick:checked")].map((p) => p.closest(".card").item);
+  $("#compare-a").src = a.imageURL; $("#compare-b").src = b.imageURL;
+  const keys = [...new Set([...Object.keys(a.recipe || {}), ...Object.keys(b.recipe || {})])];
+  const differ = keys.filter((k) => JSON.stringify(a.recipe?.[k]) !== JSON.stringify(b.recipe?.[k]) && k !== "batch_index");
+  $("#compare-diff").textContent = differ.length
+    ? differ.map((k) => `${k}: ${JSON.stringify(a.recipe?.[k])}  |  ${JSON.stringify(b.recipe?.[k])}`).join("\n")
+    : "the recipes are the same";
+  $("#compare-dialog").showModal();
+});
+$("#compare-close").addEventListener("click", () => $("#compare-dialog").close());
+
+function recipeTask(r) {
+  // The task that re-runs a text-to-image recipe (the same fields the form would send).
+  const t = { taskType: "imageInference", taskUUID: uuid(), model: r.model, positivePrompt: r.positive_prompt,
+    width: r.width, height: r.height, steps: r.steps, seed: r.seed, numberResults: 1, scheduler: r.scheduler,
+    outputType: "URL", outputFormat: r.output_format, outputQuality: r.output_quality, deliveryMethod: "async" };
+  if (r.guidance != null) t.CFGScale = r.guidance;
+  if (r.true_cfg_scale != null) { t.trueCFGScale = r.true_cfg_scale; t.negativePrompt = r.negative_prompt; }
+  if (r.loras?.length) t.lora = r.loras.map((l) => ({ model: l.model, weight: l.weight }));
+  return t;
+}
+
+async function reproduce(item) {
+  const verdict = $("#details-verdict");
+  const r = item.recipe;
+  if (!r || r.workflow !== "txt2img" || r.batch_size !== 1 || r.controlnets?.length || r.ip_adapters?.length) {
+    verdict.textContent = "reproduce here covers single text-to-image results; use `daguerre reproduce` for the rest";
+    return;
+  }
+  verdict.textContent = "running...";
+  const task = recipeTask(r);
+  const reply = await tasks([task]);
+  if (reply.errors?.length) { verdict.textContent = reply.errors[0].message; return; }
+  let done = null;
+  while (!done) {
+    await new Promise((ok) => setTimeout(ok, POLL_MS));
+    const res = await tasks([{ taskType: "getResponse", taskUUID: task.taskUUID }]);
+    if (res.errors?.length) { verdict.textContent = res.errors[0].message; return; }
+    done = res.data.find((d) => d.status === "success");
+  }
+  const [a, b] = await Promise.all([item.imageURL, done.imageURL].map((u) => fetch(u).then((x) => x.arrayBuffer())));
+  const same = a.byteLength === b.byteLength && new Uint8Array(a).every((v, i) => v === new Uint8Array(b)[i]);
+  verdict.textContent = same ? "identical bytes" : "the bytes differ (another device or version?)";
+  loadGallery();
 }
 
 function details(item) {
@@ -345,6 +460,8 @@ function details(item) {
   $("#details-download").href = item.imageURL;
   $("#details-download").setAttribute("download", `daguerre-${item.seed}.${item.format}`);
   $("#details-use").onclick = () => { useRecipe(item.recipe); $("#details").close(); };
+  $("#details-verdict").textContent = "";
+  $("#details-reproduce").onclick = () => reproduce(item);
   $("#details").showModal();
 }
 $("#details-close").addEventListener("click", () => $("#details").close());
@@ -360,6 +477,14 @@ function useRecipe(r) {
   $("#scheduler").value = r.scheduler || "Default";
   set("#seed", r.seed); $("#seed-lock").checked = true; set("#n", 1);
   $("#format").value = r.output_format || "JPG";
+  $("#character").value = "";
+  $("#loras").replaceChildren();
+  for (const l of r.loras || []) {
+    $("#add-lora").click();
+    const row = [...document.querySelectorAll(".lora")].at(-1);
+    row.querySelector("select").value = l.model;
+    row.querySelector("input").value = l.weight;
+  }
   showModel();
   $("#prompt").focus();
 }
@@ -372,6 +497,6 @@ async function start() {
   models = health.models || [];
   $("#server-note").textContent = health.demo ? "demo server: random weights, images are noise" : `Daguerre ${health.version}`;
   buildForm();
-  if (await signedIn()) loadGallery();
+  if (await signedIn()) { loadGallery(); loadCharacters(); }
 }
 start();
