@@ -320,3 +320,11 @@ def read_embedded(data: bytes) -> str | None:
         if m:
             return unescape(m.group(1))
     return None
+
+
+def canny_edges(image: Image.Image, low: int, high: int) -> Image.Image:
+    """Canny edges (OpenCV) of an image, as a 3-channel white-on-black control image."""
+    import cv2
+
+    edges = cv2.Canny(np.asarray(image.convert("L")), low, high)  # (H, W) uint8
+    return Image.fromarray(np.stack([edges] * 3, axis=-1), "RGB")

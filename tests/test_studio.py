@@ -1,11 +1,11 @@
 """The studio in a real browser: Playwright for Python driving Debian's chromium against `daguerre serve --demo`.
 
 A photographer's path: sign in, size from a preset, build the prompt with the formula builder, generate and
-watch progress previews, get the image in the gallery, use its settings again (same bytes), start from an
-uploaded image, paint a mask and inpaint, outpaint, reproduce from the gallery (identical bytes), compare two,
-a saved character and a LoRA, cancel a long task, see a bad value's message next to its field,
-reload and keep the gallery, and no console errors throughout. Screenshots go to $STUDIO_SHOTS (or the
-test's temp folder)."""
+watch progress previews, get the image in the gallery, use its settings again (same bytes), reproduce from the
+gallery (identical bytes), compare two, a saved character and a LoRA, a ControlNet guide with the server's
+canny preview, start from an uploaded image, paint a mask and inpaint, outpaint, cancel a long task, see a bad
+value's message next to its field, reload and keep the gallery, and no console errors throughout. Screenshots
+go to $STUDIO_SHOTS (or the test's temp folder)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def _wait_done(page, count: int, timeout: float = 60_000):
                            f"{count}).every(s => s.textContent !== 'queued' && !s.textContent.startsWith('step') "
                            "&& !s.textContent.startsWith('next') && !s.textContent.startsWith('queued'))",
                            timeout=timeout)  # fmt: skip
+    status = page.locator(".task .status").first.text_content()
+    assert status == "done", status  # not an error message
 
 
 @pytest.fixture
@@ -148,13 +150,21 @@ def test_a_photographers_session(server, page, tmp_path):
     page.select_option("#character", "")
     page.locator(".lora button").click()
 
-    # Image-to-image from an upload, then a painted mask (inpainting).
+    # A ControlNet guide: the server's canny preview, then a run that uses exactly those edges.
     photo = tmp_path / "photo.png"
     Image.fromarray((np.random.RandomState(0).rand(192, 256, 3) * 255).astype("uint8")).save(photo)
+    page.set_input_files("#guide", str(photo))
+    page.click("#canny-preview")
+    page.wait_for_function("document.querySelector('#guide-preview').src.includes('/v1/images/')")
+    page.click("#generate")
+    _wait_done(page, 4)
+    page.click("#drop-guide")
+
+    # Image-to-image from an upload, then a painted mask (inpainting).
     page.set_input_files("#source", str(photo))
     page.wait_for_selector("#edit:not([hidden])")
     page.click("#generate")
-    _wait_done(page, 4)
+    _wait_done(page, 5)
     box = page.locator("#mask-canvas").bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
     page.mouse.down()
@@ -162,13 +172,13 @@ def test_a_photographers_session(server, page, tmp_path):
     page.mouse.up()
     page.screenshot(path=str(shots / "studio-inpaint.png"))
     page.click("#generate")
-    _wait_done(page, 5)
+    _wait_done(page, 6)
     assert page.locator(".task").first.locator("img[data-image]").count() == 1
     # Outpaint: 64 px more on the right; the result is the source plus the border.
     page.click("#clear-mask")
     page.fill("#out-right", "64")
     page.click("#generate")
-    _wait_done(page, 6)
+    _wait_done(page, 7)
     result = page.locator(".task").first.locator("img[data-image]").first
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=result.element_handle())
     assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [320, 192]
@@ -187,7 +197,7 @@ def test_a_photographers_session(server, page, tmp_path):
     # Reload: still signed in, the gallery is the server's.
     page.reload()
     page.wait_for_selector(".card img")
-    assert page.locator(".card").count() == 7
+    assert page.locator(".card").count() == 8
     gallery = httpx.get(f"{url}/v1/gallery", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
     [used] = [g["recipe"] for g in gallery if g["recipe"].get("character") == "harbour-man"]
     assert used["seed"] == 7 and used["positive_prompt"].startswith("a weathered fisherman")

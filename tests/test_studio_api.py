@@ -92,3 +92,37 @@ def test_characters_over_http_are_per_key(make_server):
         assert r.status_code == 200 and r.json()["data"][0]["seed"] == 9
         assert httpx.delete(f"{base}/v1/characters/ada", headers=auth).status_code == 204
         assert httpx.delete(f"{base}/v1/characters/ada", headers=auth).status_code == 404
+
+
+def test_controlnet_preprocess_gives_a_guide_this_key_can_use(make_server, tmp_path):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    img = np.zeros((64, 96, 3), np.uint8)
+    img[16:48, 24:72] = 255  # a white box: its outline is the edge map
+    Image.fromarray(img).save(buf, "PNG")
+    photo = base64.b64encode(buf.getvalue()).decode()
+    with make_server(api_keys=[KEY, OTHER]) as s:
+        task = {"taskType": "imageControlNetPreProcess", "taskUUID": str(uuid.uuid4()), "inputImage": photo,
+                "preProcessorType": "canny", "lowThresholdCanny": 50, "highThresholdCanny": 150}  # fmt: skip
+        r = _post(s, [task])
+        assert r.status_code == 200, r.text
+        item = r.json()["data"][0]
+        edges = np.asarray(Image.open(io.BytesIO(httpx.get(item["guideImageURL"]).content)).convert("L"))
+        assert (
+            edges.shape == (64, 96)
+            and edges[14:18, 30].max() == 255
+            and edges[32, 48] == 0
+            and set(np.unique(edges)) <= {0, 255}
+        )
+        # The guide is this key's upload: usable by UUID here, unknown to another key.
+        again = _post(s, [{**task, "taskUUID": str(uuid.uuid4()), "inputImage": item["guideImageUUID"]}])
+        assert again.status_code == 200
+        other = _post(s, [{**task, "taskUUID": str(uuid.uuid4()), "inputImage": item["guideImageUUID"]}], OTHER)
+        assert other.json()["errors"][0]["code"] == "imageNotFound"
+        bad = _post(s, [{**task, "taskUUID": str(uuid.uuid4()), "preProcessorType": "openpose"}])
+        assert bad.status_code == 400 and bad.json()["errors"][0]["parameter"] == "preProcessorType"

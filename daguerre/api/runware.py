@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from daguerre.api.intake import Inputs, Intake, ProtocolError
 from daguerre.api.schema import parse_image_inference
 from daguerre.errors import DaguerreError, RequestError, UnsupportedError
-from daguerre.imaging import CONTENT_TYPES
+from daguerre.imaging import CONTENT_TYPES, EXTENSION
 from daguerre.jobs import spec as specs
 from daguerre.jobs.service import check_task_uuid
 from daguerre.jobs.spec import JobSpec
@@ -23,7 +23,16 @@ from daguerre.jobs.store import CANCELLED, ERROR, QUEUED, SUCCESS, Job
 from daguerre.request import check_text
 
 # cancelTask is a Daguerre extension (the studio's cancel button): the reference API has no cancel.
-TASK_TYPES = ("authentication", "ping", "imageInference", "getResponse", "imageUpload", "promptEnhance", "cancelTask")
+TASK_TYPES = (
+    "authentication",
+    "ping",
+    "imageInference",
+    "getResponse",
+    "imageUpload",
+    "promptEnhance",
+    "cancelTask",
+    "imageControlNetPreProcess",
+)
 
 
 def error_item(e: DaguerreError, task: dict | None) -> dict:
@@ -85,6 +94,7 @@ class Runware:
             "getResponse": self.get_response,
             "imageInference": self.inference,
             "cancelTask": self.cancel,
+            "imageControlNetPreProcess": self.preprocess,
         }
 
     def handle(self, owner: str, task: dict) -> Reply | Running:
@@ -162,6 +172,57 @@ class Runware:
         if job is None:
             raise ProtocolError(f"no task {task_uuid} for this API key", parameter="taskUUID", code="taskNotFound")
         return self.reply_for(job, with_status=True)
+
+    def preprocess(self, owner: str, task: dict) -> Reply:
+        """imageControlNetPreProcess: a guide image from an input image (canny), kept for this owner so its
+        guideImageUUID works as a controlNet guideImage."""
+        import io
+
+        from daguerre.imaging import canny_edges
+        from daguerre.request import CANNY_THRESHOLDS, check_range
+
+        check_task_uuid(task.get("taskUUID"))
+        fields = {"taskType", "taskUUID", "inputImage", "preProcessorType", "lowThresholdCanny", "highThresholdCanny",
+                  "outputType", "outputFormat", "deliveryMethod", "includeCost"}  # fmt: skip
+        unknown = sorted(set(task) - fields)
+        if unknown:
+            raise RequestError(f"unknown field {unknown[0]!r} in imageControlNetPreProcess", parameter=unknown[0])
+        kind = task.get("preProcessorType", "canny")
+        if kind != "canny":
+            raise UnsupportedError(f"preProcessorType {kind!r} is not supported yet (canny is)",
+                                   parameter="preProcessorType")  # fmt: skip
+        low, high = (task.get(k, d) for k, d in zip(("lowThresholdCanny", "highThresholdCanny"), CANNY_THRESHOLDS,
+                                                      strict=True))  # fmt: skip
+        check_range("controlNet.lowThresholdCanny", low)
+        check_range("controlNet.highThresholdCanny", high)
+        value = task.get("inputImage")
+        if not isinstance(value, str) or not value:
+            raise RequestError("inputImage is required (imageUUID, URL, data URI or base64)", parameter="inputImage")
+        inputs = Inputs()
+        image = self.intake.resolver(owner, inputs)(value, "inputImage", False)
+        fmt = str(task.get("outputFormat", "PNG")).upper().replace("JPEG", "JPG")
+        if fmt not in ("JPG", "PNG", "WEBP"):
+            raise RequestError(f"outputFormat must be JPG, PNG or WEBP, got {task.get('outputFormat')!r}",
+                               parameter="outputFormat")  # fmt: skip
+        buf = io.BytesIO()
+        canny_edges(image, low, high).save(buf, {"JPG": "JPEG"}.get(fmt, fmt))
+        data = buf.getvalue()
+        guide_uuid, ext, expires = self.intake.store_upload(owner, data, "inputImage", ext=EXTENSION[fmt])
+        item = {"taskType": "imageControlNetPreProcess", "taskUUID": task["taskUUID"], "guideImageUUID": guide_uuid,
+                "preProcessorType": kind}  # fmt: skip
+        input_uuid = inputs.stored.get(id(image))
+        if input_uuid is not None:
+            item["inputImageUUID"] = input_uuid
+        out = task.get("outputType", "URL")
+        if out == "URL":
+            item["guideImageURL"] = self.intake.signer.sign(guide_uuid, ext, expires)
+        elif out == "base64Data":
+            item["guideImageBase64Data"] = base64.b64encode(data).decode()
+        elif out == "dataURI":
+            item["guideImageDataURI"] = f"data:{CONTENT_TYPES[ext]};base64,{base64.b64encode(data).decode()}"
+        else:
+            raise RequestError(f"outputType must be URL, base64Data or dataURI, got {out!r}", parameter="outputType")
+        return Reply([item])
 
     def cancel(self, owner: str, task: dict) -> Reply:
         """cancelTask: stop this owner's task (queued: at once; running: at its next denoising step)."""

@@ -192,6 +192,12 @@ def demo_extras(data_dir: Path, model_folder: Path) -> dict:
         build_upscaler(up)
     ids = list(UPSCALER_IDS.values())
     extras = {"demo-upscaler": {"id": ids[0], "path": str(up.resolve()), "kind": "upscaler", "aliases": ids[1:]}}
+    from daguerre.testing.tiny import build_controlnet
+
+    control = data_dir / "demo-controlnet"
+    if not (control / "config.json").exists():
+        build_controlnet(control)
+    extras["demo-controlnet"] = {"id": "daguerre:demo-controlnet@1", "path": str(control.resolve())}
     layers = data_dir / "demo-layers"
     lora, vae = layers / "layerlora.safetensors", layers / "TransparentVAE.pth"
     if not (lora.exists() and vae.exists()):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
 from PIL import Image
 
 from daguerre.engine.models.resident import LoadedModel, ModelManager
@@ -68,10 +67,9 @@ def recipe_entry(ref, spec, **extra) -> dict:
 
 def canny(image: Image.Image, low: int, high: int) -> Image.Image:
     """Canny edges (OpenCV) of an RGB image, as a 3-channel white-on-black control image."""
-    import cv2
+    from daguerre.imaging import canny_edges
 
-    edges = cv2.Canny(np.asarray(image.convert("L")), low, high)  # (H, W) uint8
-    return Image.fromarray(np.stack([edges] * 3, axis=-1), "RGB")
+    return canny_edges(image, low, high)
 
 
 def pipeline_kwargs(control: list[Control], *, single: bool) -> dict:

@@ -8,6 +8,7 @@ let config = null;
 let apiKey = localStorage.getItem(KEY) || "";
 let source = null; // {dataURI, width, height}
 let models = [];
+let guide = null; // {dataURI, edgesUUID (the server's canny of it, once previewed)}
 
 // ---- the API
 async function api(method, path, body) {
@@ -67,6 +68,9 @@ function buildForm() {
     option($("#model"), m.id, `${m.name} (${m.kind})`);
   }
   showModel();
+  const nets = models.filter((m) => m.kind === "controlnet");
+  $("#control-box").hidden = !nets.length;
+  for (const m of nets) option($("#control-model"), m.id, m.name);
   for (const s of config.schedulers) option($("#scheduler"), s);
   $("#scheduler").value = "Default";
   for (const a of config.aspects) option($("#aspect"), a.name);
@@ -208,6 +212,40 @@ function maskDataURI() {
   return out.toDataURL("image/png");
 }
 
+// ---- ControlNet guide, with the server's own canny preview (imageControlNetPreProcess)
+$("#guide").addEventListener("change", () => {
+  const file = $("#guide").files[0];
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onload = () => { guide = { dataURI: reader.result, edgesUUID: null }; showGuide(reader.result); };
+  reader.readAsDataURL(file);
+});
+for (const id of ["#canny-low", "#canny-high", "#control-canny"]) {
+  $(id).addEventListener("change", () => { if (guide) { guide.edgesUUID = null; showGuide(guide.dataURI); } });
+}
+function showGuide(src) { $("#guide-preview").src = src; $("#guide-preview").hidden = false; }
+$("#drop-guide").addEventListener("click", () => { guide = null; $("#guide").value = ""; $("#guide-preview").hidden = true; });
+$("#canny-preview").addEventListener("click", async () => {
+  if (!guide) { fieldError("controlNet", "choose a guide image first"); return; }
+  clearErrors();
+  const reply = await tasks([{ taskType: "imageControlNetPreProcess", taskUUID: uuid(), inputImage: guide.dataURI,
+    preProcessorType: "canny", lowThresholdCanny: Number($("#canny-low").value),
+    highThresholdCanny: Number($("#canny-high").value), outputType: "URL", outputFormat: "PNG" }]);
+  if (reply.errors?.length) { showErrors(reply.errors.map((e) => ({ ...e, parameter: "controlNet" }))); return; }
+  guide.edgesUUID = reply.data[0].guideImageUUID;
+  showGuide(reply.data[0].guideImageURL);
+});
+
+function controlNet() {
+  if (!guide || $("#control-box").hidden) return undefined;
+  const c = { model: $("#control-model").value, weight: Number($("#control-weight").value) };
+  if (!$("#control-canny").checked) c.guideImage = guide.dataURI;
+  else if (guide.edgesUUID) c.guideImage = guide.edgesUUID; // the previewed edges, exactly
+  else Object.assign(c, { guideImage: guide.dataURI, preprocessor: "canny",
+    lowThresholdCanny: Number($("#canny-low").value), highThresholdCanny: Number($("#canny-high").value) });
+  return [c];
+}
+
 // ---- errors in plain words, next to their field
 function fieldError(parameter, message) {
   const top = (parameter || "").split(".")[0];
@@ -283,6 +321,7 @@ function buildTask() {
   const loras = [...document.querySelectorAll(".lora")].map((row) => ({
     model: row.querySelector("select").value, weight: Number(row.querySelector("input").value) }));
   if (loras.length) extra.lora = loras;
+  extra.controlNet = controlNet();
   if (source) {
     extra.seedImage = source.dataURI;
     const out = outpaintSides();
