@@ -44,6 +44,7 @@ def models_info(services) -> list[dict]:
             "id": s.id,
             "name": s.name,
             "kind": s.kind,
+            "size_bytes": s.size_bytes,
             "aliases": list(s.aliases),
             "profile": s.profile or models.profile,
             "offload": s.offload or models.offload,

@@ -4,6 +4,9 @@ const $ = (sel) => document.querySelector(sel);
 const KEY = "daguerre.apiKey";
 const POLL_MS = 400;
 const GENERATING_KINDS = new Set(["dev", "schnell", "fill", "kontext", "control"]);
+const SUITS = { dev: "photoreal text-to-image and edits; about 28 steps", schnell: "fast drafts in about 4 steps",
+  fill: "inpainting and outpainting", kontext: "editing a start image by instruction",
+  control: "structure from a Canny/Depth guide" };
 let config = null;
 let apiKey = localStorage.getItem(KEY) || "";
 let source = null; // {dataURI, width, height}
@@ -98,7 +101,9 @@ function buildForm() {
 
 function showModel() {
   const m = models.find((x) => x.id === $("#model").value);
-  const info = m ? [`kind ${m.kind}`, m.profile && `profile ${m.profile}`, m.demo && "demo: random weights"] : [];
+  const size = m?.size_bytes ? `${(m.size_bytes / 1e9).toFixed(m.size_bytes < 1e9 ? 3 : 1)} GB` : null;
+  const info = m ? [SUITS[m.kind], `kind ${m.kind}`, size, m.profile && `profile ${m.profile}`,
+    m.demo && "demo: random weights"] : [];
   $("#model-info").textContent = info.filter(Boolean).join(" · ");
 }
 $("#model").addEventListener("change", showModel);
