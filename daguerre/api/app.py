@@ -69,7 +69,7 @@ def create_app(services: Services) -> FastAPI:
     if server.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=server.cors_origins, allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=server.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"])  # fmt: skip
     health.mount_docs(app)
     for module in (studio, health, rest, ws, eachlabs, replicate, modelslab):  # studio first: it serves "/"

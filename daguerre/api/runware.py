@@ -179,7 +179,7 @@ class Runware:
         import io
 
         from daguerre.imaging import canny_edges
-        from daguerre.request import CANNY_THRESHOLDS, check_range
+        from daguerre.request import CANNY_THRESHOLDS
 
         check_task_uuid(task.get("taskUUID"))
         fields = {"taskType", "taskUUID", "inputImage", "preProcessorType", "lowThresholdCanny", "highThresholdCanny",
@@ -193,8 +193,15 @@ class Runware:
                                    parameter="preProcessorType")  # fmt: skip
         low, high = (task.get(k, d) for k, d in zip(("lowThresholdCanny", "highThresholdCanny"), CANNY_THRESHOLDS,
                                                       strict=True))  # fmt: skip
-        check_range("controlNet.lowThresholdCanny", low)
-        check_range("controlNet.highThresholdCanny", high)
+        for name, v in (("lowThresholdCanny", low), ("highThresholdCanny", high)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
+                raise RequestError(f"{name} must be an integer in [0, 255], got {v!r}", parameter=name)
+        out = task.get("outputType", "URL")
+        if out not in ("URL", "base64Data", "dataURI"):
+            raise RequestError(f"outputType must be URL, base64Data or dataURI, got {out!r}", parameter="outputType")
+        if task.get("deliveryMethod", "sync") not in ("sync", "async"):
+            raise RequestError(f"deliveryMethod must be 'sync' or 'async', got {task['deliveryMethod']!r}",
+                               parameter="deliveryMethod")  # fmt: skip
         value = task.get("inputImage")
         if not isinstance(value, str) or not value:
             raise RequestError("inputImage is required (imageUUID, URL, data URI or base64)", parameter="inputImage")
@@ -213,15 +220,14 @@ class Runware:
         input_uuid = inputs.stored.get(id(image))
         if input_uuid is not None:
             item["inputImageUUID"] = input_uuid
-        out = task.get("outputType", "URL")
         if out == "URL":
             item["guideImageURL"] = self.intake.signer.sign(guide_uuid, ext, expires)
         elif out == "base64Data":
             item["guideImageBase64Data"] = base64.b64encode(data).decode()
         elif out == "dataURI":
             item["guideImageDataURI"] = f"data:{CONTENT_TYPES[ext]};base64,{base64.b64encode(data).decode()}"
-        else:
-            raise RequestError(f"outputType must be URL, base64Data or dataURI, got {out!r}", parameter="outputType")
+        if task.get("includeCost"):
+            item["cost"] = 0  # a CPU filter: no compute is charged
         return Reply([item])
 
     def cancel(self, owner: str, task: dict) -> Reply:
@@ -298,7 +304,9 @@ class Runware:
                             "createdAt": job.created_at, "imageURL": self.intake.signer.sign(obj.uuid, obj.ext,
                                                                                             obj.expires_at),
                             "format": obj.ext, "recipe": json.loads(recipe) if recipe else None})  # fmt: skip
-        return {"data": out, "next": last if last is not None and len(out) and last > 1 else None}
+        # `limit` counts tasks (a task may hold several images); `next` is there whenever older tasks may remain.
+        full = last is not None and len(self.intake.jobs.store.recent(owner, 1, last)) > 0
+        return {"data": out, "next": last if full else None}
 
     def forget(self, owner: str, task_uuid: str) -> bool:
         """Delete a finished task of this key and its images (the gallery's delete)."""
@@ -310,6 +318,8 @@ class Runware:
                                 code="taskRunning")  # fmt: skip
         for r in job.results:
             self.intake.results.delete(r["imageUUID"])
+        for image_uuid in job.spec.images.values():  # its input images (uploads) go with it
+            self.intake.results.delete(image_uuid)
         self.intake.jobs.store.delete(owner, job.task_uuid)
         return True
 
@@ -323,7 +333,7 @@ class Runware:
         if index not in p.get("images", []):
             return {"progress": {"step": 0, "total": p.get("total", 0)}}  # waiting for a later pass
         out = {"progress": {"step": p.get("step", 0), "total": p.get("total", 0)}}
-        if p.get("preview"):
+        if p.get("preview") and index == min(p.get("images", [index])):  # the preview is of the pass's first image
             out["previewImage"] = p["preview"]
         return out
 

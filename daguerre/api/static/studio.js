@@ -40,7 +40,13 @@ function askKey(message) {
 }
 
 async function signedIn() {
-  const r = await api("GET", "/v1/gallery?limit=1");
+  let r = await api("GET", "/v1/gallery?limit=1");
+  if (r.status === 401 && apiKey) { // a key saved for another server: try this one without it
+    const saved = apiKey;
+    apiKey = "";
+    r = await api("GET", "/v1/gallery?limit=1");
+    if (r.status === 401) apiKey = saved; else localStorage.removeItem(KEY);
+  }
   if (r.status === 401) { askKey(r.body.errors[0].message); return false; }
   $("#sign-out").hidden = !apiKey;
   return true;
@@ -146,7 +152,8 @@ $("#enhance").addEventListener("click", async () => {
   const text = $("#prompt").value.trim();
   if (!text) { fieldError("positivePrompt", "write a prompt first"); return; }
   $("#enhance-status").textContent = "enhancing...";
-  const reply = await enhanceTask(text);
+  let reply;
+  try { reply = await enhanceTask(text); } catch { $("#enhance-status").textContent = "not signed in"; return; }
   $("#enhance-status").textContent = "";
   if (reply.errors?.length) { showErrors(reply.errors); return; }
   const enhanced = reply.data[0].text;
@@ -347,13 +354,14 @@ async function generate(ev) {
   ev?.preventDefault();
   clearErrors();
   const task = buildTask();
-  const reply = await tasks([task]);
+  let reply;
+  try { reply = await tasks([task]); } catch (e) { fieldError("", `could not reach the server (${e.message})`); return; }
   if (reply.errors?.length) { showErrors(reply.errors); return; }
   watch(task);
 }
 $("#compose").addEventListener("submit", generate);
 document.addEventListener("keydown", (ev) => {
-  if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) generate(ev);
+  if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey) && !document.querySelector("dialog[open]")) generate(ev);
 });
 
 function watch(task) {
@@ -371,7 +379,11 @@ function watch(task) {
   const images = li.querySelector(".images");
   const poll = async () => {
     let reply;
-    try { reply = await tasks([{ taskType: "getResponse", taskUUID: task.taskUUID }]); } catch { return; }
+    try { reply = await tasks([{ taskType: "getResponse", taskUUID: task.taskUUID }]); } catch {
+      li.querySelector(".status").textContent = "connection lost, retrying...";
+      setTimeout(poll, 2000);
+      return;
+    }
     if (reply.errors?.length) {
       li.querySelector(".status").textContent = reply.errors[0].message;
       li.querySelector(".cancel").remove();
@@ -389,7 +401,9 @@ function watch(task) {
       li.querySelector(".status").textContent = `step ${p.step} of ${p.total}`;
       if (first.previewImage) showPreview(images, first.previewImage);
     }
-    for (const d of items.filter((x) => x.status === "success")) showResult(images, d);
+    const done = items.filter((x) => x.status === "success");
+    for (const d of done) showResult(images, d);
+    if (done.length && !$("#seed-lock").checked) $("#seed").value = Math.min(...done.map((d) => d.seed));
     if (pending.length) { setTimeout(poll, POLL_MS); return; }
     li.querySelector(".status").textContent = "done";
     li.querySelector("progress").value = li.querySelector("progress").max;
@@ -411,7 +425,6 @@ function showResult(box, d) {
   const img = Object.assign(document.createElement("img"), { src: d.imageURL, alt: `result, seed ${d.seed}` });
   img.dataset.image = d.imageUUID;
   box.append(img);
-  $("#seed").value = d.seed;
 }
 
 // ---- the gallery (this key's, kept by the server)
@@ -431,8 +444,11 @@ async function loadGallery() {
     row.innerHTML = `<span>seed ${item.seed}</span>`;
     const use = Object.assign(document.createElement("button"), { type: "button", textContent: "Use settings" });
     use.addEventListener("click", () => useRecipe(item.recipe));
-    const del = Object.assign(document.createElement("button"), { type: "button", textContent: "Delete" });
-    del.setAttribute("aria-label", `delete the image with seed ${item.seed}`);
+    const siblings = r.body.data.filter((x) => x.taskUUID === item.taskUUID).length;
+    const del = Object.assign(document.createElement("button"), { type: "button",
+      textContent: siblings > 1 ? `Delete task (${siblings} images)` : "Delete" });
+    del.setAttribute("aria-label", `delete the task of the image with seed ${item.seed} (${siblings} image(s))`);
+    use.setAttribute("aria-label", `use the settings of the image with seed ${item.seed}`);
     del.addEventListener("click", async () => {
       await api("DELETE", `/v1/gallery/${item.taskUUID}`);
       loadGallery();
@@ -486,11 +502,16 @@ async function reproduce(item) {
   const reply = await tasks([task]);
   if (reply.errors?.length) { verdict.textContent = reply.errors[0].message; return; }
   let done = null;
+  const deadline = Date.now() + 10 * 60 * 1000;
   while (!done) {
     await new Promise((ok) => setTimeout(ok, POLL_MS));
-    const res = await tasks([{ taskType: "getResponse", taskUUID: task.taskUUID }]);
+    let res;
+    try { res = await tasks([{ taskType: "getResponse", taskUUID: task.taskUUID }]); } catch { continue; }
     if (res.errors?.length) { verdict.textContent = res.errors[0].message; return; }
     done = res.data.find((d) => d.status === "success");
+    if (!done && (!res.data.some((d) => d.status === "processing") || Date.now() > deadline)) {
+      verdict.textContent = "the reproduction did not finish"; return;
+    }
   }
   const [a, b] = await Promise.all([item.imageURL, done.imageURL].map((u) => fetch(u).then((x) => x.arrayBuffer())));
   const same = a.byteLength === b.byteLength && new Uint8Array(a).every((v, i) => v === new Uint8Array(b)[i]);
