@@ -326,6 +326,8 @@ class Engine:
         )
         hires_plan = hires.plan(self, req)
         pulid_plan = pulid.plan(self, req, pipe.transformer)  # puLID: the reference photos' ID embeddings
+        if pulid_plan is not None:
+            warnings += pulid_plan.notes
         face_embeds = face_features.embeddings(pipe, req, plan, (pe, ppe, npe, nppe), model.device)
         control_recipe = tuple(controlnet.recipe_entry(c.ref, c.spec, start=c.start, end=c.end) for c in control)
         if structural is not None:

@@ -227,13 +227,14 @@ def embed_identity(models: IdentityModels, images: list, device, dtype) -> tuple
         aligned = torch.from_numpy(models.faces.aligned(rgb, face)).permute(2, 0, 1)[None].float() / 255.0
         # PuLID keeps only the face (BiSeNet parsing whitens hair and background) and shows the tower its
         # greyscale; without a parsing model the whole aligned crop is greyed (docs/api.md "Identity").
-        aligned = aligned.to(device, dtype)
+        # In float32 up to the tower's input, as PuLID does (bicubic antialiasing has no bf16 kernel on the CPU).
+        aligned = aligned.to(device, torch.float32)
         features = to_gray(aligned)
         if models.parser is not None:
             from daguerre.engine.features.faceparse import face_only
 
             features = face_only(models.parser, aligned, features)
-        pixels = eva_mod.preprocess(features, models.eva.image_size)
+        pixels = eva_mod.preprocess(features, models.eva.image_size).to(dtype)
         vit, hidden = models.eva(pixels)
         vit = vit / vit.norm(dim=1, keepdim=True)
         conds.append(torch.cat([arc.to(device, dtype), vit], dim=-1))
@@ -255,10 +256,10 @@ class Injection:
     cond: torch.Tensor  # (1, tokens, kv_dim)
     uncond: torch.Tensor
     weight: float
-    cfg_start: int | None = None  # true CFG from this step (None: diffusers' true CFG as configured, or none)
-    order: int = 1  # model calls per step for the scheduler (2 for Heun-type)
+    cfg_start: int | None = None  # true CFG from this step (None: from the first step)
+    order: int = 1  # model evaluations per step for the scheduler (2 for Heun-type)
+    true_cfg: bool = False  # the pipeline calls the transformer twice per evaluation: positive, then negative
     _handles: list = field(default_factory=list)
-    _timesteps: list = field(default_factory=list)
     _calls: int = 0
     _current: torch.Tensor | None = None
     _last_cond: object = None
@@ -315,14 +316,13 @@ class Injection:
         return add_identity
 
     def _wrapped(self, *args, **kwargs):
-        timestep = kwargs.get("timestep")
-        t_value = float(timestep.flatten()[0]) if timestep is not None else None
-        if not self._timesteps or self._timesteps[-1] != t_value:
-            self._timesteps.append(t_value)
-            self._calls = 0
-        negative = self._calls % 2 == 1  # diffusers' true CFG: the positive call, then the negative one
+        # diffusers' true CFG calls the positive pass, then the negative one, for every model evaluation; a
+        # step is `order` evaluations (counted, not read from the timestep: Heun's second evaluation of a step
+        # runs at the next step's sigma).
+        call = self._calls
         self._calls += 1
-        step = (len(self._timesteps) - 1) // self.order
+        negative = self.true_cfg and call % 2 == 1
+        step = (call // 2 if self.true_cfg else call) // self.order
         if negative and self.cfg_start is not None and step < self.cfg_start:
             return self._last_cond  # before CFGStartStep: no guidance, the positive prediction alone
         self._current = self.uncond if negative else self.cond
@@ -383,7 +383,7 @@ class IdentityCache:
                 weights = load(pulid_path, dtype)
                 weights.encoder.to(device)
                 weights.cas.to(device)
-                parser = faceparse.load(parsing_path, dtype).to(device) if parsing_path else None
+                parser = faceparse.load(parsing_path).to(device) if parsing_path else None  # small: float32
                 self._models[key] = IdentityModels(weights, eva.load(eva_path, dtype).to(device),
                                                    FaceAnalysis(faces_path), parser)  # fmt: skip
                 log.info("puLID models loaded: %s, %s, %s", pulid_path, eva_path, faces_path)
@@ -421,6 +421,7 @@ class PulidPlan:
 
     injection_args: dict
     recipe: dict
+    notes: tuple[str, ...] = ()  # warnings the result carries
 
 
 def plan(engine, req, transformer) -> PulidPlan | None:
@@ -450,6 +451,11 @@ def plan(engine, req, transformer) -> PulidPlan | None:
         "faces": specs["faceanalysis"].id,
         "parsing": parsing.id if parsing else None,
     }
-    args = dict(cas=models.weights.cas, cond=cond, uncond=uncond, weight=float(p.id_weight),
-                cfg_start=p.cfg_start_step if (p.true_cfg_scale or 0) > 1 else None)  # fmt: skip
-    return PulidPlan(args, recipe)
+    true_cfg = (p.true_cfg_scale or 0) > 1
+    args = dict(cas=models.weights.cas, cond=cond, uncond=uncond, weight=float(p.id_weight), true_cfg=true_cfg,
+                cfg_start=p.cfg_start_step if true_cfg else None)  # fmt: skip
+    notes = ()
+    if parsing is None:
+        notes = ("puLID: no face parser (facexlib's parsing_bisenet.pth) in the catalog: hair and background reach "
+                 "the identity features (docs/models.md, \"PuLID files\")",)  # fmt: skip
+    return PulidPlan(args, recipe, notes)
