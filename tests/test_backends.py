@@ -15,7 +15,7 @@ from daguerre.request import GenerationRequest
 from daguerre.storage import LocalResultStore, StoredObject
 
 JOB_STORES = {"sqlite": lambda tmp: SQLiteJobStore(tmp / "jobs.sqlite3")}
-QUEUES = {"in-process": lambda tmp, cap: InProcessQueue(cap)}
+QUEUES = {"in-process": lambda tmp, cap: InProcessQueue(cap), "redis-streams": None}  # redis: see make_queue
 RESULT_STORES = {"local-disk": lambda tmp: LocalResultStore(tmp / "images")}
 
 
@@ -24,9 +24,53 @@ def job_store(request, tmp_path):
     return JOB_STORES[request.param](tmp_path)
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on 127.0.0.1 (installed by .ci/run), no persistence, stopped at the end."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import free_port
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (CI installs it)")
+    redis = pytest.importorskip("redis")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)  # fmt: skip
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.time() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.time() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    yield client
+    proc.terminate()
+    proc.wait(10)
+
+
 @pytest.fixture(params=list(QUEUES))
 def make_queue(request, tmp_path):
-    return lambda cap=10: QUEUES[request.param](tmp_path, cap)
+    if request.param == "redis-streams":
+        from daguerre.jobs.redis_queue import RedisStreamQueue
+
+        client = request.getfixturevalue("redis_server")
+        key = f"test:{uuid.uuid4()}"  # each test its own stream; another handle on it is another consumer
+        return lambda cap=10: RedisStreamQueue(client, key=key, maxsize=cap, consumer=str(uuid.uuid4()))
+    made = []
+
+    def make(cap=10):  # in-process: one queue per test, handed out again (the "other consumer" is the same object)
+        if not made:
+            made.append(QUEUES[request.param](tmp_path, cap))
+        return made[0]
+
+    return make
 
 
 @pytest.fixture(params=list(RESULT_STORES))
@@ -195,6 +239,14 @@ def test_queue_refuses_past_its_cap_unless_forced(make_queue):
         q.push("c")
     q.push("c", force=True)  # start-up recovery re-queues everything
     assert len(q) == 3
+
+
+def test_two_consumers_of_one_queue_never_get_the_same_job(make_queue):
+    q, other = make_queue(), make_queue()
+    for m in ("a", "b", "c", "d"):
+        q.push(m)
+    got = [q.claim(0.1), other.claim(0.1), q.claim(0.1), other.claim(0.1)]
+    assert sorted(got) == ["a", "b", "c", "d"] and len(q) == len(other) == 0
 
 
 def test_queue_look_ahead_and_take(make_queue):
