@@ -14,13 +14,17 @@ from daguerre.jobs.store import CANCELLED, ERROR, QUEUED, RUNNING, SUCCESS, Job,
 from daguerre.request import GenerationRequest
 from daguerre.storage import LocalResultStore, StoredObject
 
-JOB_STORES = {"sqlite": lambda tmp: SQLiteJobStore(tmp / "jobs.sqlite3")}
+JOB_STORES = {"sqlite": lambda tmp: SQLiteJobStore(tmp / "jobs.sqlite3"), "redis": None}  # redis: see job_store
 QUEUES = {"in-process": lambda tmp, cap: InProcessQueue(cap), "redis-streams": None}  # redis: see make_queue
 RESULT_STORES = {"local-disk": lambda tmp: LocalResultStore(tmp / "images")}
 
 
 @pytest.fixture(params=list(JOB_STORES))
 def job_store(request, tmp_path):
+    if request.param == "redis":
+        from daguerre.jobs.redis_store import RedisJobStore
+
+        return RedisJobStore(request.getfixturevalue("redis_server"), prefix=f"test-{uuid.uuid4()}")
     return JOB_STORES[request.param](tmp_path)
 
 
@@ -290,3 +294,17 @@ def test_results_delete(result_store):
     result_store.delete(obj.uuid)
     result_store.delete(obj.uuid)  # deleting twice is fine
     assert result_store.get(obj.uuid, "k_1") is None
+
+
+def test_two_redis_store_handles_share_jobs_and_one_start_wins(redis_server):
+    """What several API nodes and workers rely on: one Redis, many handles, one winner per job."""
+    from daguerre.jobs.redis_store import RedisJobStore
+
+    prefix = f"test-{uuid.uuid4()}"
+    api, worker_a, worker_b = (RedisJobStore(redis_server, prefix=prefix) for _ in range(3))
+    job = _job()
+    assert api.create(job) is None
+    a, b = worker_a.get(*job.key), worker_b.get(*job.key)
+    assert [worker_a.start(a), worker_b.start(b)] == [True, False]
+    assert api.get(*job.key).status == RUNNING and api.counts() == {RUNNING: 1}
+    assert api.get_number(job.owner, job.number).task_uuid == job.task_uuid
