@@ -53,8 +53,7 @@ async def tasks(request: Request, services: Services):
     except ProtocolError as e:
         return error_response([error_item(e, None)], e.code)
     # 2. Authentication: Bearer header, or a leading authentication task.
-    header = request.headers.get("authorization", "")
-    key = header[7:].strip() if header.lower().startswith("bearer ") else None
+    key = _bearer(request)
     if batch[0].get("taskType") == "authentication":
         key = key or batch[0].get("apiKey")
     try:
@@ -81,10 +80,13 @@ async def tasks(request: Request, services: Services):
     return error_response(reply.errors, code, reply) if code else JSONResponse(reply.body())
 
 
-def _owner(request: Request, services) -> str:
+def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
-    key = header[7:].strip() if header.lower().startswith("bearer ") else None
-    return services.runware.intake.authenticate(key)
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
+def _owner(request: Request, services) -> str:
+    return services.runware.intake.authenticate(_bearer(request))
 
 
 @router.get("/v1/gallery", summary="This key's finished images with their recipes, newest first (Daguerre extension)")

@@ -325,7 +325,7 @@ class Engine:
             )
         )
         hires_plan = hires.plan(self, req)
-        pulid_plan = pulid.plan(self, req, pipe.transformer)  # puLID: the reference photos' ID embeddings
+        pulid_plan = pulid.plan(self, req)  # puLID: the reference photos' ID embeddings
         if pulid_plan is not None:
             warnings += pulid_plan.notes
         face_embeds = face_features.embeddings(pipe, req, plan, (pe, ppe, npe, nppe), model.device)

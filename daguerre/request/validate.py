@@ -389,13 +389,19 @@ def _validate_layers(req: GenerationRequest) -> None:
     if req.output.format not in ("PNG", "WEBP"):
         raise RequestError(f"outputFormat {req.output.format} cannot carry the transparency layerDiffuse makes (JPG "
                            "has no alpha channel); use PNG or WEBP", parameter="outputFormat")  # fmt: skip
+    _txt2img_or_img2img_alone(req, "layerDiffuse", ((req.hires_fix, "hiresFix"), (req.face_fix, "ultralytics"),
+                                                    (req.controlnets, "controlNet"),
+                                                    (req.ip_adapters, "ipAdapters")))  # fmt: skip
+
+
+def _txt2img_or_img2img_alone(req: GenerationRequest, feature: str, others) -> None:
+    """`feature` is built for text-to-image and image-to-image, and not yet with any of `others` ((value, field))."""
     if req.workflow not in ("txt2img", "img2img"):
-        raise UnsupportedError(f"layerDiffuse works for text-to-image and image-to-image; this request is "
-                               f"{req.workflow}", parameter="layerDiffuse")  # fmt: skip
-    for present, what in ((req.hires_fix, "hiresFix"), (req.face_fix, "ultralytics"), (req.controlnets, "controlNet"),
-                          (req.ip_adapters, "ipAdapters")):  # fmt: skip
+        raise UnsupportedError(f"{feature} works for text-to-image and image-to-image; this request is "
+                               f"{req.workflow}", parameter=feature)  # fmt: skip
+    for present, what in others:
         if present:
-            raise UnsupportedError(f"layerDiffuse with {what} is not supported yet", parameter="layerDiffuse")
+            raise UnsupportedError(f"{feature} with {what} is not supported yet", parameter=feature)
 
 
 def _validate_pulid(req: GenerationRequest) -> None:
@@ -414,14 +420,10 @@ def _validate_pulid(req: GenerationRequest) -> None:
     if p.cfg_start_step is not None and p.cfg_start_percentage is not None:
         raise RequestError("puLID.CFGStartStep and puLID.CFGStartStepPercentage are exclusive; give one",
                            parameter="puLID.CFGStartStepPercentage")  # fmt: skip
-    if req.workflow not in ("txt2img", "img2img"):
-        raise UnsupportedError(f"puLID works for text-to-image and image-to-image; this request is {req.workflow}",
-                               parameter="puLID")  # fmt: skip
-    for present, what in ((req.hires_fix, "hiresFix"), (req.face_fix, "ultralytics"), (req.controlnets, "controlNet"),
-                          (req.ip_adapters, "ipAdapters"), (req.layer_diffuse, "layerDiffuse"),
-                          (req.accelerator.db_cache, "acceleratorOptions.dbCache")):  # fmt: skip
-        if present:
-            raise UnsupportedError(f"puLID with {what} is not supported yet", parameter="puLID")
+    _txt2img_or_img2img_alone(req, "puLID", ((req.hires_fix, "hiresFix"), (req.face_fix, "ultralytics"),
+                                             (req.controlnets, "controlNet"), (req.ip_adapters, "ipAdapters"),
+                                             (req.layer_diffuse, "layerDiffuse"),
+                                             (req.accelerator.db_cache, "acceleratorOptions.dbCache")))  # fmt: skip
 
 
 def _validate_face(req: GenerationRequest) -> None:

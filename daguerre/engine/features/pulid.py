@@ -41,7 +41,6 @@ SINGLE_INTERVAL = 4
 ENCODER_HEAD_DIM = 64  # the ID former's attention heads (16 x 64 in the published file)
 CA_HEAD_DIM = 128  # the injected cross-attention's heads (16 x 128)
 ENCODER_SCALES = 5  # EVA hidden-state scales
-BACKGROUND_LABELS = (0, 16, 18, 7, 8, 9, 14, 15)  # BiSeNet face-parsing classes PuLID whitens (not used here)
 
 
 def _ff(dim: int, inner: int) -> nn.Sequential:
@@ -402,16 +401,15 @@ def identity_specs(catalog) -> dict:
     ModelNotFoundError says which is missing and where it goes."""
     from daguerre.errors import ModelNotFoundError
 
-    found = {}
-    for kind, what in KINDS.items():
+    def newest(kind: str):
         specs = sorted((s for s in catalog if s.kind == kind and not s.missing), key=lambda s: s.name)
-        if not specs:
+        return specs[-1] if specs else None
+
+    found = {kind: newest(kind) for kind in (*KINDS, *OPTIONAL_KINDS)}
+    for kind, what in KINDS.items():
+        if found[kind] is None:
             raise ModelNotFoundError(f"puLID needs {what}; none is in the catalog (docs/models.md, \"PuLID files\")",
                                      parameter="puLID")  # fmt: skip
-        found[kind] = specs[-1]
-    for kind in OPTIONAL_KINDS:
-        specs = sorted((s for s in catalog if s.kind == kind and not s.missing), key=lambda s: s.name)
-        found[kind] = specs[-1] if specs else None
     return found
 
 
@@ -424,7 +422,7 @@ class PulidPlan:
     notes: tuple[str, ...] = ()  # warnings the result carries
 
 
-def plan(engine, req, transformer) -> PulidPlan | None:
+def plan(engine, req) -> PulidPlan | None:
     """Load the identity models (once per process) and embed the request's reference photos."""
     from daguerre.recipe import pixels_sha256
 
