@@ -119,6 +119,28 @@ class ServerSettings(BaseModel):
     outbound_allow_loopback: bool = Field(
         False, description="let webhooks/uploads/image URLs reach 127.0.0.0/8 and ::1 (tests only)"
     )
+    # --- workers and many machines (docs/deploy.md)
+    workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="worker processes `serve` starts and restarts: default one per GPU (one on a CPU machine); "
+        "0 = none here (API only: `daguerre worker` runs elsewhere)",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis for the jobs, queue, change feed and live workers (many machines, e.g. "
+        "redis://host:6379/0); default: the SQLite file in data_dir (one machine)",
+    )
+    redis_prefix: str = Field("daguerre", min_length=1, description="prefix of every Redis key Daguerre uses")
+    visibility_timeout_s: float = Field(
+        30, ge=1, le=3600,
+        description="a claimed job whose worker has not been heard from this long goes to another worker",
+    )  # fmt: skip
+    max_deliveries: int = Field(
+        3, ge=1, le=100,
+        description="tries before a job that keeps stopping its worker goes to the dead-letter list and fails",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _tls_pair(self):
@@ -159,7 +181,9 @@ class Settings(BaseSettings):
         None, description="catalog id or folder that lends text encoders/VAE to single-file models"
     )
     # --- device and residency
-    device: Literal["cuda", "mps", "cpu"] | None = Field(None, description="default: cuda > mps > cpu")
+    device: str | None = Field(
+        None, pattern=r"^(cuda(:\d+)?|mps|cpu)$", description="cuda, cuda:N, mps or cpu; default: cuda > mps > cpu"
+    )
     dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
         None, description="default: bf16 on GPU, fp32 on CPU"
     )

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from daguerre.jobs.characters import CharacterStore
     from daguerre.jobs.delivery import DeliveryService
     from daguerre.jobs.outbound import OutboundClient
+    from daguerre.jobs.pool import WorkerPool
     from daguerre.jobs.service import JobService
-    from daguerre.jobs.store import SQLiteJobStore
+    from daguerre.jobs.store import JobStore
     from daguerre.jobs.worker import Worker
     from daguerre.storage import LocalResultStore, UrlSigner
 
@@ -43,7 +44,6 @@ def build_catalog(settings: Settings, *, allow_paths: bool = True) -> Catalog:
 def build_engine(settings: Settings, catalog: Catalog | None = None) -> Engine:
     """An engine on the settings' device, with its resident-model manager."""
     from daguerre.engine.engine import Engine
-    from daguerre.engine.features.safety import SafetyChecker
     from daguerre.engine.models.resident import ModelManager
 
     manager = ModelManager(
@@ -58,11 +58,59 @@ def build_engine(settings: Settings, catalog: Catalog | None = None) -> Engine:
         t5=settings.t5,
         attention=settings.attention,
     )
-    safety = settings.safety
-    checker = SafetyChecker(checker=safety.checker, path=safety.path, threshold=safety.threshold,
-                            action=safety.action)  # fmt: skip
     return Engine(models=manager, max_batch=settings.max_batch, default_negative=settings.default_negative_prompt,
-                  safety=checker, upscaler=settings.upscaler, face_detector=settings.faces.detector)  # fmt: skip
+                  safety=build_safety(settings), upscaler=settings.upscaler,
+                  face_detector=settings.faces.detector)  # fmt: skip
+
+
+def build_safety(settings: Settings):
+    """The configured safety checker (cheap: its model loads on first use)."""
+    from daguerre.engine.features.safety import SafetyChecker
+
+    safety = settings.safety
+    return SafetyChecker(checker=safety.checker, path=safety.path, threshold=safety.threshold, action=safety.action)
+
+
+def redis_client(url: str):
+    """A redis-py client for `server.redis_url` (the `redis` extra), or a DaguerreError saying what is missing."""
+    from daguerre.errors import DaguerreError
+
+    try:
+        import redis
+    except ImportError as e:
+        raise DaguerreError("server.redis_url needs redis-py: pip install 'daguerre[redis]'", parameter="redis",
+                            code="invalidParameter") from e  # fmt: skip
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=15)
+        client.ping()
+    except (ValueError, redis.RedisError) as e:
+        raise DaguerreError(f"cannot reach Redis at {url}: {e}", parameter="redis", code="invalidParameter") from e
+    return client
+
+
+def build_backends(settings: Settings, *, consumer: str = "api"):
+    """The job store, queue and change feed: on Redis when `server.redis_url` is set (many machines), else the
+    SQLite file in the data folder (one machine, any number of processes). `consumer` names this process in the
+    stream's consumer group (a worker's id)."""
+    from daguerre.jobs.feed import RedisFeed, SQLiteFeed
+    from daguerre.jobs.queue import SQLiteQueue
+    from daguerre.jobs.store import SQLiteJobStore
+
+    server = settings.server
+    if server.redis_url:
+        from daguerre.jobs.redis_queue import RedisStreamQueue
+        from daguerre.jobs.redis_store import RedisJobStore
+
+        client, p = redis_client(server.redis_url), server.redis_prefix
+        queue = RedisStreamQueue(client, key=f"{p}:jobs", consumer=consumer, maxsize=server.max_queue,
+                                 visibility_s=server.visibility_timeout_s)  # fmt: skip
+        return RedisJobStore(client, prefix=p), queue, RedisFeed(client, channel=f"{p}:changes")
+    data = server.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    path = data / "jobs.sqlite3"
+    store = SQLiteJobStore(path)
+    queue = SQLiteQueue(path, maxsize=server.max_queue, visibility_s=server.visibility_timeout_s)
+    return store, queue, SQLiteFeed(path)
 
 
 def server_secret(data_dir: Path) -> bytes:
@@ -89,8 +137,9 @@ class Services:
     """Everything one server process runs, built by `build_server`."""
 
     settings: Settings
-    engine: Engine  # the model side: this process's worker runs on it, health reports its models
-    store: SQLiteJobStore  # job records
+    engine: Engine | None  # the model side when this process runs its own worker thread; None: worker processes
+    catalog: Catalog  # the models served (read at submission)
+    store: JobStore  # job records
     jobs: JobService  # submission, lookups, change events (over `store` and the queue)
     results: LocalResultStore  # generated images and uploaded inputs
     keys: KeyStore
@@ -99,7 +148,7 @@ class Services:
     signer: UrlSigner
     outbound: OutboundClient  # the one guarded client for user-given URLs
     sender: DeliveryService  # webhook and upload sends, with retries
-    worker: Worker
+    worker: Worker | None  # this process's own worker thread (None: workers are processes)
     intake: Intake  # what every door shares
     runware: Runware  # the Runware task protocol
     eachlabs: EachLabs  # the eachlabs predictions protocol
@@ -107,6 +156,7 @@ class Services:
     modelslab: ModelsLab  # the ModelsLab image API
     anonymous: bool  # keyless use allowed
     demo: bool = False  # serving `serve --demo`'s random-weight model (health says so)
+    pool: WorkerPool | None = None  # the worker processes `serve` runs on this machine (set by serve)
     lifecycle: dict = field(default_factory=lambda: {"draining": False, "ready": False})
 
     def close(self) -> None:
@@ -115,8 +165,25 @@ class Services:
         self.store.close()
 
 
-def build_server(settings: Settings, *, engine: Engine | None = None, demo: bool = False) -> Services:
-    """A server's services from its settings (and an engine, when the caller built one already)."""
+def _worker_name() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def build_server(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    demo: bool = False,
+    worker: bool = True,
+    catalog: Catalog | None = None,
+    worker_name: str | None = None,
+) -> Services:
+    """A server's services from its settings: with `worker`, a worker on `engine` (built here when not given)
+    that the app runs as a thread, or `daguerre worker` on its own thread; without, an API process that loads
+    no model (its workers are other processes) and reads `catalog`."""
     from daguerre.api.eachlabs import EachLabs
     from daguerre.api.intake import Intake
     from daguerre.api.keys import KeyStore
@@ -126,18 +193,22 @@ def build_server(settings: Settings, *, engine: Engine | None = None, demo: bool
     from daguerre.jobs.characters import CharacterStore
     from daguerre.jobs.delivery import DeliveryService, ResultDelivery
     from daguerre.jobs.outbound import OutboundClient, OutboundPolicy
-    from daguerre.jobs.queue import InProcessQueue
     from daguerre.jobs.service import JobService
-    from daguerre.jobs.store import SQLiteJobStore
     from daguerre.jobs.worker import Worker
     from daguerre.storage import LocalResultStore, UrlSigner
 
     server = settings.server
     data = server.data_dir
     data.mkdir(parents=True, exist_ok=True)
-    engine = engine if engine is not None else build_engine(settings)
-    store = SQLiteJobStore(data / "jobs.sqlite3")
-    jobs = JobService(store=store, queue=InProcessQueue(server.max_queue))
+    if worker and engine is None:
+        engine = build_engine(settings, catalog)
+    if engine is not None:
+        catalog = engine.models.catalog
+    elif catalog is None:
+        catalog = build_catalog(settings, allow_paths=server.allow_model_paths)
+    worker_name = worker_name or _worker_name()
+    store, queue, feed = build_backends(settings, consumer=worker_name if worker else "api")
+    jobs = JobService(store=store, queue=queue, feed=feed)
     results = LocalResultStore(data / "images")
     keys = KeyStore(data / "keys.sqlite3", extra_keys=server.api_keys)
     secret = server_secret(data)
@@ -159,18 +230,21 @@ def build_server(settings: Settings, *, engine: Engine | None = None, demo: bool
         anonymous=anonymous,
         is_draining=lambda: lifecycle["draining"],
         outbound=outbound,
-        catalog=engine.models.catalog,
+        catalog=catalog,
         characters=characters,
-        safety_available=engine.safety_available,
+        safety_available=engine.safety_available if engine is not None else build_safety(settings).available,
     )
     runware, eachlabs, replicate, modelslab = Runware(intake), EachLabs(intake), Replicate(intake), ModelsLab(intake)
     doors = {"runware": runware, "eachlabs": eachlabs, "replicate": replicate, "modelslab": modelslab}
     deliver = ResultDelivery(sender=sender, results=results, server_secret=secret,
                              bodies={name: door.webhook_body for name, door in doors.items()},
                              attempts={"eachlabs": 3})  # fmt: skip
-    worker = Worker(engine=engine, jobs=jobs, results=results, default_ttl=server.default_ttl,
-                    image_limits=settings.image_limits, on_event=deliver)  # fmt: skip
-    return Services(settings=settings, engine=engine, store=store, jobs=jobs, results=results, keys=keys,
-                    characters=characters, secret=secret, signer=signer, outbound=outbound, sender=sender,
-                    worker=worker, intake=intake, runware=runware, eachlabs=eachlabs, replicate=replicate,
+    runner = None
+    if worker:
+        runner = Worker(engine=engine, jobs=jobs, results=results, default_ttl=server.default_ttl,
+                        image_limits=settings.image_limits, on_event=deliver, max_deliveries=server.max_deliveries,
+                        name=worker_name)  # fmt: skip
+    return Services(settings=settings, engine=engine, catalog=catalog, store=store, jobs=jobs, results=results,
+                    keys=keys, characters=characters, secret=secret, signer=signer, outbound=outbound, sender=sender,
+                    worker=runner, intake=intake, runware=runware, eachlabs=eachlabs, replicate=replicate,
                     modelslab=modelslab, anonymous=anonymous, demo=demo, lifecycle=lifecycle)  # fmt: skip

@@ -9,13 +9,13 @@ import uuid
 import pytest
 
 from daguerre.jobs import spec as specs
-from daguerre.jobs.queue import InProcessQueue, QueueFull
+from daguerre.jobs.queue import QueueFull, SQLiteQueue
 from daguerre.jobs.store import CANCELLED, ERROR, QUEUED, RUNNING, SUCCESS, Job, SQLiteJobStore
 from daguerre.request import GenerationRequest
 from daguerre.storage import LocalResultStore, StoredObject
 
 JOB_STORES = {"sqlite": lambda tmp: SQLiteJobStore(tmp / "jobs.sqlite3"), "redis": None}  # redis: see job_store
-QUEUES = {"in-process": lambda tmp, cap: InProcessQueue(cap), "redis-streams": None}  # redis: see make_queue
+QUEUES = {"sqlite": None, "redis-streams": None}  # see make_queue
 RESULT_STORES = {"local-disk": lambda tmp: LocalResultStore(tmp / "images")}
 
 
@@ -61,20 +61,17 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture(params=list(QUEUES))
 def make_queue(request, tmp_path):
+    """make(cap, visibility_s): another handle on this test's queue (another process / consumer)."""
     if request.param == "redis-streams":
         from daguerre.jobs.redis_queue import RedisStreamQueue
 
         client = request.getfixturevalue("redis_server")
         key = f"test:{uuid.uuid4()}"  # each test its own stream; another handle on it is another consumer
-        return lambda cap=10: RedisStreamQueue(client, key=key, maxsize=cap, consumer=str(uuid.uuid4()))
-    made = []
-
-    def make(cap=10):  # in-process: one queue per test, handed out again (the "other consumer" is the same object)
-        if not made:
-            made.append(QUEUES[request.param](tmp_path, cap))
-        return made[0]
-
-    return make
+        return lambda cap=10, visibility_s=30.0: RedisStreamQueue(
+            client, key=key, maxsize=cap, consumer=str(uuid.uuid4()), visibility_s=visibility_s
+        )
+    return lambda cap=10, visibility_s=30.0: SQLiteQueue(tmp_path / "jobs.sqlite3", maxsize=cap,
+                                                         visibility_s=visibility_s)  # fmt: skip
 
 
 @pytest.fixture(params=list(RESULT_STORES))
@@ -158,6 +155,22 @@ def test_store_starts_a_queued_job_once(job_store):
     assert not job_store.start(job)  # already running: a second worker does not take it
     got = job_store.get(job.owner, job.task_uuid)
     assert got.status == RUNNING and got.started_at == job.started_at
+    assert job_store.start(got, again=True)  # a redelivery: its first worker died
+    assert job_store.counts() == {RUNNING: 1}
+    got.status = SUCCESS
+    job_store.update(got)
+    assert not job_store.start(got, again=True)  # finished: never again
+
+
+def test_store_keeps_live_workers_until_their_beat_expires(job_store):
+    job_store.beat({"id": "w1", "ttl": 0.5, "device": "cpu", "resident": ["m"]})
+    job_store.beat({"id": "w2", "ttl": 30, "device": "cuda:0", "resident": []})
+    assert [w["id"] for w in job_store.workers()] == ["w1", "w2"]
+    assert job_store.workers()[0]["resident"] == ["m"]
+    time.sleep(0.6)
+    assert [w["id"] for w in job_store.workers()] == ["w2"]
+    job_store.forget("w2")
+    assert job_store.workers() == []
 
 
 def test_store_cancels_queued_jobs_at_once_and_flags_running_ones(job_store):
@@ -226,11 +239,16 @@ def test_store_sets_completed_at_when_a_job_ends(job_store):
 # ---- JobQueue
 
 
+def _messages(claims):
+    return [c.message if c is not None else None for c in claims]
+
+
 def test_queue_is_fifo_and_claim_times_out(make_queue):
     q = make_queue()
     for m in ("a", "b", "c"):
         q.push(m)
-    assert len(q) == 3 and [q.claim(0.1) for _ in range(3)] == ["a", "b", "c"]
+    assert len(q) == 3 and _messages([q.claim(0.1) for _ in range(3)]) == ["a", "b", "c"]
+    assert len(q) == 0  # claimed: not waiting
     t0 = time.perf_counter()
     assert q.claim(0.2) is None and time.perf_counter() - t0 >= 0.15
 
@@ -249,17 +267,86 @@ def test_two_consumers_of_one_queue_never_get_the_same_job(make_queue):
     q, other = make_queue(), make_queue()
     for m in ("a", "b", "c", "d"):
         q.push(m)
-    got = [q.claim(0.1), other.claim(0.1), q.claim(0.1), other.claim(0.1)]
+    got = _messages([q.claim(0.1), other.claim(0.1), q.claim(0.1), other.claim(0.1)])
     assert sorted(got) == ["a", "b", "c", "d"] and len(q) == len(other) == 0
 
 
 def test_queue_look_ahead_and_take(make_queue):
     q = make_queue()
-    for m in ("a", "b", "c"):
+    for m in ("a", "b", "c", "d"):
         q.push(m)
-    assert q.waiting(2) == ["a", "b"] and len(q) == 3  # looking takes nothing
-    assert q.take(["b", "zz"]) == ["b"]  # only what is still waiting
-    assert [q.claim(0.1), q.claim(0.1), q.claim(0.1)] == ["a", "c", None]
+    first = q.claim(0.1)
+    assert first.message == "a" and first.deliveries == 1
+    assert q.waiting(2) == ["b", "c"] and len(q) == 3  # looking takes nothing
+    assert _messages(q.take(["c", "zz"], first)) == ["c"]  # only what is still waiting
+    assert _messages([q.claim(0.1), q.claim(0.1), q.claim(0.1)]) == ["b", "d", None]
+
+
+def test_an_acknowledged_job_is_gone_and_an_unacknowledged_one_comes_back_to_another_worker(make_queue):
+    dead, live = make_queue(visibility_s=1), make_queue(visibility_s=1)
+    dead.push("a")
+    dead.push("b")
+    _held, b = dead.claim(0.1), dead.claim(0.1)
+    dead.ack(b)  # b finished; then this worker dies holding a
+    assert live.claim(0.3) is None  # not before the visibility timeout
+    time.sleep(1.1)
+    again = live.claim(0.5)
+    assert again.message == "a" and again.deliveries == 2
+    live.ack(again)
+    time.sleep(1.1)
+    assert live.claim(0.2) is None and len(live) == 0  # b and a are done: neither comes back
+
+
+def test_a_live_worker_keeps_its_job_by_extending_the_claim(make_queue):
+    mine, other = make_queue(visibility_s=1), make_queue(visibility_s=1)
+    mine.push("a")
+    claim = mine.claim(0.1)
+    for _ in range(3):
+        time.sleep(0.5)
+        mine.extend([claim])
+    assert other.claim(0.1) is None  # 1.5 s later, still held
+    mine.ack(claim)
+
+
+def test_riders_are_acknowledged_with_their_claim_and_come_back_with_it(make_queue):
+    dead, live = make_queue(visibility_s=1), make_queue(visibility_s=1)
+    for m in ("a", "b", "c"):
+        dead.push(m)
+    first = dead.claim(0.1)
+    assert _messages(dead.take(["c"], first)) == ["c"]
+    time.sleep(1.1)  # the worker died running a + c together
+    again = live.claim(0.5)
+    assert again.message == "a" and again.riders == ("c",)
+    b = live.claim(0.1)
+    assert b.message == "b"  # c is not handed out on its own
+    live.ack(again)
+    live.ack(b)
+    time.sleep(1.1)
+    assert live.claim(0.2) is None
+
+
+def test_a_buried_job_is_in_the_dead_letters_and_not_delivered_again(make_queue):
+    q = make_queue(visibility_s=1)
+    q.push("poison")
+    q.push("b")
+    claim = q.claim(0.1)
+    rider = q.take(["b"], claim)
+    assert _messages(rider) == ["b"]
+    q.bury(claim, "delivered 4 times")
+    dead = q.dead()
+    assert [(d["message"], d["reason"]) for d in dead] == [("poison", "delivered 4 times")]
+    assert _messages([q.claim(0.2)]) == ["b"]  # its rider went back to waiting
+    time.sleep(1.1)
+    assert q.claim(0.2).message == "b"  # unacknowledged b comes back; poison never does
+
+
+def test_release_hands_every_claim_out_again_at_once(make_queue):
+    q = make_queue(visibility_s=30)
+    q.push("a")
+    q.claim(0.1)
+    q.release()  # no worker is live (a restart): the claim is a dead one's
+    again = make_queue(visibility_s=30).claim(0.5)
+    assert again is not None and again.message == "a" and again.deliveries == 2
 
 
 # ---- ResultStore

@@ -101,23 +101,10 @@ def test_what_keeps_a_request_alone(batch_engine, tiny_single):
         batch_engine.generate_batch([_req(model), _req(model, width=192)])
 
 
-def test_queue_waiting_and_take():
-    from daguerre.jobs.queue import InProcessQueue
-
-    q = InProcessQueue(maxsize=3)
-    for i in range(3):
-        q.push(f"job {i}")
-    assert q.waiting(2) == ["job 0", "job 1"]
-    assert q.take(["job 1", "job 9"]) == ["job 1"]
-    assert len(q) == 2
-    q.push("job 3")  # a slot was freed
-    assert [q.claim(0.1) for _ in range(3)] == ["job 0", "job 2", "job 3"]
-
-
 def test_worker_runs_compatible_queued_jobs_together(batch_engine, tiny_single, tmp_path):
     from daguerre.engine.plan import resolved
     from daguerre.jobs import spec as specs
-    from daguerre.jobs.queue import InProcessQueue
+    from daguerre.jobs.queue import SQLiteQueue
     from daguerre.jobs.service import JobService
     from daguerre.jobs.store import SQLiteJobStore
     from daguerre.jobs.worker import Worker
@@ -125,7 +112,9 @@ def test_worker_runs_compatible_queued_jobs_together(batch_engine, tiny_single, 
     from daguerre.storage import LocalResultStore
 
     model = str(tiny_single.model_path)
-    jobs = JobService(store=SQLiteJobStore(tmp_path / "jobs.sqlite3"), queue=InProcessQueue(20))
+    jobs = JobService(
+        store=SQLiteJobStore(tmp_path / "jobs.sqlite3"), queue=SQLiteQueue(tmp_path / "jobs.sqlite3", maxsize=20)
+    )
 
     def task(**kw):
         base = {"model": model, "width": 128, "height": 128, "steps": 2, "positive_prompt": "a lighthouse on a cliff",

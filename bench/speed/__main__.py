@@ -133,7 +133,7 @@ def worker_throughput(engine, model: str, n: int, *, size: int, steps: int, tmp:
 
     from daguerre.engine.plan import resolved
     from daguerre.jobs import spec as specs
-    from daguerre.jobs.queue import InProcessQueue
+    from daguerre.jobs.queue import SQLiteQueue
     from daguerre.jobs.service import JobService
     from daguerre.jobs.store import SQLiteJobStore
     from daguerre.jobs.worker import Worker
@@ -142,7 +142,9 @@ def worker_throughput(engine, model: str, n: int, *, size: int, steps: int, tmp:
 
     run = tmp / f"queue-{uuid.uuid4().hex[:8]}"
     run.mkdir()
-    jobs = JobService(store=SQLiteJobStore(run / "jobs.sqlite3"), queue=InProcessQueue(max(n, 1)))
+    jobs = JobService(
+        store=SQLiteJobStore(run / "jobs.sqlite3"), queue=SQLiteQueue(run / "jobs.sqlite3", maxsize=max(n, 1))
+    )
     requests = [
         resolved(GenerationRequest(model=model, width=size, height=size, steps=steps, seed=100 + i,
                                    positive_prompt=f"{PROMPT}, variation {i}"), engine.models.catalog)

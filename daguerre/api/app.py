@@ -1,7 +1,8 @@
 """The HTTP/WebSocket application: `create_app(services)` mounts the routes on what services.py built.
 
-Start-up re-queues unfinished jobs (upgrading ones an older Daguerre stored), starts the worker, the
-sweeper and the preloads; shutdown drains (no new tasks, the running job finishes) and stops.
+Start-up re-queues unfinished jobs where the queue is not durable (and upgrades ones an older Daguerre
+stored), starts the worker (a thread here, or serve's worker processes), the change feed watch, the sweeper and
+the preloads; shutdown drains (no new tasks, the running jobs finish) and stops.
 """
 
 from __future__ import annotations
@@ -41,17 +42,29 @@ def create_app(services: Services) -> FastAPI:
         requeued = services.jobs.recover(upgrade=services.runware.upgrade)
         if requeued:
             log.info("re-queued %d unfinished jobs", requeued)
-        services.worker.start()
+        unwatch = services.jobs.watch()
+        if services.worker is not None:
+            services.worker.start()
+            loader = asyncio.create_task(_preload(services, server.preload))
+        else:  # the workers preload; readiness comes from their heartbeats
+            if services.pool is not None:
+                services.pool.start()
+            services.lifecycle["ready"] = True
+            loader = None
         sweeper = asyncio.create_task(_sweep_forever(services.results, server.sweep_interval_s))
-        loader = asyncio.create_task(_preload(services, server.preload))
         yield
-        loader.cancel()
-        # 2. Drain: refuse new tasks, let the running job finish (bounded), stop.
+        if loader is not None:
+            loader.cancel()
+        # 2. Drain: refuse new tasks, let the running jobs finish (bounded), stop.
         services.lifecycle["draining"] = True
         sweeper.cancel()
-        finished = await run_in_threadpool(services.worker.stop, server.drain_timeout_s)
+        if services.worker is not None:
+            finished = await run_in_threadpool(services.worker.stop, server.drain_timeout_s)
+        else:
+            finished = services.pool is None or await run_in_threadpool(services.pool.stop, server.drain_timeout_s)
         if not finished:
             log.warning("drain timeout: the running job is left to be re-queued at next start")
+        unwatch()
         services.close()
 
     app = FastAPI(

@@ -6,7 +6,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 
 from daguerre import __version__
-from daguerre.api.deps import Services
+from daguerre.api.deps import Services, in_thread
 
 router = APIRouter()
 
@@ -19,36 +19,61 @@ async def live():
 @router.get("/health/ready")
 async def ready(services: Services):
     state = services.lifecycle
-    models = models_info(services)
-    ok = state["ready"] and not state["draining"] and bool(models)
+    workers = await in_thread(live_workers, services)
+    models = models_info(services, workers)
+    working = any(w["ready"] and not w.get("draining") for w in workers)
+    ok = state["ready"] and not state["draining"] and bool(models) and working
+    status = "ready" if ok else "draining" if state["draining"] else "starting" if state["ready"] is False else \
+        "no workers"  # fmt: skip
+    errors = state.get("preload_errors", []) + [e for w in workers for e in w.get("preload_errors", [])]
     body = {
-        "status": "ready" if ok else ("draining" if state["draining"] else "starting"),
+        "status": status,
         "version": __version__,
         "demo": services.demo,
         "models": models,
-        "queued": len(services.jobs.queue),
-        "device": str(services.engine.models.device),
-        **({"preload_errors": state["preload_errors"]} if state.get("preload_errors") else {}),
+        "queued": await in_thread(len, services.jobs.queue),
+        "device": workers[0]["device"] if len({w["device"] for w in workers}) == 1 else [w["device"] for w in workers],
+        "workers": [
+            {k: w.get(k) for k in ("id", "host", "device", "ready", "busy", "draining", "resident", "done", "images")}
+            for w in workers
+        ],  # fmt: skip
+        **({"preload_errors": errors} if errors else {}),
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-def models_info(services) -> list[dict]:
-    """Each catalog model as /health/ready lists it: what it is, how it runs, whether it is resident."""
-    models = services.engine.models
+def live_workers(services) -> list[dict]:
+    """The workers heard from lately (heartbeats in the store): this process's own thread or worker processes."""
+    if services.worker is not None and not services.lifecycle["draining"]:
+        own = services.worker.info(ttl=0)
+        return [own, *[w for w in services.store.workers() if w["id"] != own["id"]]]
+    return services.store.workers()
+
+
+def models_info(services, workers: list[dict]) -> list[dict]:
+    """Each catalog model as /health/ready lists it: what it is, how it runs, whether it is resident (on which
+    workers)."""
     demo = services.demo
-    loaded = {m.spec.id: m.applied for m in models.resident()}
+    engine = services.engine
+    loaded = {m.spec.id: m.applied for m in engine.models.resident()} if engine is not None else {}
+    on = {}
+    for w in workers:
+        for model_id in w.get("resident", []):
+            on.setdefault(model_id, []).append(w["id"])
+    defaults = services.settings
     out = []
-    for s in models.catalog:
+    for s in services.catalog:
         entry = {
             "id": s.id,
             "name": s.name,
             "kind": s.kind,
             "size_bytes": s.size_bytes,
             "aliases": list(s.aliases),
-            "profile": s.profile or models.profile,
-            "offload": s.offload or models.offload,
+            "profile": s.profile or defaults.profile,
+            "offload": s.offload or defaults.offload,
         }
+        if s.id in on:
+            entry.update(resident=True, workers=on[s.id])
         if s.id in loaded:
             a = loaded[s.id]
             entry.update(resident=True, compiled=a.compiled, fp8=a.fp8, attention=a.attention)

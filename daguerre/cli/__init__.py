@@ -1,6 +1,6 @@
 """The `daguerre` command (entry point `daguerre.cli:app`): one module per command group, assembled here.
 
-    generate.py  generate, reproduce       models.py  models        serve.py  serve
+    generate.py  generate, reproduce       models.py  models        serve.py  serve     worker.py  worker
     keys.py      keys create|list|...      studio.py  prompt, characters add|list|show|delete
     args.py      flags -> GenerationRequest            common.py  consoles, options, one-line errors
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from daguerre.cli import generate, keys, models, serve, studio
+from daguerre.cli import generate, keys, models, serve, studio, worker
 from daguerre.cli.args import DEFAULT_UPSCALER
 
 # Options whose value may be left out: given alone (the next word is another option, or nothing), they
@@ -40,6 +40,7 @@ app.command()(generate.generate)
 app.command()(models.models)
 app.command()(generate.reproduce)
 app.command()(serve.serve)
+app.command()(worker.worker)
 app.command()(studio.prompt)
 app.add_typer(keys.app, name="keys")
 app.add_typer(studio.characters_app, name="characters")

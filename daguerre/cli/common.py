@@ -89,7 +89,7 @@ FLAGS = {
 }
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="settings TOML (models, folders, device)")]
-DeviceOpt = Annotated[str | None, typer.Option(help="cuda | mps | cpu (default: best available)")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cuda | cuda:N | mps | cpu (default: best available)")]
 DtypeOpt = Annotated[str | None, typer.Option(help="bfloat16 | float16 | float32 (default: bf16 GPU, fp32 CPU)")]
 OffloadOpt = Annotated[
     str | None, typer.Option(help="memory mode for small GPUs: none | model | group (CUDA only) [settings: none]")

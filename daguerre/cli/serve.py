@@ -1,4 +1,8 @@
-"""`daguerre serve`: the task API on this machine (SQLite store, in-process queue and worker, local disk)."""
+"""`daguerre serve`: the task API, with worker processes on this machine (one per device, restarted if one dies).
+
+Embedded default: the SQLite file in the data folder holds jobs, queue and change feed; images on local disk.
+`--redis URL` shares jobs with other API nodes and `daguerre worker` processes on other machines (docs/deploy.md).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from daguerre.cli.common import (
     validated,
     warn,
 )
+from daguerre.cli.worker import RedisOpt
 from daguerre.errors import DaguerreError
 
 
@@ -63,6 +68,11 @@ def serve(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     base: Annotated[str | None, typer.Option(help="folder lending text encoders/VAE to single-file models")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="worker processes to run here [one per GPU, one on a CPU machine]; 0 = API only"),
+    ] = None,
+    redis: RedisOpt = None,
 ):
     """Serve the Runware-compatible task API (REST POST /v1, WebSocket /v1)."""
     import os
@@ -71,12 +81,19 @@ def serve(
 
     from daguerre.api.app import create_app
     from daguerre.config import ServerSettings
-    from daguerre.services import build_catalog, build_engine, build_server
+    from daguerre.services import build_catalog, build_server
 
     try:
         settings = load_settings(config, device=device, dtype=dtype, base_model=base, offload=offload, t5=t5,
                              profile=profile)  # fmt: skip
-        flags = {"host": host, "port": port, "data_dir": data_dir, "preload": preload}
+        flags = {
+            "host": host,
+            "port": port,
+            "data_dir": data_dir,
+            "preload": preload,
+            "workers": workers,
+            "redis_url": redis,
+        }
         given = {k: v for k, v in flags.items() if v is not None}
         srv = validated(ServerSettings, {**settings.server.model_dump(), **given})
         # The port first: a taken port is said before any model is looked at or anything is claimed.
@@ -106,24 +123,28 @@ def serve(
 
         quiet_libraries()
         # The server's catalog takes catalog keys only, unless the operator allows paths (server.allow_model_paths).
-        engine = build_engine(settings, build_catalog(settings, allow_paths=srv.allow_model_paths))
-        if not engine.models.catalog.available():
+        catalog = build_catalog(settings, allow_paths=srv.allow_model_paths)
+        if not catalog.available():
             raise DaguerreError(
                 "no models to serve: pass --model ID=PATH, a --config with [models.*], or --demo",
                 parameter="model",
                 code="modelNotFound",
             )
-        for spec in engine.models.catalog:
+        for spec in catalog:
             if spec.missing:
                 warn(spec.missing)
-        application = create_app(build_server(settings, engine=engine, demo=demo))
+        services = build_server(settings, worker=False, catalog=catalog, demo=demo)
+        services.pool = worker_pool(settings)
+        application = create_app(services)
     except DaguerreError as e:
         fail(e)
     shown = "127.0.0.1" if srv.host in ("0.0.0.0", "::", "") else srv.host
     tls = srv.tls_certfile is not None
     base_url = f"{'https' if tls else 'http'}://{shown}:{sock.getsockname()[1]}"
+    pool = services.pool
+    where = f"{len(pool)} worker process(es)" if len(pool) else "no worker here: `daguerre worker` runs them"
     err.print(
-        f"serving {len(engine.models.catalog)} model(s){' [demo: random weights]' if demo else ''}\n"
+        f"serving {len(catalog)} model(s){' [demo: random weights]' if demo else ''}, {where}\n"
         f"  open      {base_url}/\n"
         f"  task API  {base_url}/v1 (REST) and {'wss' if tls else 'ws'}://{shown}:{sock.getsockname()[1]}/v1 "
         "(WebSocket)\n"
@@ -148,6 +169,45 @@ def serve(
         ssl_keyfile=srv.tls_keyfile,
     )
     uvicorn.Server(config_).run(sockets=[sock])
+
+
+def devices(settings) -> list[str]:
+    """The devices this machine's workers run on: every CUDA GPU when the device is cuda (or left to choose),
+    else the one device."""
+    device = settings.device
+    if device in (None, "auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [device] if device else []
+
+
+def worker_pool(settings):
+    """One `daguerre worker` process per device (or server.workers of them, spread over the devices), running
+    with this server's settings (written to the data folder, readable by this user only)."""
+    import socket
+    import sys
+
+    from daguerre.jobs.pool import WorkerPool, child_env
+
+    srv = settings.server
+    count = srv.workers
+    if count == 0:
+        return WorkerPool({})
+    found = devices(settings)
+    count = count if count is not None else max(1, len(found))
+    path = srv.data_dir / "worker-settings.json"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(settings.model_dump_json())
+    host = socket.gethostname()
+    argv = {}
+    for i in range(count):
+        name = f"{host}-{srv.port}-w{i}"
+        argv[name] = [sys.executable, "-m", "daguerre", "worker", "--settings-file", str(path.resolve()),
+                      "--name", name, *(["--device", found[i % len(found)]] if found else [])]  # fmt: skip
+    return WorkerPool(argv, env=child_env())
 
 
 def _bind(host: str, port: int):

@@ -49,12 +49,16 @@ if new ~= old then
 end
 return 1
 """
-# KEYS: job, unfinished, counts. ARGV: member, now. Queued -> running; 0 if it is not queued any more.
+# KEYS: job, unfinished, counts. ARGV: member, now, again. Queued -> running (with again, running -> running too);
+# 0 if it is not queued any more.
 _START = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+local old = redis.call('HGET', KEYS[1], 'status')
+if old ~= 'queued' and not (ARGV[3] == '1' and old == 'running') then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'updated_at', ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'queued', -1)
-redis.call('HINCRBY', KEYS[3], 'running', 1)
+if old == 'queued' then
+  redis.call('HINCRBY', KEYS[3], 'queued', -1)
+  redis.call('HINCRBY', KEYS[3], 'running', 1)
+end
 return 1
 """
 # KEYS: job, unfinished, counts. ARGV: member, now. Flags the job; a queued one is cancelled at once.
@@ -126,9 +130,10 @@ class RedisJobStore:
         found_owner, _, task_uuid = _text(member).partition(_SEP)
         return self.get(owner, task_uuid) if found_owner == owner else None
 
-    def start(self, job: Job) -> bool:
+    def start(self, job: Job, *, again: bool = False) -> bool:
         now = time.time()
-        ok = self._start(keys=self._status_keys(job.owner, job.task_uuid), args=[_member(job), repr(now)])
+        ok = self._start(keys=self._status_keys(job.owner, job.task_uuid),
+                         args=[_member(job), repr(now), "1" if again else "0"])  # fmt: skip
         if ok:
             job.status, job.started_at, job.updated_at = RUNNING, now, now
         return bool(ok)
@@ -175,6 +180,26 @@ class RedisJobStore:
 
     def counts(self) -> dict[str, int]:
         return {_text(k): int(v) for k, v in self.r.hgetall(self._counts).items() if int(v)}
+
+    def beat(self, worker: dict) -> None:
+        pipe = self.r.pipeline()
+        pipe.set(f"{self.p}:worker:{worker['id']}", json.dumps(worker), px=max(1, int(worker["ttl"] * 1000)))
+        pipe.sadd(f"{self.p}:workers", worker["id"])
+        pipe.execute()
+
+    def workers(self) -> list[dict]:
+        ids = sorted(_text(i) for i in self.r.smembers(f"{self.p}:workers"))
+        if not ids:
+            return []
+        beats = self.r.mget([f"{self.p}:worker:{i}" for i in ids])
+        gone = [i for i, b in zip(ids, beats, strict=True) if b is None]
+        if gone:  # expired: drop them from the set too
+            self.r.srem(f"{self.p}:workers", *gone)
+        return [json.loads(b) for b in beats if b is not None]
+
+    def forget(self, worker_id: str) -> None:
+        self.r.delete(f"{self.p}:worker:{worker_id}")
+        self.r.srem(f"{self.p}:workers", worker_id)
 
     def close(self) -> None:
         self.r.close()

@@ -1,24 +1,30 @@
 """The job service: idempotent submission, lookups, start-up recovery, and change events for subscribers.
 
 Adapters call `submit` (with a JobSpec) and `get`; the worker calls `changed` after every update; the
-WebSocket and sync-REST paths `subscribe` to hear about a job without polling.
+WebSocket and sync-REST paths `subscribe` to hear about a job without polling. When the worker runs in another
+process (or on another machine), its changes come through the change feed (jobs/feed.py): the API process
+`watch`es it and re-reads the jobs its clients wait on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
 
 from daguerre.errors import DaguerreError, RequestError
+from daguerre.jobs.feed import ChangeFeed, LocalFeed
 from daguerre.jobs.queue import JobQueue
 from daguerre.jobs.spec import JobSpec, to_json
 from daguerre.jobs.store import CANCELLED, ERROR, QUEUED, RUNNING, Job, JobStore
 
+log = logging.getLogger(__name__)
 Listener = Callable[[Job], None]
+RECHECK_S = 2.0  # a watching API process re-reads its watched jobs this often, whatever the feed said
 
 
 class DuplicateTask(DaguerreError):  # noqa: N818
@@ -43,9 +49,10 @@ def check_task_uuid(value) -> str:
 
 
 class JobService:
-    def __init__(self, *, store: JobStore, queue: JobQueue):
+    def __init__(self, *, store: JobStore, queue: JobQueue, feed: ChangeFeed | None = None):
         self.store = store
         self.queue = queue
+        self.feed = feed if feed is not None else LocalFeed()
         self._listeners: dict[tuple[str, str], list[Listener]] = defaultdict(list)
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()
@@ -94,11 +101,15 @@ class JobService:
         return self.store.get(owner, task_uuid)
 
     def recover(self, upgrade: Callable[[Job], JobSpec] | None = None) -> int:
-        """Re-queue every queued or running job; called once at start-up.
+        """Re-queue every queued or running job; called once at start-up, and a no-op on a durable queue (its
+        messages outlive the processes; a dead worker's claim comes back by itself), except the first time a
+        data folder from before the durable queue is opened.
 
         A job stored before JobSpec existed (its raw task in `legacy`) is given its spec by `upgrade` (the
         Runware adapter's reader for the old form) first; one that cannot be upgraded fails with its error.
         """
+        if getattr(self.queue, "durable", False) and not getattr(self.queue, "created", False):
+            return 0
         jobs = self.store.unfinished()
         for job in jobs:
             if job.spec is None:
@@ -139,11 +150,13 @@ class JobService:
         """Persist and announce a job change; called by the worker."""
         self.store.update(job)
         self._announce(job)
+        self._publish(job.key)
 
     def progressed(self, job: Job) -> None:
         """Persist and announce a job's step progress (`progress`, `log`); called by the worker each step."""
         self.store.save_progress(job)
         self._announce(job)
+        self._publish(job.key)
 
     def cancel(self, owner: str, task_uuid: str) -> Job | None:
         """Ask for a job to stop: a queued one is cancelled at once, a running one at its next step (the worker
@@ -151,7 +164,46 @@ class JobService:
         job = self.store.request_cancel(owner, task_uuid)
         if job is not None:
             self._announce(job)
+            self._publish(job.key)
         return job
+
+    def watch(self) -> Callable[[], None]:
+        """Hear the changes other processes make (the change feed), and re-read every watched job each
+        RECHECK_S in case a feed message was lost; returns a function that stops watching."""
+        stop = threading.Event()
+
+        def reread(key) -> None:
+            with self._lock:
+                watched = key in self._listeners
+            if watched:
+                job = self.store.get(*key)
+                if job is not None:
+                    self._announce(job)
+
+        def recheck() -> None:
+            while not stop.wait(RECHECK_S):
+                with self._lock:
+                    keys = list(self._listeners)
+                for key in keys:
+                    try:
+                        reread(key)
+                    except Exception:  # noqa: BLE001 - the store is away for a moment: next round
+                        break
+
+        stop_feed = self.feed.listen(reread)
+        threading.Thread(target=recheck, name="daguerre-recheck", daemon=True).start()
+
+        def stop_all() -> None:
+            stop.set()
+            stop_feed()
+
+        return stop_all
+
+    def _publish(self, key: tuple[str, str]) -> None:
+        try:
+            self.feed.publish(key)
+        except Exception as e:  # noqa: BLE001 - the job is stored; watchers re-read it within RECHECK_S
+            log.warning("change feed publish failed for %s: %s", key, e)
 
     def _announce(self, job: Job) -> None:
         with self._lock:

@@ -74,9 +74,10 @@ class JobStore(Protocol):
     def get_number(self, owner: str, number: int) -> Job | None:
         """The job with this sequential number, or None (also another owner's)."""
 
-    def start(self, job: Job) -> bool:
+    def start(self, job: Job, *, again: bool = False) -> bool:
         """Move a queued job to running (setting started_at); False if it is no longer queued (a cancel came
-        first). Called by the worker when it claims the job."""
+        first). Called by the worker when it claims the job; `again` (a redelivery: the worker that ran it
+        died) also restarts a job left running."""
 
     def update(self, job: Job) -> None:
         """Persist a job's status, results, error, times and spec; called by the worker after each change (and at
@@ -106,6 +107,16 @@ class JobStore(Protocol):
     def counts(self) -> dict[str, int]:
         """Jobs per status, for health output."""
 
+    def beat(self, worker: dict) -> None:
+        """Record a live worker (its `id`, `ttl` in seconds, device, resident models...); it counts as live
+        until `ttl` seconds pass without another beat."""
+
+    def workers(self) -> list[dict]:
+        """The live workers' last beats."""
+
+    def forget(self, worker_id: str) -> None:
+        """A worker stopped: not live any more."""
+
 
 _COLUMNS = ("owner", "task_uuid", "task_type", "payload", "fingerprint", "image_uuids", "status", "results", "error",
             "created_at", "updated_at", "started_at", "completed_at", "progress", "cancel")  # fmt: skip
@@ -118,7 +129,7 @@ class SQLiteJobStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
@@ -136,6 +147,7 @@ class SQLiteJobStore:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at)")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs(owner, status)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, until REAL)")
         self._lock = threading.Lock()
         self._select = f"SELECT rowid, {', '.join(_COLUMNS)} FROM jobs"
 
@@ -161,12 +173,13 @@ class SQLiteJobStore:
     def get_number(self, owner: str, number: int) -> Job | None:
         return self._one(f"{self._select} WHERE rowid=? AND owner=?", (number, owner))
 
-    def start(self, job: Job) -> bool:
+    def start(self, job: Job, *, again: bool = False) -> bool:
         now = time.time()
         with self._lock:
             cur = self._db.execute(
-                "UPDATE jobs SET status=?, started_at=?, updated_at=? WHERE owner=? AND task_uuid=? AND status=?",
-                (RUNNING, now, now, job.owner, job.task_uuid, QUEUED),
+                "UPDATE jobs SET status=?, started_at=?, updated_at=? WHERE owner=? AND task_uuid=?"
+                " AND status IN (?, ?)",
+                (RUNNING, now, now, job.owner, job.task_uuid, QUEUED, RUNNING if again else QUEUED),
             )
         if cur.rowcount:
             job.status, job.started_at, job.updated_at = RUNNING, now, now
@@ -237,6 +250,20 @@ class SQLiteJobStore:
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
         return dict(rows)
+
+    def beat(self, worker: dict) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO workers (id, info, until) VALUES (?, ?, ?)",
+                             (worker["id"], json.dumps(worker), time.time() + worker["ttl"]))  # fmt: skip
+
+    def workers(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT info FROM workers WHERE until>? ORDER BY id", (time.time(),)).fetchall()
+        return [json.loads(r) for (r,) in rows]
+
+    def forget(self, worker_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM workers WHERE id=?", (worker_id,))
 
     def close(self) -> None:
         with self._lock:

@@ -19,14 +19,18 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from daguerre.config import ImageLimits
 from daguerre.engine.engine import CancelToken, Engine, GeneratedImage, ProgressEvent
 from daguerre.errors import Cancelled, DaguerreError, ImageInputError
 from daguerre.imaging import EXTENSION, decode
+from daguerre.jobs.queue import Claim
 from daguerre.jobs.service import JobService
 from daguerre.jobs.spec import JobSpec, from_json, hydrate
 from daguerre.jobs.store import CANCELLED, ERROR, LOG_LINES, SUCCESS, Job
@@ -61,10 +65,13 @@ def progress_line(ev: ProgressEvent, width: int = 20) -> str:
 
 
 class Worker:
-    """Runs jobs from the queue on one engine (one device), in a background thread.
+    """Runs jobs from the queue on one engine (one device): in a background thread beside the API (`start`), or
+    as a whole process (`serve_forever`, `daguerre worker`).
 
     It knows JobSpecs and nothing of any wire protocol: images come from the ResultStore by imageUUID,
-    results go back into it, and `on_event` (given by the composition root) delivers them.
+    results go back into it, and `on_event` (given by the composition root) delivers them. A message is
+    acknowledged only after its job's end is stored; while the job runs, a heartbeat thread extends the claim
+    and records this worker as live in the store (its device and resident models: /health/ready, /metrics).
     """
 
     def __init__(
@@ -76,6 +83,8 @@ class Worker:
         default_ttl: int,
         image_limits: ImageLimits | None = None,
         on_event: EventHook | None = None,
+        max_deliveries: int = 3,
+        name: str | None = None,
     ):
         self.engine = engine
         self.jobs = jobs
@@ -83,13 +92,24 @@ class Worker:
         self.default_ttl = default_ttl
         self.image_limits = image_limits or ImageLimits()
         self.on_event = on_event  # delivery: (job, event, result) for start, logs, output and completed
+        self.max_deliveries = max_deliveries
+        self.id = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.busy = threading.Event()  # set while a job runs (drain waits on it)
+        self.ready = True  # False while `serve_forever` preloads
+        self.preload_errors: list[dict] = []
+        self.done = {"success": 0, "error": 0, "cancelled": 0}  # jobs this worker ended, by outcome
+        self.images = 0
+        self.busy_seconds = 0.0
+        self._beating = True
+        self._claims: list[Claim] = []  # what the running job holds (the heartbeat extends them)
         self._started: dict[tuple[str, str], float] = {}  # job key -> when it started (for the log)
         self._logged: dict[tuple[str, str], float] = {}  # job key -> when its last `logs` event went out
 
     def start(self) -> None:
+        """Work in a background thread of this process (the API's own worker, tests, the bench)."""
+        self._begin()
         self._thread = threading.Thread(target=self._loop, name="daguerre-worker", daemon=True)
         self._thread.start()
 
@@ -98,43 +118,153 @@ class Worker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
+            finished = not self._thread.is_alive()
+        else:
+            finished = True
+        if finished:
+            self._end()
+        return finished
+
+    def serve_forever(self, preload: list[str] = ()) -> None:
+        """Work on this thread until `drain()` (SIGTERM): the running job finishes, no new one is taken."""
+        self.ready = False
+        self._begin()
+        for ref in preload:
+            t0 = time.perf_counter()
+            try:
+                with self.engine.models.lease(ref):
+                    pass
+                log.info("preloaded %s in %.1f s", ref, time.perf_counter() - t0)
+            except DaguerreError as e:
+                self.preload_errors.append({"model": ref, "code": e.code, "message": e.message})
+                log.error("preload of %s failed: %s", ref, e.message)
+            if self._stop.is_set():
+                break
+        self.ready = True
+        try:
+            self._loop()
+        finally:
+            self._end()
+
+    def drain(self) -> None:
+        """Take no new job; the running one finishes (safe to call from a signal handler)."""
+        self._stop.set()
+
+    def _begin(self) -> None:
+        if not self.jobs.store.workers():  # no worker is live: every claim left is a dead one's
+            self.jobs.queue.release()
+        self._beat()
+        self._beater = threading.Thread(target=self._heartbeat, name="daguerre-heartbeat", daemon=True)
+        self._beater.start()
+
+    def _end(self) -> None:
+        self._beating = False
+        try:
+            self.jobs.store.forget(self.id)
+        except Exception:  # noqa: BLE001 - the store may be gone at shutdown; the beat expires by itself
+            log.debug("could not unregister worker %s", self.id)
+
+    def _heartbeat(self) -> None:
+        """Extend the running job's claims and say this worker is live, a few times per visibility timeout."""
+        every = max(0.1, min(2.0, self.jobs.queue.visibility_s / 3))
+        while self._beating:
+            time.sleep(every)
+            if not self._beating:
+                return
+            try:
+                claims = list(self._claims)
+                if claims:
+                    self.jobs.queue.extend(claims)
+                self._beat(ttl=every * 3)
+            except Exception as e:  # noqa: BLE001 - a lost store/Redis: keep trying (the claim may lapse)
+                log.warning("worker heartbeat failed: %s", e)
+
+    def _beat(self, ttl: float | None = None) -> None:
+        every = max(0.1, min(2.0, self.jobs.queue.visibility_s / 3))
+        self.jobs.store.beat(self.info(ttl or every * 3))
+
+    def info(self, ttl: float) -> dict:
+        """What this worker tells the store each beat."""
+        models = self.engine.models
+        return {"id": self.id, "ttl": ttl, "pid": os.getpid(), "host": socket.gethostname(),
+                "device": str(models.device), "ready": self.ready, "busy": self.busy.is_set(),
+                "draining": self._stop.is_set(), "resident": [m.spec.id for m in models.resident()],
+                "done": dict(self.done), "images": self.images, "busy_seconds": round(self.busy_seconds, 3),
+                "preload_errors": list(self.preload_errors), "at": time.time()}  # fmt: skip
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            message = self.jobs.queue.claim(timeout=0.2)
-            if message is None:
-                continue
-            spec = from_json(message)
-            job = self.jobs.get(*spec.key)
-            if job is None or job.done:
+            claim = self.jobs.queue.claim(timeout=0.2)
+            if claim is None:
                 continue
             self.busy.set()
+            t0 = time.perf_counter()
             try:
-                self.run(job, spec)
+                self.handle(claim)
+            except Exception:  # noqa: BLE001 - the store or queue failed: the claim lapses and comes back
+                log.exception("could not handle a queue message; it will be delivered again")
             finally:
+                self._claims = []
+                self.busy_seconds += time.perf_counter() - t0
                 self.busy.clear()
 
-    def run(self, job: Job, spec: JobSpec) -> None:
-        """Run a claimed job to success or error, with any waiting jobs that can share its forward passes."""
-        req = self._start(job, spec)
+    def handle(self, claim: Claim) -> None:
+        """Run one claimed message (and any riders) to its end, then acknowledge it."""
+        spec = from_json(claim.message)
+        job = self.jobs.get(*spec.key)
+        if job is None or job.done:  # forgotten, cancelled while waiting, or finished before a crash
+            self.jobs.queue.ack(claim)
+            return
+        if claim.deliveries > self.max_deliveries:
+            self._bury(claim, job)
+            return
+        self._claims = [claim]
+        again = claim.deliveries > 1
+        if again:
+            log.warning("task %s delivered again (try %d of %d): its worker stopped", job.task_uuid,
+                        claim.deliveries, self.max_deliveries, extra={"taskUUID": job.task_uuid})  # fmt: skip
+        self.run(job, spec, claim)
+        self.jobs.queue.ack(claim)
+
+    def _bury(self, claim: Claim, job: Job) -> None:
+        """A message that stopped its worker too many times: dead letter, and its task fails saying why."""
+        reason = (f"delivered {claim.deliveries} times; each worker that took it stopped before finishing "
+                  f"(a crash, or the machine ran out of memory)")  # fmt: skip
+        log.error("task %s set aside in the dead-letter list: %s", job.task_uuid, reason,
+                  extra={"taskUUID": job.task_uuid})  # fmt: skip
+        job.status = ERROR
+        message = (f"this task stopped its worker {claim.deliveries - 1} times (a crash, or out of memory) and was "
+                   "set aside, not retried; try a smaller size or fewer images")  # fmt: skip
+        job.error = {"code": "taskCrashedWorker", "parameter": None, "message": message}
+        self.jobs.changed(job)
+        self.jobs.queue.bury(claim, reason)
+        self.done["error"] += 1
+        self._emit(job, "completed", None)
+
+    def run(self, job: Job, spec: JobSpec, claim: Claim | None = None) -> None:
+        """Run a claimed job to success or error, with any waiting jobs that can share its forward passes (or,
+        on a redelivery, the ones that shared them before)."""
+        again = claim is not None and claim.deliveries > 1
+        req = self._start(job, spec, again=again)
         if req is None:
             return
         group = [(job, spec, req)]
-        # Jobs with input images, or whose client watches live previews, run alone.
-        key = self.engine.batch_key(req) if not spec.images and not spec.delivery.progress else None
-        if key is not None:
-            group += self._companions(key, room=self.engine.max_batch - req.number_results)
+        if claim is not None and claim.riders:
+            group += self._riders(claim.riders)
+        else:
+            # Jobs with input images, or whose client watches live previews, run alone.
+            key = self.engine.batch_key(req) if not spec.images and not spec.delivery.progress else None
+            if key is not None:
+                group += self._companions(key, room=self.engine.max_batch - req.number_results, claim=claim)
         if len(group) == 1:
             self._run_alone(*group[0])
         else:
             self._run_group(group)
 
-    def _start(self, job: Job, spec: JobSpec) -> GenerationRequest | None:
+    def _start(self, job: Job, spec: JobSpec, *, again: bool = False) -> GenerationRequest | None:
         """Mark the job running and load its images: the request to run, or None when that failed (or the job
         was cancelled while it waited)."""
-        if not self._mark_running(job):
+        if not self._mark_running(job, again=again):
             return None
         try:
             return hydrate(spec, self._loader(spec.owner))
@@ -153,10 +283,13 @@ class Worker:
 
         return load
 
-    def _mark_running(self, job: Job) -> bool:
-        """Claim the job in the store (False: it is no longer queued, e.g. cancelled) and announce its start."""
-        job.results, job.error = [], None
-        if not self.jobs.store.start(job):
+    def _mark_running(self, job: Job, *, again: bool = False) -> bool:
+        """Claim the job in the store (False: it is no longer queued, e.g. cancelled) and announce its start.
+        `again`: its worker died; the images it stored stay (and are not stored or announced twice)."""
+        if not again:
+            job.results = []
+        job.error = None
+        if not self.jobs.store.start(job, again=again):
             return False
         self._started[job.key] = time.perf_counter()
         req = job.spec.request
@@ -166,7 +299,17 @@ class Worker:
         self._emit(job, "start", None)
         return True
 
-    def _companions(self, key: tuple, room: int) -> list[tuple[Job, JobSpec, GenerationRequest]]:
+    def _riders(self, messages: tuple[str, ...]) -> list[tuple[Job, JobSpec, GenerationRequest]]:
+        """The jobs that shared a dead worker's passes, still unfinished, started again with their results."""
+        out = []
+        for message in messages:
+            spec = from_json(message)
+            job = self.jobs.get(*spec.key)
+            if job is not None and not job.done and self._mark_running(job, again=True):
+                out.append((job, spec, spec.request))
+        return out
+
+    def _companions(self, key: tuple, room: int, claim: Claim | None) -> list[tuple[Job, JobSpec, GenerationRequest]]:
         """Waiting jobs with this batch key, up to `room` more images, claimed from the queue (oldest first)."""
         chosen: list[tuple[str, Job, JobSpec]] = []
         for message in self.jobs.queue.waiting(LOOKAHEAD):
@@ -181,7 +324,9 @@ class Worker:
             if self.engine.batch_key(spec.request) == key and spec.request.number_results <= room:
                 chosen.append((message, job, spec))
                 room -= spec.request.number_results
-        taken = set(self.jobs.queue.take([message for message, _, _ in chosen]))
+        if claim is None or not chosen:
+            return []
+        taken = {c.message for c in self.jobs.queue.take([message for message, _, _ in chosen], claim)}
         return [(job, spec, spec.request) for message, job, spec in chosen if message in taken
                 and self._mark_running(job)]  # fmt: skip
 
@@ -232,12 +377,14 @@ class Worker:
         def on_image(im: GeneratedImage) -> None:
             if self.jobs.store.cancel_requested(*job.key):  # one job of a shared pass was cancelled: keep none
                 return
-            uuid = job.image_uuids[im.index]
+            image_uuid = job.image_uuids[im.index]
+            if any(r["imageUUID"] == image_uuid for r in job.results):  # stored before its first worker died
+                return
             self.results.put(
-                StoredObject(uuid=uuid, owner=job.owner, ext=ext, kind="result", expires_at=time.time() + ttl),
+                StoredObject(uuid=image_uuid, owner=job.owner, ext=ext, kind="result", expires_at=time.time() + ttl),
                 im.encode(output),
             )
-            result = {"imageUUID": uuid, "seed": im.seed, "ext": ext, "seconds": im.seconds, "index": im.index}
+            result = {"imageUUID": image_uuid, "seed": im.seed, "ext": ext, "seconds": im.seconds, "index": im.index}
             if im.verdict is not None:
                 result["nsfw"] = im.nsfw
             if im.faces is not None:
@@ -245,6 +392,7 @@ class Worker:
             if im.warnings:
                 result["warnings"] = list(im.warnings)
             job.results.append(result)
+            self.images += 1
             self.jobs.changed(job)
             self._emit(job, "output", result)
 
@@ -287,6 +435,7 @@ class Worker:
             log.error("task %s failed", job.task_uuid, exc_info=error)
             message = "generation failed inside the server; see its log"
             job.status, job.error = ERROR, {"code": "internalError", "message": message, "parameter": None}
+        self.done[job.status] = self.done.get(job.status, 0) + 1
         started = self._started.pop(job.key, None)
         log.info(
             "task %s %s in %.2f s",
