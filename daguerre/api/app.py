@@ -104,7 +104,30 @@ def create_app(services: Services) -> FastAPI:
         return JSONResponse({"errors": [{"code": code, "message": message}]}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))  # fmt: skip
 
+    for kind in backend_errors():
+
+        @app.exception_handler(kind)
+        async def backend_away(request: Request, exc: Exception):
+            log.warning("job store or queue unreachable: %s", exc)
+            message = "the job store is unreachable for a moment (a restart?); send the same request again"
+            return JSONResponse({"errors": [{"code": "serviceUnavailable", "message": message}]}, status_code=503,
+                                headers={"Retry-After": "2"})  # fmt: skip
+
     return app
+
+
+def backend_errors() -> tuple[type[Exception], ...]:
+    """Exceptions meaning the store or queue is away (Redis restarting, SQLite locked): 503, retry."""
+    import sqlite3
+
+    kinds: list[type[Exception]] = [sqlite3.OperationalError]
+    try:
+        import redis
+
+        kinds += [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError]
+    except ImportError:
+        pass
+    return tuple(kinds)
 
 
 async def _sweep_forever(results, interval: float) -> None:

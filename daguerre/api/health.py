@@ -34,7 +34,10 @@ async def ready(services: Services):
         "queued": await in_thread(len, services.jobs.queue),
         "device": workers[0]["device"] if len({w["device"] for w in workers}) == 1 else [w["device"] for w in workers],
         "workers": [
-            {k: w.get(k) for k in ("id", "host", "device", "ready", "busy", "draining", "resident", "done", "images")}
+            {
+                k: w.get(k)
+                for k in ("id", "host", "pid", "device", "ready", "busy", "draining", "resident", "done", "images")
+            }
             for w in workers
         ],  # fmt: skip
         **({"preload_errors": errors} if errors else {}),

@@ -43,6 +43,8 @@ HTTP_STATUS = {
     "inFlightLimit": 429,
     "serverShuttingDown": 503,
     "internalError": 500,
+    "taskCrashedWorker": 500,
+    "serviceUnavailable": 503,
 }
 # Namespace of the job ids made from an Idempotency-Key header (doors without client-chosen ids).
 _IDEMPOTENCY = uuid.UUID("6b1f9a52-3c1e-4d7a-9a0e-1c2b3d4e5f60")

@@ -14,6 +14,7 @@ watched jobs every few seconds (JobService.watch).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -108,7 +109,9 @@ class RedisFeed:
                         pubsub = self.r.pubsub(ignore_subscribe_messages=True)
                         pubsub.subscribe(self.channel)
                     msg = pubsub.get_message(timeout=0.5)
-                except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                except (redis.RedisError, OSError) as e:
+                    if stop.is_set():
+                        break
                     log.warning("change feed lost Redis (%s); reconnecting", e)
                     pubsub = None
                     stop.wait(0.5)
@@ -118,7 +121,8 @@ class RedisFeed:
                     owner, _, task = data.partition(_SEP)
                     _call(on_change, (owner, task))
             if pubsub is not None:
-                pubsub.close()
+                with contextlib.suppress(redis.RedisError, OSError):
+                    pubsub.close()
 
         threading.Thread(target=loop, name="daguerre-feed", daemon=True).start()
         return stop.set

@@ -78,6 +78,10 @@ class JobService:
             existing = self.store.create(job)
             if existing is not None:
                 self.check_same(existing, fingerprint_)
+                if existing.status == QUEUED:
+                    # A resend of a waiting job: its first push may have been lost (the queue went away between
+                    # the store and the queue). Pushed again; a worker skips the copy of a job already taken.
+                    self.queue.push(to_json(existing.spec), force=True)
                 return existing, False
             try:
                 self.queue.push(to_json(spec))

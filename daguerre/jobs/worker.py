@@ -17,10 +17,12 @@ internalError without a traceback).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 LOOKAHEAD = 32  # waiting jobs examined for a shared forward pass
 LOG_EVERY = 0.5  # seconds between two `logs` events of a job (its log itself gains a line every step)
 EVENTS = ("start", "logs", "output", "completed")
+OUTAGE_S = 300.0  # how long a worker holding a job waits for a lost store/queue before letting the claim lapse
 # on_event(job, event, result): result is the stored image's entry for `output`, else None.
 EventHook = Callable[[Job, str, dict | None], None]
 
@@ -55,6 +58,13 @@ class StoreCancel(CancelToken):
     @property
     def cancelled(self) -> bool:
         return all(self._jobs.store.cancel_requested(*k) for k in self._keys)
+
+
+def backend_error(e: BaseException) -> bool:
+    """Whether `e` means the job store or queue is away (Redis restarting, SQLite locked), not a job's fault."""
+    return isinstance(e, sqlite3.OperationalError) or (
+        type(e).__module__.startswith("redis") and type(e).__name__ in ("ConnectionError", "TimeoutError",
+                                                                         "BusyLoadingError"))  # fmt: skip
 
 
 def progress_line(ev: ProgressEvent, width: int = 20) -> str:
@@ -104,6 +114,7 @@ class Worker:
         self.busy_seconds = 0.0
         self._beating = True
         self._claims: list[Claim] = []  # what the running job holds (the heartbeat extends them)
+        self._taken: list[str] = []  # companions it took (owed again if it must run again)
         self._started: dict[tuple[str, str], float] = {}  # job key -> when it started (for the log)
         self._logged: dict[tuple[str, str], float] = {}  # job key -> when its last `logs` event went out
 
@@ -194,22 +205,44 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            claim = self.jobs.queue.claim(timeout=0.2)
+            try:
+                claim = self.jobs.queue.claim(timeout=0.2)
+            except Exception as e:  # noqa: BLE001 - the queue is away (Redis restarting): wait and try again
+                log.warning("cannot claim from the queue (%s); trying again", e)
+                self._stop.wait(1.0)
+                continue
             if claim is None:
                 continue
             self.busy.set()
             t0 = time.perf_counter()
             try:
-                self.handle(claim)
-            except Exception:  # noqa: BLE001 - the store or queue failed: the claim lapses and comes back
-                log.exception("could not handle a queue message; it will be delivered again")
+                self._handle_through_outages(claim)
             finally:
                 self._claims = []
                 self.busy_seconds += time.perf_counter() - t0
                 self.busy.clear()
 
-    def handle(self, claim: Claim) -> None:
-        """Run one claimed message (and any riders) to its end, then acknowledge it."""
+    def _handle_through_outages(self, claim: Claim) -> None:
+        """Handle a claim; if the store or queue goes away meanwhile (a Redis restart), run it again here once
+        they are back, holding the claim (no new delivery is counted: the job did nothing wrong)."""
+        again = False
+        give_up = time.monotonic() + OUTAGE_S
+        while True:
+            try:
+                self.handle(claim, again=again)
+                return
+            except Exception as e:  # noqa: BLE001 - a failed job is recorded in handle; this is the store/queue
+                if not backend_error(e) or time.monotonic() > give_up:
+                    log.exception("could not handle a queue message; it will be delivered again")
+                    return
+                log.warning("the job store or queue went away (%s); running the job again when it is back", e)
+                again = True
+                claim = dataclasses.replace(claim, riders=(*claim.riders, *self._taken))  # owed with it
+                time.sleep(1.0)
+
+    def handle(self, claim: Claim, *, again: bool = False) -> None:
+        """Run one claimed message (and any riders) to its end, then acknowledge it. `again`: this worker
+        started it already (and lost the store meanwhile)."""
         spec = from_json(claim.message)
         job = self.jobs.get(*spec.key)
         if job is None or job.done:  # forgotten, cancelled while waiting, or finished before a crash
@@ -218,12 +251,15 @@ class Worker:
         if claim.deliveries > self.max_deliveries:
             self._bury(claim, job)
             return
-        self._claims = [claim]
-        again = claim.deliveries > 1
-        if again:
+        crash = os.environ.get("DAGUERRE_FAULT_CRASH_PROMPT")  # fault injection for crash drills (docs/deploy.md)
+        if crash and crash in spec.request.positive_prompt:
+            log.error("DAGUERRE_FAULT_CRASH_PROMPT: stopping this worker on task %s", job.task_uuid)
+            os._exit(86)
+        self._claims, self._taken = [claim], []
+        if claim.deliveries > 1 and not again:
             log.warning("task %s delivered again (try %d of %d): its worker stopped", job.task_uuid,
                         claim.deliveries, self.max_deliveries, extra={"taskUUID": job.task_uuid})  # fmt: skip
-        self.run(job, spec, claim)
+        self.run(job, spec, claim, again=again)
         self.jobs.queue.ack(claim)
 
     def _bury(self, claim: Claim, job: Job) -> None:
@@ -241,10 +277,10 @@ class Worker:
         self.done["error"] += 1
         self._emit(job, "completed", None)
 
-    def run(self, job: Job, spec: JobSpec, claim: Claim | None = None) -> None:
+    def run(self, job: Job, spec: JobSpec, claim: Claim | None = None, *, again: bool = False) -> None:
         """Run a claimed job to success or error, with any waiting jobs that can share its forward passes (or,
         on a redelivery, the ones that shared them before)."""
-        again = claim is not None and claim.deliveries > 1
+        again = again or (claim is not None and claim.deliveries > 1)
         req = self._start(job, spec, again=again)
         if req is None:
             return
@@ -327,6 +363,7 @@ class Worker:
         if claim is None or not chosen:
             return []
         taken = {c.message for c in self.jobs.queue.take([message for message, _, _ in chosen], claim)}
+        self._taken = list(taken)
         return [(job, spec, spec.request) for message, job, spec in chosen if message in taken
                 and self._mark_running(job)]  # fmt: skip
 
@@ -421,7 +458,11 @@ class Worker:
         return on_progress
 
     def _finish(self, job: Job, error: Exception | None) -> None:
-        """Record the job's end (success, its user error, or internalError without a traceback) and report it."""
+        """Record the job's end (success, its user error, or internalError without a traceback) and report it.
+        A store or queue that went away is not the job's fault: raised, so the claim lapses and the job runs
+        again once they are back."""
+        if error is not None and backend_error(error):
+            raise error
         if error is None and self.jobs.store.cancel_requested(*job.key) and len(job.results) < len(job.image_uuids):
             error = Cancelled("cancelled")  # cancelled while sharing a pass with jobs that were not
         if error is None:
