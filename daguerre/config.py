@@ -133,6 +133,16 @@ class ServerSettings(BaseModel):
         "redis://host:6379/0); default: the SQLite file in data_dir (one machine)",
     )
     redis_prefix: str = Field("daguerre", min_length=1, description="prefix of every Redis key Daguerre uses")
+    results: Literal["local", "s3"] = Field(
+        "local", description="where images live: local = a folder (results_dir), s3 = an S3-compatible bucket"
+    )
+    results_dir: Path | None = Field(
+        None, description="the images folder; a directory every machine mounts works too [data_dir/images]"
+    )
+    s3_bucket: str | None = Field(None, description="results = s3: the bucket")
+    s3_prefix: str = Field("daguerre/", description="results = s3: key prefix of every image")
+    s3_endpoint_url: str | None = Field(None, description="results = s3: endpoint of a non-AWS store (MinIO, R2)")
+    s3_region: str | None = Field(None, description="results = s3: region [boto3's default]")
     visibility_timeout_s: float = Field(
         30, ge=1, le=3600,
         description="a claimed job whose worker has not been heard from this long goes to another worker",
@@ -141,6 +151,12 @@ class ServerSettings(BaseModel):
         3, ge=1, le=100,
         description="tries before a job that keeps stopping its worker goes to the dead-letter list and fails",
     )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _s3_bucket(self):
+        if self.results == "s3" and not self.s3_bucket:
+            raise ValueError("server.results = s3 needs server.s3_bucket")
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self):

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from daguerre.jobs.service import JobService
     from daguerre.jobs.store import JobStore
     from daguerre.jobs.worker import Worker
-    from daguerre.storage import LocalResultStore, UrlSigner
+    from daguerre.storage import ResultStore, UrlSigner
 
 
 def build_catalog(settings: Settings, *, allow_paths: bool = True) -> Catalog:
@@ -88,6 +88,23 @@ def redis_client(url: str):
     return client
 
 
+def build_results(settings: Settings):
+    """Where images go: a folder (the data folder's, or a shared one) or an S3-compatible bucket."""
+    from daguerre.errors import DaguerreError
+    from daguerre.storage import LocalResultStore, S3ResultStore
+
+    server = settings.server
+    if server.results == "s3":
+        try:
+            import boto3  # noqa: F401 - the `s3` extra
+        except ImportError as e:
+            raise DaguerreError("server.results = s3 needs boto3: pip install 'daguerre[s3]'", parameter="results",
+                                code="invalidParameter") from e  # fmt: skip
+        return S3ResultStore(server.s3_bucket, prefix=server.s3_prefix, endpoint_url=server.s3_endpoint_url,
+                             region=server.s3_region)  # fmt: skip
+    return LocalResultStore(server.results_dir or server.data_dir / "images")
+
+
 def build_backends(settings: Settings, *, consumer: str = "api"):
     """The job store, queue and change feed: on Redis when `server.redis_url` is set (many machines), else the
     SQLite file in the data folder (one machine, any number of processes). `consumer` names this process in the
@@ -141,7 +158,7 @@ class Services:
     catalog: Catalog  # the models served (read at submission)
     store: JobStore  # job records
     jobs: JobService  # submission, lookups, change events (over `store` and the queue)
-    results: LocalResultStore  # generated images and uploaded inputs
+    results: ResultStore  # generated images and uploaded inputs
     keys: KeyStore
     characters: CharacterStore
     secret: bytes  # the server secret: image-link signatures, webhook secrets
@@ -195,7 +212,7 @@ def build_server(
     from daguerre.jobs.outbound import OutboundClient, OutboundPolicy
     from daguerre.jobs.service import JobService
     from daguerre.jobs.worker import Worker
-    from daguerre.storage import LocalResultStore, UrlSigner
+    from daguerre.storage import UrlSigner
 
     server = settings.server
     data = server.data_dir
@@ -209,11 +226,11 @@ def build_server(
     worker_name = worker_name or _worker_name()
     store, queue, feed = build_backends(settings, consumer=worker_name if worker else "api")
     jobs = JobService(store=store, queue=queue, feed=feed)
-    results = LocalResultStore(data / "images")
+    results = build_results(settings)
     keys = KeyStore(data / "keys.sqlite3", extra_keys=server.api_keys)
     secret = server_secret(data)
     scheme = "https" if server.tls_certfile else "http"
-    signer = UrlSigner(secret, server.public_url or f"{scheme}://{server.host}:{server.port}")
+    signer = UrlSigner(secret, server.public_url or f"{scheme}://{server.host}:{server.port}", results=results)
     outbound = OutboundClient(OutboundPolicy(allow_loopback=server.outbound_allow_loopback))
     sender = DeliveryService(outbound=outbound, retry_schedule=server.webhook_retry_schedule)
     anonymous = server.allow_anonymous

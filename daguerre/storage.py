@@ -1,7 +1,10 @@
-"""Where generated images and uploaded inputs live: the ResultStore protocol and a local-disk store.
+"""Where generated images and uploaded inputs live: the ResultStore protocol, a folder (local disk, or a
+directory every machine mounts) and S3-compatible object storage.
 
 Image ids are random UUIDs (unguessable); URLs are signed with an HMAC of the id and an
-expiry, so a link stops working at its TTL even before the sweeper deletes the file.
+expiry, so a link stops working at its TTL even before the sweeper deletes the file. On S3 the
+links are the bucket's own presigned URLs instead (valid for the image's ttl, at most 7 days:
+SigV4's limit), so images are downloaded from the storage, not through an API node.
 Every stored object records its owner (API key id): another key's objects answer as absent.
 """
 
@@ -44,6 +47,9 @@ class ResultStore(Protocol):
     def sweep(self, now: float | None = None) -> int:
         """Delete expired objects; called periodically. Returns how many went."""
 
+    def presign(self, uuid: str, ext: str, expires_at: float) -> str | None:
+        """The storage's own download link for an image, or None where links go through the server."""
+
 
 class LocalResultStore:
     """Images under one folder: `<uuid>.<ext>` plus `<uuid>.json` metadata."""
@@ -83,6 +89,9 @@ class LocalResultStore:
         for p in paths:
             p.unlink(missing_ok=True)
 
+    def presign(self, uuid: str, ext: str, expires_at: float) -> str | None:
+        return None
+
     def sweep(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
         gone = 0
@@ -99,6 +108,89 @@ class LocalResultStore:
         return gone
 
 
+PRESIGN_MAX_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
+_CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+class S3ResultStore:
+    """Images as objects `<prefix><uuid>` in one bucket (boto3: AWS S3, MinIO, Cloudflare R2, moto...), their
+    StoredObject fields in the object's metadata. Credentials come from boto3's usual chain (environment,
+    ~/.aws, instance role). A bucket lifecycle rule that expires objects after the longest ttl saves the
+    sweeper's listing on large buckets (docs/deploy.md)."""
+
+    def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
+                 region: str | None = None, client=None):  # fmt: skip
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
+                                  config=Config(signature_version="s3v4"))  # fmt: skip
+        self.s3, self.bucket, self.prefix = client, bucket, prefix
+
+    def _key(self, uuid: str) -> str:
+        if not _is_uuid_like(uuid):
+            raise KeyError(uuid)
+        return f"{self.prefix}{uuid}"
+
+    def put(self, obj: StoredObject, data: bytes) -> None:
+        meta = {"owner": obj.owner, "ext": obj.ext, "kind": obj.kind, "expires-at": repr(obj.expires_at)}
+        self.s3.put_object(Bucket=self.bucket, Key=self._key(obj.uuid), Body=data, Metadata=meta,
+                           ContentType=_CONTENT_TYPES.get(obj.ext, "application/octet-stream"))  # fmt: skip
+
+    def get(self, uuid: str, owner: str | None) -> tuple[StoredObject, bytes] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            got = self.s3.get_object(Bucket=self.bucket, Key=self._key(uuid))
+        except (KeyError, ClientError):
+            return None
+        obj = _from_meta(uuid, got.get("Metadata", {}))
+        if obj is None or obj.expires_at < time.time() or (owner is not None and obj.owner != owner):
+            return None
+        return obj, got["Body"].read()
+
+    def delete(self, uuid: str) -> None:
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=self._key(uuid))
+        except KeyError:
+            return
+
+    def presign(self, uuid: str, ext: str, expires_at: float) -> str | None:
+        ttl = int(min(PRESIGN_MAX_S, max(1, expires_at - time.time())))
+        return self.s3.generate_presigned_url(
+            "get_object", ExpiresIn=ttl,
+            Params={"Bucket": self.bucket, "Key": self._key(uuid),
+                    "ResponseContentType": _CONTENT_TYPES.get(ext, "application/octet-stream"),
+                    "ResponseContentDisposition": f'inline; filename="{uuid}.{ext}"'},
+        )  # fmt: skip
+
+    def sweep(self, now: float | None = None) -> int:
+        from botocore.exceptions import ClientError
+
+        now = time.time() if now is None else now
+        gone = 0
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                try:
+                    head = self.s3.head_object(Bucket=self.bucket, Key=item["Key"])
+                except ClientError:
+                    continue
+                obj = _from_meta(item["Key"][len(self.prefix) :], head.get("Metadata", {}))
+                if obj is not None and obj.expires_at < now:
+                    self.s3.delete_object(Bucket=self.bucket, Key=item["Key"])
+                    gone += 1
+        return gone
+
+
+def _from_meta(uuid: str, meta: dict) -> StoredObject | None:
+    try:
+        return StoredObject(uuid=uuid, owner=meta["owner"], ext=meta["ext"], kind=meta["kind"],
+                            expires_at=float(meta["expires-at"]))  # fmt: skip
+    except (KeyError, ValueError):
+        return None
+
+
 def _is_uuid_like(s: str) -> bool:
     return isinstance(s, str) and 8 <= len(s) <= 64 and all(c in "0123456789abcdef-" for c in s.lower())
 
@@ -106,11 +198,16 @@ def _is_uuid_like(s: str) -> bool:
 class UrlSigner:
     """HMAC-signed, expiring image links: /v1/images/<uuid>.<ext>?exp=<unix>&sig=<hex>."""
 
-    def __init__(self, secret: bytes, base_url: str):
+    def __init__(self, secret: bytes, base_url: str, results: ResultStore | None = None):
         self.secret = secret
         self.base_url = base_url.rstrip("/")
+        self.results = results  # a store with its own links (S3 presigned URLs) answers `sign` itself
 
     def sign(self, uuid: str, ext: str, expires_at: float) -> str:
+        if self.results is not None:
+            link = self.results.presign(uuid, ext, expires_at)
+            if link is not None:
+                return link
         exp = int(expires_at)
         return f"{self.base_url}/v1/images/{uuid}.{ext}?exp={exp}&sig={self._mac(uuid, exp)}"
 

@@ -509,3 +509,24 @@ def test_adapter_fields_must_name_models_of_their_kind_at_submission(srv):
         [err] = r.json()["errors"]
         assert r.status_code == 400 and err["parameter"] == parameter and "is a dev model" in err["message"]
         assert srv.services.jobs.get(key_id(digest(KEY)), t["taskUUID"]) is None
+
+
+def test_metrics_count_the_queue_jobs_images_and_workers(make_server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with make_server(api_keys=[KEY]) as s:
+        r = post(s, [task(numberResults=2)])
+        assert r.status_code == 200 and len(r.json()["data"]) == 2
+        page = httpx.get(f"{s.base}/metrics")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
+        samples = {(m.name, tuple(sorted(m.labels.items()))): m.value
+                   for f in text_string_to_metric_families(page.text) for m in f.samples}  # fmt: skip
+        worker = s.services.worker.id
+        assert samples[("daguerre_images_total", (("worker", worker),))] == 2
+        assert samples[("daguerre_jobs", (("status", "success"),))] == 1
+        assert samples[("daguerre_jobs_finished_total", (("outcome", "success"), ("worker", worker)))] == 1
+        assert samples[("daguerre_workers", (("state", "ready"),))] == 1
+        assert samples[("daguerre_queue_wait_seconds_count", (("model", "daguerre:tiny@1"), ("worker", worker)))] == 1
+        assert samples[("daguerre_dead_letters", ())] == 0
+        busy = [v for (name, _), v in samples.items() if name == "daguerre_busy_seconds_total"]
+        assert busy and busy[0] > 0

@@ -16,7 +16,7 @@ from daguerre.storage import LocalResultStore, StoredObject
 
 JOB_STORES = {"sqlite": lambda tmp: SQLiteJobStore(tmp / "jobs.sqlite3"), "redis": None}  # redis: see job_store
 QUEUES = {"sqlite": None, "redis-streams": None}  # see make_queue
-RESULT_STORES = {"local-disk": lambda tmp: LocalResultStore(tmp / "images")}
+RESULT_STORES = {"local-disk": lambda tmp: LocalResultStore(tmp / "images"), "s3": None}  # s3: see result_store
 
 
 @pytest.fixture(params=list(JOB_STORES))
@@ -74,8 +74,41 @@ def make_queue(request, tmp_path):
                                                          visibility_s=visibility_s)  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's standalone S3 server on 127.0.0.1 (a real S3-protocol endpoint over HTTP), with test credentials."""
+    import os
+
+    server_mod = pytest.importorskip("moto.server")
+    pytest.importorskip("boto3")
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        os.environ.setdefault(k, v)
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def _bucket(endpoint: str) -> str:
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+    return name
+
+
 @pytest.fixture(params=list(RESULT_STORES))
 def result_store(request, tmp_path):
+    if request.param == "s3":
+        from daguerre.storage import S3ResultStore
+
+        endpoint = request.getfixturevalue("s3_endpoint")
+        return S3ResultStore(_bucket(endpoint), prefix="img/", endpoint_url=endpoint)
     return RESULT_STORES[request.param](tmp_path)
 
 
@@ -395,3 +428,24 @@ def test_two_redis_store_handles_share_jobs_and_one_start_wins(redis_server):
     assert [worker_a.start(a), worker_b.start(b)] == [True, False]
     assert api.get(*job.key).status == RUNNING and api.counts() == {RUNNING: 1}
     assert api.get_number(job.owner, job.number).task_uuid == job.task_uuid
+
+
+def test_s3_links_are_presigned_for_the_images_ttl_and_download_the_image(s3_endpoint, make_server):
+    """A server with results on S3: imageURL is the bucket's presigned URL, expiring with the task's ttl."""
+    from urllib.parse import parse_qs, urlparse
+
+    import httpx
+
+    from tests.conftest import inference_task
+
+    bucket = _bucket(s3_endpoint)
+    with make_server(results="s3", s3_bucket=bucket, s3_prefix="p/", s3_endpoint_url=s3_endpoint) as s:
+        r = httpx.post(s.url, json=[inference_task(ttl=120, outputType="URL", outputFormat="PNG")], timeout=60)
+        assert r.status_code == 200, r.text
+        url = r.json()["data"][0]["imageURL"]
+        assert url.startswith(f"{s3_endpoint}/{bucket}/p/")
+        query = parse_qs(urlparse(url).query)
+        assert 115 <= int(query["X-Amz-Expires"][0]) <= 120
+        got = httpx.get(url, timeout=10)
+        assert got.status_code == 200 and got.content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert got.headers["content-type"] == "image/png"

@@ -239,6 +239,9 @@ def test_cluster_loses_nothing_and_makes_nothing_twice(tmp_path, tiny_folder):
 
         dead = redis_py.Redis(port=redis.port).xrange("daguerre:jobs:dead")
         assert len(dead) == 1 and poison["taskUUID"].encode() in dead[0][1][b"m"]
+        page = httpx.get(f"{urls[1]}/metrics", timeout=10).text  # any node answers for the whole deployment
+        assert "daguerre_dead_letters 1.0" in page and 'daguerre_jobs{status="success"} 60.0' in page
+        assert 'daguerre_workers{state="ready"} 2.0' in page  # the pool's two (the lone one was stopped)
         print(f"\ncluster: {len(done)} tasks, {images} images, duplicates {duplicates}, lost {lost}, "
               f"dead letters {len(dead)}, worker back {worker_recovery:.1f} s after SIGKILL, all done "
               f"{redis_recovery:.1f} s after the Redis restart, {time.time() - t_start:.0f} s in all")  # fmt: skip

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from daguerre import __version__
-from daguerre.api import eachlabs, health, modelslab, replicate, rest, studio, ws
+from daguerre.api import eachlabs, health, metrics, modelslab, replicate, rest, studio, ws
 from daguerre.api.deps import error_response, in_thread
 from daguerre.api.intake import ProtocolError
 from daguerre.api.runware import error_item
@@ -85,7 +85,7 @@ def create_app(services: Services) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=server.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"])  # fmt: skip
     health.mount_docs(app)
-    for module in (studio, health, rest, ws, eachlabs, replicate, modelslab):  # studio first: it serves "/"
+    for module in (studio, health, metrics, rest, ws, eachlabs, replicate, modelslab):  # studio first: it serves "/"
         app.include_router(module.router)
     studio.mount(app)
 

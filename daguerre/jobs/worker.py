@@ -112,6 +112,7 @@ class Worker:
         self.done = {"success": 0, "error": 0, "cancelled": 0}  # jobs this worker ended, by outcome
         self.images = 0
         self.busy_seconds = 0.0
+        self.waits: dict[str, list[float]] = {}  # model -> [seconds jobs waited in the queue, jobs] (metrics)
         self._beating = True
         self._claims: list[Claim] = []  # what the running job holds (the heartbeat extends them)
         self._taken: list[str] = []  # companions it took (owed again if it must run again)
@@ -201,6 +202,7 @@ class Worker:
                 "device": str(models.device), "ready": self.ready, "busy": self.busy.is_set(),
                 "draining": self._stop.is_set(), "resident": [m.spec.id for m in models.resident()],
                 "done": dict(self.done), "images": self.images, "busy_seconds": round(self.busy_seconds, 3),
+                "waits": {m: [round(t, 3), n] for m, (t, n) in self.waits.items()},
                 "preload_errors": list(self.preload_errors), "at": time.time()}  # fmt: skip
 
     def _loop(self) -> None:
@@ -329,6 +331,10 @@ class Worker:
             return False
         self._started[job.key] = time.perf_counter()
         req = job.spec.request
+        if not again:
+            wait = self.waits.setdefault(req.model, [0.0, 0])
+            wait[0] += max(0.0, (job.started_at or time.time()) - job.created_at)
+            wait[1] += 1
         size = f"{req.width}x{req.height}"
         job.log = [f"Using seed: {req.seed}", f"{req.number_results} image(s) {size}, {req.steps} steps on {req.model}"]
         self.jobs.changed(job)
