@@ -207,7 +207,14 @@ def worker_pool(settings):
         name = f"{host}-{srv.port}-w{i}"
         argv[name] = [sys.executable, "-m", "daguerre", "worker", "--settings-file", str(path.resolve()),
                       "--name", name, *(["--device", found[i % len(found)]] if found else [])]  # fmt: skip
-    return WorkerPool(argv, env=child_env())
+    cpu = "cpu" if found == ["cpu"] or (not found and not _has_accelerator()) else None
+    return WorkerPool(argv, env=child_env(count, cpu))
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
 def _bind(host: str, port: int):

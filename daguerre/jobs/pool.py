@@ -116,6 +116,11 @@ def _exit_text(code: int) -> str:
     return f"code {code}"
 
 
-def child_env() -> dict[str, str]:
-    """The environment for worker processes: this one's, with Python's output unbuffered (logs in order)."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+def child_env(workers: int = 1, device: str | None = None) -> dict[str, str]:
+    """The environment for worker processes: this one's, with Python's output unbuffered (logs in order), and
+    on the CPU each of `workers` processes given its share of the cores (OMP_NUM_THREADS, which torch reads):
+    processes that each use every core slow each other down far more than they add."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if device == "cpu" and workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env
