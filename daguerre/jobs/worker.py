@@ -17,6 +17,7 @@ internalError without a traceback).
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import io
 import logging
@@ -217,6 +218,8 @@ class Worker:
                 continue
             self.busy.set()
             t0 = time.perf_counter()
+            with contextlib.suppress(Exception):  # the heartbeat thread reports store trouble
+                self._beat()  # busy now: /health/ready and /metrics see it without waiting for the next beat
             try:
                 self._handle_through_outages(claim)
             finally:
