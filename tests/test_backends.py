@@ -377,9 +377,13 @@ def test_release_hands_every_claim_out_again_at_once(make_queue):
     q = make_queue(visibility_s=30)
     q.push("a")
     q.claim(0.1)
-    q.release()  # no worker is live (a restart): the claim is a dead one's
+    q.release(idle_s=0)  # no worker is live (a restart): the claim is a dead one's
     again = make_queue(visibility_s=30).claim(0.5)
     assert again is not None and again.message == "a" and again.deliveries == 2
+    again_q = make_queue(visibility_s=30)
+    again_q.extend([again])
+    again_q.release(idle_s=5)  # extended a moment ago: a live worker's (one starting beside us), kept
+    assert make_queue(visibility_s=30).claim(0.2) is None
 
 
 # ---- ResultStore

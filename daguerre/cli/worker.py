@@ -76,6 +76,10 @@ def worker(
         fail(e)
     configure()
     runner = services.worker
+    if settings_file is not None:  # started by serve: stop with it, even if it was killed
+        import os
+
+        runner.parent = os.getppid()
 
     def drain(signum, _frame) -> None:
         runner.drain()

@@ -65,8 +65,9 @@ class JobQueue(Protocol):
     def extend(self, claims: list[Claim]) -> None:
         """Still running: these claims last another `visibility_s` from now."""
 
-    def release(self) -> None:
-        """Every claim runs out now: called when no worker is live, so their workers are gone (a restart)."""
+    def release(self, idle_s: float) -> None:
+        """Every claim not extended for `idle_s` seconds runs out now: called when no worker is live, so their
+        workers are gone (a restart); a claim extended since belongs to a worker starting at the same time."""
 
     def bury(self, claim: Claim, reason: str) -> None:
         """Move the message to the dead-letter list with `reason` (acknowledging it)."""
@@ -176,9 +177,10 @@ class SQLiteQueue:
             self._db.execute(f"UPDATE queue SET deadline=? WHERE id IN ({marks}) OR rider_of IN ({marks})",
                              (time.time() + self.visibility_s, *ids, *ids))  # fmt: skip
 
-    def release(self) -> None:
-        with self._lock:
-            self._db.execute("UPDATE queue SET deadline=0 WHERE deadline IS NOT NULL")
+    def release(self, idle_s: float) -> None:
+        with self._lock:  # a claim's deadline is visibility_s after its last extension
+            self._db.execute("UPDATE queue SET deadline=0 WHERE deadline IS NOT NULL AND deadline<?",
+                             (time.time() + self.visibility_s - idle_s,))  # fmt: skip
 
     def bury(self, claim: Claim, reason: str) -> None:
         with self._lock:

@@ -115,8 +115,9 @@ class RedisStreamQueue:
         if ids:
             self.r.xclaim(self.key, self.group, self.consumer, 0, ids, justid=True)
 
-    def release(self) -> None:
-        pending = self.r.xpending_range(self.key, self.group, min="-", max="+", count=10_000)
+    def release(self, idle_s: float) -> None:
+        pending = self.r.xpending_range(self.key, self.group, min="-", max="+", count=10_000,
+                                        idle=int(idle_s * 1000))  # fmt: skip
         ids = [p["message_id"] for p in pending]
         if ids:  # idle past the visibility timeout: the next claim's XAUTOCLAIM takes them over
             self.r.xclaim(self.key, self.group, "released", 0, ids, idle=int(self.visibility_s * 1000) + 1000,

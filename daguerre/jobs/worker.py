@@ -104,6 +104,7 @@ class Worker:
         self.image_limits = image_limits or ImageLimits()
         self.on_event = on_event  # delivery: (job, event, result) for start, logs, output and completed
         self.max_deliveries = max_deliveries
+        self.parent: int | None = None  # serve's pid, when serve started this worker: drain if it goes
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -164,8 +165,8 @@ class Worker:
         self._stop.set()
 
     def _begin(self) -> None:
-        if not self.jobs.store.workers():  # no worker is live: every claim left is a dead one's
-            self.jobs.queue.release()
+        if not self.jobs.store.workers():  # no worker is live: every claim not extended lately is a dead one's
+            self.jobs.queue.release(idle_s=3 * self._every())
         self._beat()
         self._beater = threading.Thread(target=self._heartbeat, name="daguerre-heartbeat", daemon=True)
         self._beater.start()
@@ -179,11 +180,14 @@ class Worker:
 
     def _heartbeat(self) -> None:
         """Extend the running job's claims and say this worker is live, a few times per visibility timeout."""
-        every = max(0.1, min(2.0, self.jobs.queue.visibility_s / 3))
+        every = self._every()
         while self._beating:
             time.sleep(every)
             if not self._beating:
                 return
+            if self.parent is not None and os.getppid() != self.parent and not self._stop.is_set():
+                log.warning("the serve process that started this worker is gone: draining")
+                self.drain()
             try:
                 claims = list(self._claims)
                 if claims:
@@ -192,9 +196,12 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - a lost store/Redis: keep trying (the claim may lapse)
                 log.warning("worker heartbeat failed: %s", e)
 
+    def _every(self) -> float:
+        """Seconds between heartbeats: a few per visibility timeout, at most 2 s (a beat lives 3 of these)."""
+        return max(0.1, min(2.0, self.jobs.queue.visibility_s / 3))
+
     def _beat(self, ttl: float | None = None) -> None:
-        every = max(0.1, min(2.0, self.jobs.queue.visibility_s / 3))
-        self.jobs.store.beat(self.info(ttl or every * 3))
+        self.jobs.store.beat(self.info(ttl or self._every() * 3))
 
     def info(self, ttl: float) -> dict:
         """What this worker tells the store each beat."""
