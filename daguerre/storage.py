@@ -143,8 +143,12 @@ class S3ResultStore:
 
         try:
             got = self.s3.get_object(Bucket=self.bucket, Key=self._key(uuid))
-        except (KeyError, ClientError):
+        except KeyError:
             return None
+        except ClientError as e:  # absent is None; throttling, 5xx or a refusal is an error, not "expired"
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
         obj = _from_meta(uuid, got.get("Metadata", {}))
         if obj is None or obj.expires_at < time.time() or (owner is not None and obj.owner != owner):
             return None

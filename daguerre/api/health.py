@@ -21,7 +21,7 @@ async def ready(services: Services):
     state = services.lifecycle
     workers = await in_thread(live_workers, services)
     models = models_info(services, workers)
-    working = any(w["ready"] and not w.get("draining") for w in workers)
+    working = any(w.get("ready") and not w.get("draining") for w in workers)
     ok = state["ready"] and not state["draining"] and bool(models) and working
     status = "ready" if ok else "draining" if state["draining"] else "starting" if state["ready"] is False else \
         "no workers"  # fmt: skip
@@ -32,7 +32,9 @@ async def ready(services: Services):
         "demo": services.demo,
         "models": models,
         "queued": await in_thread(len, services.jobs.queue),
-        "device": workers[0]["device"] if len({w["device"] for w in workers}) == 1 else [w["device"] for w in workers],
+        "device": workers[0].get("device")
+        if len({w.get("device") for w in workers}) == 1
+        else [w.get("device") for w in workers],
         "workers": [
             {
                 k: w.get(k)

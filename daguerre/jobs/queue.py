@@ -65,12 +65,17 @@ class JobQueue(Protocol):
     def extend(self, claims: list[Claim]) -> None:
         """Still running: these claims last another `visibility_s` from now."""
 
+    def defer(self, claim: Claim, seconds: float) -> None:
+        """Give a claimed message back unrun: any worker may claim it again after `seconds`, and this delivery
+        does not count (model-aware routing: a worker with the job's model loaded should take it)."""
+
     def release(self, idle_s: float) -> None:
         """Every claim not extended for `idle_s` seconds runs out now: called when no worker is live, so their
         workers are gone (a restart); a claim extended since belongs to a worker starting at the same time."""
 
     def bury(self, claim: Claim, reason: str) -> None:
-        """Move the message to the dead-letter list with `reason` (acknowledging it)."""
+        """Move the message to the dead-letter list with `reason` (acknowledging it and forgetting its riders:
+        the worker queues those again)."""
 
     def dead(self, limit: int = 100) -> list[dict]:
         """The dead-letter list, newest first: {message, reason, deliveries, at}."""
@@ -177,6 +182,11 @@ class SQLiteQueue:
             self._db.execute(f"UPDATE queue SET deadline=? WHERE id IN ({marks}) OR rider_of IN ({marks})",
                              (time.time() + self.visibility_s, *ids, *ids))  # fmt: skip
 
+    def defer(self, claim: Claim, seconds: float) -> None:
+        with self._lock:
+            self._db.execute("UPDATE queue SET deadline=?, deliveries=MAX(0, deliveries-1) WHERE id=?",
+                             (time.time() + seconds, int(claim.id)))  # fmt: skip
+
     def release(self, idle_s: float) -> None:
         with self._lock:  # a claim's deadline is visibility_s after its last extension
             self._db.execute("UPDATE queue SET deadline=0 WHERE deadline IS NOT NULL AND deadline<?",
@@ -188,9 +198,8 @@ class SQLiteQueue:
             try:
                 self._db.execute("INSERT INTO dead_letters (message, reason, deliveries, at) VALUES (?, ?, ?, ?)",
                                  (claim.message, reason, claim.deliveries, time.time()))  # fmt: skip
-                self._db.execute("DELETE FROM queue WHERE id=?", (int(claim.id),))
-                # Its riders go back to waiting: they were never the trouble.
-                self._db.execute("UPDATE queue SET deadline=NULL, rider_of=NULL WHERE rider_of=?", (int(claim.id),))
+                # Its riders go with it from here; the worker queues them again (jobs/worker.py _requeue).
+                self._db.execute("DELETE FROM queue WHERE id=? OR rider_of=?", (int(claim.id), int(claim.id)))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

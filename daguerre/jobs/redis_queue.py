@@ -115,6 +115,13 @@ class RedisStreamQueue:
         if ids:
             self.r.xclaim(self.key, self.group, self.consumer, 0, ids, justid=True)
 
+    def defer(self, claim: Claim, seconds: float) -> None:
+        # Idle just short of the visibility timeout: XAUTOCLAIM hands it out after `seconds`, counting the
+        # delivery this one un-counts (RETRYCOUNT).
+        idle = max(0, int((self.visibility_s - seconds) * 1000))
+        self.r.xclaim(self.key, self.group, "deferred", 0, [claim.id], idle=idle,
+                      retrycount=max(0, claim.deliveries - 1), justid=True)  # fmt: skip
+
     def release(self, idle_s: float) -> None:
         pending = self.r.xpending_range(self.key, self.group, min="-", max="+", count=10_000,
                                         idle=int(idle_s * 1000))  # fmt: skip
@@ -124,15 +131,12 @@ class RedisStreamQueue:
                           justid=True)  # fmt: skip
 
     def bury(self, claim: Claim, reason: str) -> None:
-        riders = self.r.lrange(self._riders(claim.id), 0, -1)
         pipe = self.r.pipeline()  # MULTI/EXEC: all or nothing
         pipe.xadd(f"{self.key}:dead", {FIELD: claim.message, "reason": reason, "deliveries": claim.deliveries,
                                        "at": time.time()})  # fmt: skip
         pipe.xack(self.key, self.group, claim.id)
         pipe.xdel(self.key, claim.id)
-        for m in riders:  # they were never the trouble: back in the queue
-            pipe.xadd(self.key, {FIELD: m})
-        pipe.delete(self._riders(claim.id))
+        pipe.delete(self._riders(claim.id))  # the worker queues the riders again
         pipe.execute()
 
     def dead(self, limit: int = 100) -> list[dict]:

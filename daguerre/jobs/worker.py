@@ -36,7 +36,7 @@ from daguerre.imaging import EXTENSION, decode
 from daguerre.jobs.queue import Claim
 from daguerre.jobs.service import JobService
 from daguerre.jobs.spec import JobSpec, from_json, hydrate
-from daguerre.jobs.store import CANCELLED, ERROR, LOG_LINES, SUCCESS, Job
+from daguerre.jobs.store import CANCELLED, ERROR, LOG_LINES, QUEUED, SUCCESS, Job
 from daguerre.request import GenerationRequest
 from daguerre.storage import ResultStore, StoredObject
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 LOOKAHEAD = 32  # waiting jobs examined for a shared forward pass
 LOG_EVERY = 0.5  # seconds between two `logs` events of a job (its log itself gains a line every step)
 EVENTS = ("start", "logs", "output", "completed")
+ROUTE_WAIT_S = 15.0  # how long a job may be left for a worker that has its model loaded (docs/deploy.md)
+DEFER_S = 0.5  # a job left for another worker is claimable again after this
 OUTAGE_S = 300.0  # how long a worker holding a job waits for a lost store/queue before letting the claim lapse
 # on_event(job, event, result): result is the stored image's entry for `output`, else None.
 EventHook = Callable[[Job, str, dict | None], None]
@@ -104,6 +106,7 @@ class Worker:
         self.image_limits = image_limits or ImageLimits()
         self.on_event = on_event  # delivery: (job, event, result) for start, logs, output and completed
         self.max_deliveries = max_deliveries
+        self.route_wait_s = ROUTE_WAIT_S
         self.parent: int | None = None  # serve's pid, when serve started this worker: drain if it goes
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
@@ -116,6 +119,7 @@ class Worker:
         self.busy_seconds = 0.0
         self.waits: dict[str, list[float]] = {}  # model -> [seconds jobs waited in the queue, jobs] (metrics)
         self._beating = True
+        self._left: dict[str, float] = {}  # messages left for a worker with their model loaded -> first time
         self._claims: list[Claim] = []  # what the running job holds (the heartbeat extends them)
         self._taken: list[str] = []  # companions it took (owed again if it must run again)
         self._started: dict[tuple[str, str], float] = {}  # job key -> when it started (for the log)
@@ -192,8 +196,11 @@ class Worker:
                 claims = list(self._claims)
                 if claims:
                     self.jobs.queue.extend(claims)
+            except Exception as e:  # noqa: BLE001 - a lost queue: keep trying (the claim may lapse)
+                log.warning("worker could not extend its claim: %s", e)
+            try:
                 self._beat(ttl=every * 3)
-            except Exception as e:  # noqa: BLE001 - a lost store/Redis: keep trying (the claim may lapse)
+            except Exception as e:  # noqa: BLE001 - a lost store: keep trying
                 log.warning("worker heartbeat failed: %s", e)
 
     def _every(self) -> float:
@@ -207,7 +214,7 @@ class Worker:
         """What this worker tells the store each beat."""
         models = self.engine.models
         return {"id": self.id, "ttl": ttl, "pid": os.getpid(), "host": socket.gethostname(),
-                "device": str(models.device), "ready": self.ready, "busy": self.busy.is_set(),
+                "device": str(models.device), "budget": models.budget, "ready": self.ready, "busy": self.busy.is_set(),
                 "draining": self._stop.is_set(), "resident": [m.spec.id for m in models.resident()],
                 "done": dict(self.done), "images": self.images, "busy_seconds": round(self.busy_seconds, 3),
                 "waits": {m: [round(t, 3), n] for m, (t, n) in self.waits.items()},
@@ -249,30 +256,72 @@ class Worker:
                     return
                 log.warning("the job store or queue went away (%s); running the job again when it is back", e)
                 again = True
-                claim = dataclasses.replace(claim, riders=(*claim.riders, *self._taken))  # owed with it
+                riders = tuple(dict.fromkeys((*claim.riders, *self._taken)))  # owed with it, each once
+                claim, self._taken = dataclasses.replace(claim, riders=riders), []
                 time.sleep(1.0)
 
     def handle(self, claim: Claim, *, again: bool = False) -> None:
         """Run one claimed message (and any riders) to its end, then acknowledge it. `again`: this worker
         started it already (and lost the store meanwhile)."""
-        spec = from_json(claim.message)
+        try:
+            spec = from_json(claim.message)
+        except Exception as e:  # noqa: BLE001 - unreadable (another version's?): never retried forever
+            log.error("a queue message could not be read (%s); set aside in the dead-letter list", e)
+            self.jobs.queue.bury(claim, f"unreadable message: {e}")
+            return
         job = self.jobs.get(*spec.key)
         if job is None or job.done:  # forgotten, cancelled while waiting, or finished before a crash
+            self._requeue(claim.riders)  # its riders may not have finished: they go back to the queue
             self.jobs.queue.ack(claim)
             return
         if claim.deliveries > self.max_deliveries:
             self._bury(claim, job)
             return
-        crash = os.environ.get("DAGUERRE_FAULT_CRASH_PROMPT")  # fault injection for crash drills (docs/deploy.md)
-        if crash and crash in spec.request.positive_prompt:
-            log.error("DAGUERRE_FAULT_CRASH_PROMPT: stopping this worker on task %s", job.task_uuid)
-            os._exit(86)
+        if not again and not claim.riders and self._leave_for_another(spec, claim):
+            self.jobs.queue.defer(claim, DEFER_S)
+            return
         self._claims, self._taken = [claim], []
         if claim.deliveries > 1 and not again:
             log.warning("task %s delivered again (try %d of %d): its worker stopped", job.task_uuid,
                         claim.deliveries, self.max_deliveries, extra={"taskUUID": job.task_uuid})  # fmt: skip
         self.run(job, spec, claim, again=again)
         self.jobs.queue.ack(claim)
+
+    def _leave_for_another(self, spec: JobSpec, claim: Claim) -> bool:
+        """Model-aware routing. Leave the job to another live worker when that one can hold the model and this
+        one cannot (always), or when that one has the model loaded and this one does not (for up to
+        ROUTE_WAIT_S after this worker first saw the job: then it loads the model and runs it rather than let
+        the job wait on a busy worker)."""
+        model = spec.request.model
+        manager = self.engine.models
+        if any(m.spec.id == model for m in manager.resident()):
+            return False
+        try:
+            size = manager.catalog.get(model).size_bytes or 0
+        except DaguerreError:
+            return False  # the run reports it
+        others = [w for w in self.jobs.store.workers()
+                  if w["id"] != self.id and w.get("ready") and not w.get("draining")]  # fmt: skip
+        if size > manager.budget and any(w.get("budget", 0) >= size for w in others):
+            return True
+        if not any(model in w.get("resident", []) for w in others):
+            return False
+        now = time.monotonic()
+        first = self._left.setdefault(claim.message, now)
+        if len(self._left) > 1000:  # forget the oldest
+            for key in list(self._left)[:500]:
+                del self._left[key]
+        return now - first < self.route_wait_s
+
+    def _requeue(self, messages: tuple[str, ...]) -> None:
+        """Riders whose claim ends without running them: queued again (their stored images stay)."""
+        for message in messages:
+            spec = from_json(message)
+            job = self.jobs.get(*spec.key)
+            if job is not None and not job.done:
+                job.status = QUEUED
+                self.jobs.changed(job)
+                self.jobs.queue.push(message, force=True)
 
     def _bury(self, claim: Claim, job: Job) -> None:
         """A message that stopped its worker too many times: dead letter, and its task fails saying why."""
@@ -285,6 +334,7 @@ class Worker:
                    "set aside, not retried; try a smaller size or fewer images")  # fmt: skip
         job.error = {"code": "taskCrashedWorker", "parameter": None, "message": message}
         self.jobs.changed(job)
+        self._requeue(claim.riders)  # they were never the trouble
         self.jobs.queue.bury(claim, reason)
         self.done["error"] += 1
         self._emit(job, "completed", None)
@@ -298,7 +348,9 @@ class Worker:
             return
         group = [(job, spec, req)]
         if claim is not None and claim.riders:
-            group += self._riders(claim.riders)
+            # A redelivery: its pass killed a worker, and any of its jobs may be why. Each goes back to the
+            # queue to be tried on its own, so a poison job cannot take the others down with it.
+            self._requeue(claim.riders)
         else:
             # Jobs with input images, or whose client watches live previews, run alone.
             key = self.engine.batch_key(req) if not spec.images and not spec.delivery.progress else None
@@ -334,9 +386,11 @@ class Worker:
     def _mark_running(self, job: Job, *, again: bool = False) -> bool:
         """Claim the job in the store (False: it is no longer queued, e.g. cancelled) and announce its start.
         `again`: its worker died; the images it stored stay (and are not stored or announced twice)."""
-        if not again:
-            job.results = []
-        job.error = None
+        crash = os.environ.get("DAGUERRE_FAULT_CRASH_PROMPT")  # fault injection for crash drills (docs/deploy.md)
+        if crash and crash in job.spec.request.positive_prompt:  # a job of a shared pass too
+            log.error("DAGUERRE_FAULT_CRASH_PROMPT: stopping this worker on task %s", job.task_uuid)
+            os._exit(86)
+        job.error = None  # results stay: images stored before a crash are not made or announced twice
         if not self.jobs.store.start(job, again=again):
             return False
         self._started[job.key] = time.perf_counter()
@@ -350,16 +404,6 @@ class Worker:
         self.jobs.changed(job)
         self._emit(job, "start", None)
         return True
-
-    def _riders(self, messages: tuple[str, ...]) -> list[tuple[Job, JobSpec, GenerationRequest]]:
-        """The jobs that shared a dead worker's passes, still unfinished, started again with their results."""
-        out = []
-        for message in messages:
-            spec = from_json(message)
-            job = self.jobs.get(*spec.key)
-            if job is not None and not job.done and self._mark_running(job, again=True):
-                out.append((job, spec, spec.request))
-        return out
 
     def _companions(self, key: tuple, room: int, claim: Claim | None) -> list[tuple[Job, JobSpec, GenerationRequest]]:
         """Waiting jobs with this batch key, up to `room` more images, claimed from the queue (oldest first)."""

@@ -1,0 +1,59 @@
+"""Model-aware routing: with two workers and two models, each job goes to the worker that has its model loaded,
+and neither worker loads the other's model (docs/deploy.md "Model-aware routing")."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+
+def test_two_workers_two_models_each_job_runs_where_its_model_is_loaded(settings_factory, tiny_folder, tiny_schnell,
+                                                                        tmp_path):  # fmt: skip
+    from daguerre.engine.plan import resolved
+    from daguerre.jobs import spec as specs
+    from daguerre.jobs.queue import SQLiteQueue
+    from daguerre.jobs.service import JobService
+    from daguerre.jobs.store import SQLiteJobStore
+    from daguerre.jobs.worker import Worker
+    from daguerre.request import GenerationRequest
+    from daguerre.services import build_engine
+    from daguerre.storage import LocalResultStore
+
+    settings = settings_factory(max_batch=1, models={
+        "a": {"id": "daguerre:a@1", "path": str(tiny_folder.model_path)},
+        "b": {"id": "daguerre:b@1", "path": str(tiny_schnell.model_path)}})  # fmt: skip
+    path = tmp_path / "jobs.sqlite3"
+
+    def service() -> JobService:  # each worker its own handles on the one file, as separate processes have
+        return JobService(store=SQLiteJobStore(path), queue=SQLiteQueue(path, maxsize=50))
+
+    workers = {}
+    for model in ("a", "b"):
+        engine = build_engine(settings)
+        with engine.models.lease(f"daguerre:{model}@1"):  # loaded (a preload)
+            pass
+        workers[model] = Worker(engine=engine, jobs=service(), results=LocalResultStore(tmp_path / "images"),
+                                default_ttl=600, name=f"worker-{model}")  # fmt: skip
+        workers[model].route_wait_s = 600  # this test: always wait for the worker with the model
+    client = service()
+    catalog = workers["a"].engine.models.catalog
+    jobs = []
+    for model in ("b", "b", "b", "a", "a", "a", "b", "a"):  # the first in the queue is b's: worker a is free too
+        req = resolved(GenerationRequest(model=f"daguerre:{model}@1", positive_prompt="a harbour at dawn",
+                                         width=128, height=128, steps=2), catalog)  # fmt: skip
+        jobs.append((model, specs.new("anonymous", str(uuid.uuid4()), req)))
+    for w in workers.values():
+        w.start()
+    try:
+        for _, spec in jobs:
+            client.submit(spec)
+        deadline = time.time() + 120
+        while time.time() < deadline and not all(client.get(*s.key).done for _, s in jobs):
+            time.sleep(0.05)
+    finally:
+        for w in workers.values():
+            w.stop(30)
+    assert [(client.get(*s.key).status, client.get(*s.key).error) for _, s in jobs] == [("success", None)] * len(jobs)
+    for model, w in workers.items():
+        assert [m.spec.id for m in w.engine.models.resident()] == [f"daguerre:{model}@1"]  # nothing else loaded
+        assert w.done["success"] == sum(1 for m, _ in jobs if m == model)
