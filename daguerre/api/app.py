@@ -25,6 +25,7 @@ from daguerre.api.deps import error_response, in_thread
 from daguerre.api.intake import ProtocolError
 from daguerre.api.runware import error_item
 from daguerre.errors import DaguerreError
+from daguerre.jobs.store import backend_errors
 
 if TYPE_CHECKING:
     from daguerre.services import Services
@@ -114,20 +115,6 @@ def create_app(services: Services) -> FastAPI:
                                 headers={"Retry-After": "2"})  # fmt: skip
 
     return app
-
-
-def backend_errors() -> tuple[type[Exception], ...]:
-    """Exceptions meaning the store or queue is away (Redis restarting, SQLite locked): 503, retry."""
-    import sqlite3
-
-    kinds: list[type[Exception]] = [sqlite3.OperationalError]
-    try:
-        import redis
-
-        kinds += [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError]
-    except ImportError:
-        pass
-    return tuple(kinds)
 
 
 async def _sweep_forever(results, interval: float) -> None:

@@ -118,6 +118,19 @@ class JobStore(Protocol):
         """A worker stopped: not live any more."""
 
 
+def backend_errors() -> tuple[type[Exception], ...]:
+    """Exceptions meaning the job store or queue is away (Redis restarting, SQLite locked), not a job's or a
+    request's fault: the API answers 503 (retry), a worker runs its job again once they are back."""
+    kinds: list[type[Exception]] = [sqlite3.OperationalError]
+    try:
+        import redis
+
+        kinds += [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError]
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
 _COLUMNS = ("owner", "task_uuid", "task_type", "payload", "fingerprint", "image_uuids", "status", "results", "error",
             "created_at", "updated_at", "started_at", "completed_at", "progress", "cancel")  # fmt: skip
 _ADDED = {"started_at": "REAL", "completed_at": "REAL", "progress": "TEXT", "cancel": "INTEGER NOT NULL DEFAULT 0"}

@@ -23,7 +23,6 @@ import io
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ from daguerre.imaging import EXTENSION, decode
 from daguerre.jobs.queue import Claim
 from daguerre.jobs.service import JobService
 from daguerre.jobs.spec import JobSpec, from_json, hydrate
-from daguerre.jobs.store import CANCELLED, ERROR, LOG_LINES, QUEUED, SUCCESS, Job
+from daguerre.jobs.store import CANCELLED, ERROR, LOG_LINES, QUEUED, SUCCESS, Job, backend_errors
 from daguerre.request import GenerationRequest
 from daguerre.storage import ResultStore, StoredObject
 
@@ -61,13 +60,6 @@ class StoreCancel(CancelToken):
     @property
     def cancelled(self) -> bool:
         return all(self._jobs.store.cancel_requested(*k) for k in self._keys)
-
-
-def backend_error(e: BaseException) -> bool:
-    """Whether `e` means the job store or queue is away (Redis restarting, SQLite locked), not a job's fault."""
-    return isinstance(e, sqlite3.OperationalError) or (
-        type(e).__module__.startswith("redis") and type(e).__name__ in ("ConnectionError", "TimeoutError",
-                                                                         "BusyLoadingError"))  # fmt: skip
 
 
 def progress_line(ev: ProgressEvent, width: int = 20) -> str:
@@ -251,7 +243,7 @@ class Worker:
                 self.handle(claim, again=again)
                 return
             except Exception as e:  # noqa: BLE001 - a failed job is recorded in handle; this is the store/queue
-                if not backend_error(e) or time.monotonic() > give_up:
+                if not isinstance(e, backend_errors()) or time.monotonic() > give_up:
                     log.exception("could not handle a queue message; it will be delivered again")
                     return
                 log.warning("the job store or queue went away (%s); running the job again when it is back", e)
@@ -521,7 +513,7 @@ class Worker:
         """Record the job's end (success, its user error, or internalError without a traceback) and report it.
         A store or queue that went away is not the job's fault: raised, so the claim lapses and the job runs
         again once they are back."""
-        if error is not None and backend_error(error):
+        if error is not None and isinstance(error, backend_errors()):
             raise error
         if error is None and self.jobs.store.cancel_requested(*job.key) and len(job.results) < len(job.image_uuids):
             error = Cancelled("cancelled")  # cancelled while sharing a pass with jobs that were not
