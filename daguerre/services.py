@@ -106,28 +106,31 @@ def build_results(settings: Settings):
 
 
 def build_backends(settings: Settings, *, consumer: str = "api"):
-    """The job store, queue and change feed: on Redis when `server.redis_url` is set (many machines), else the
-    SQLite file in the data folder (one machine, any number of processes). `consumer` names this process in the
-    stream's consumer group (a worker's id)."""
+    """The job store, queue, change feed and delivery outbox: on Redis when `server.redis_url` is set (many
+    machines), else the SQLite file in the data folder (one machine, any number of processes). `consumer` names
+    this process in the stream's consumer group (a worker's id)."""
     from daguerre.jobs.feed import RedisFeed, SQLiteFeed
+    from daguerre.jobs.outbox import SQLiteOutbox
     from daguerre.jobs.queue import SQLiteQueue
     from daguerre.jobs.store import SQLiteJobStore
 
     server = settings.server
     if server.redis_url:
+        from daguerre.jobs.redis_outbox import RedisOutbox
         from daguerre.jobs.redis_queue import RedisStreamQueue
         from daguerre.jobs.redis_store import RedisJobStore
 
         client, p = redis_client(server.redis_url), server.redis_prefix
         queue = RedisStreamQueue(client, key=f"{p}:jobs", consumer=consumer, maxsize=server.max_queue,
                                  visibility_s=server.visibility_timeout_s)  # fmt: skip
-        return RedisJobStore(client, prefix=p), queue, RedisFeed(client, channel=f"{p}:changes")
+        feed, outbox = RedisFeed(client, channel=f"{p}:changes"), RedisOutbox(client, key=f"{p}:outbox")
+        return RedisJobStore(client, prefix=p), queue, feed, outbox
     data = server.data_dir
     data.mkdir(parents=True, exist_ok=True)
     path = data / "jobs.sqlite3"
     store = SQLiteJobStore(path)
     queue = SQLiteQueue(path, maxsize=server.max_queue, visibility_s=server.visibility_timeout_s)
-    return store, queue, SQLiteFeed(path)
+    return store, queue, SQLiteFeed(path), SQLiteOutbox(path)
 
 
 def server_secret(data_dir: Path) -> bytes:
@@ -164,7 +167,7 @@ class Services:
     secret: bytes  # the server secret: image-link signatures, webhook secrets
     signer: UrlSigner
     outbound: OutboundClient  # the one guarded client for user-given URLs
-    sender: DeliveryService  # webhook and upload sends, with retries
+    sender: DeliveryService  # webhook and upload sends from the outbox, with retries
     worker: Worker | None  # this process's own worker thread (None: workers are processes)
     intake: Intake  # what every door shares
     runware: Runware  # the Runware task protocol
@@ -224,7 +227,7 @@ def build_server(
     elif catalog is None:
         catalog = build_catalog(settings, allow_paths=server.allow_model_paths)
     worker_name = worker_name or _worker_name()
-    store, queue, feed = build_backends(settings, consumer=worker_name if worker else "api")
+    store, queue, feed, outbox = build_backends(settings, consumer=worker_name if worker else "api")
     jobs = JobService(store=store, queue=queue, feed=feed)
     results = build_results(settings)
     keys = KeyStore(data / "keys.sqlite3", extra_keys=server.api_keys)
@@ -232,7 +235,8 @@ def build_server(
     scheme = "https" if server.tls_certfile else "http"
     signer = UrlSigner(secret, server.public_url or f"{scheme}://{server.host}:{server.port}", results=results)
     outbound = OutboundClient(OutboundPolicy(allow_loopback=server.outbound_allow_loopback))
-    sender = DeliveryService(outbound=outbound, retry_schedule=server.webhook_retry_schedule)
+    sender = DeliveryService(outbox=outbox, outbound=outbound, results=results, server_secret=secret,
+                             retry_schedule=server.webhook_retry_schedule)  # fmt: skip
     anonymous = server.allow_anonymous
     if anonymous is None:
         anonymous = is_loopback(server.host) and keys.count() == 0
@@ -253,8 +257,7 @@ def build_server(
     )
     runware, eachlabs, replicate, modelslab = Runware(intake), EachLabs(intake), Replicate(intake), ModelsLab(intake)
     doors = {"runware": runware, "eachlabs": eachlabs, "replicate": replicate, "modelslab": modelslab}
-    deliver = ResultDelivery(sender=sender, results=results, server_secret=secret,
-                             bodies={name: door.webhook_body for name, door in doors.items()},
+    deliver = ResultDelivery(sender=sender, bodies={name: door.webhook_body for name, door in doors.items()},
                              attempts={"eachlabs": 3})  # fmt: skip
     runner = None
     if worker:

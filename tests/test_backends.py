@@ -1,5 +1,5 @@
-"""One suite every backend passes: each JobStore, JobQueue and ResultStore implementation is a parameter of
-these tests (the embedded SQLite / in-process / local-disk ones now; Redis and S3 join by adding theirs)."""
+"""One suite every backend passes: each JobStore, JobQueue, Outbox and ResultStore implementation is a parameter
+of these tests (the embedded SQLite / local-disk ones, and Redis / S3)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from daguerre.storage import LocalResultStore, StoredObject
 
 JOB_STORES = {"sqlite": lambda tmp: SQLiteJobStore(tmp / "jobs.sqlite3"), "redis": None}  # redis: see job_store
 QUEUES = {"sqlite": None, "redis-streams": None}  # see make_queue
+OUTBOXES = {"sqlite": None, "redis": None}  # see make_outbox
 RESULT_STORES = {"local-disk": lambda tmp: LocalResultStore(tmp / "images"), "s3": None}  # s3: see result_store
 
 
@@ -72,6 +73,19 @@ def make_queue(request, tmp_path):
         )
     return lambda cap=10, visibility_s=30.0: SQLiteQueue(tmp_path / "jobs.sqlite3", maxsize=cap,
                                                          visibility_s=visibility_s)  # fmt: skip
+
+
+@pytest.fixture(params=list(OUTBOXES))
+def make_outbox(request, tmp_path):
+    """make(): another handle on this test's outbox (another process's sender)."""
+    if request.param == "redis":
+        from daguerre.jobs.redis_outbox import RedisOutbox
+
+        client, key = request.getfixturevalue("redis_server"), f"test:{uuid.uuid4()}:outbox"
+        return lambda: RedisOutbox(client, key=key)
+    from daguerre.jobs.outbox import SQLiteOutbox
+
+    return lambda: SQLiteOutbox(tmp_path / "jobs.sqlite3")
 
 
 @pytest.fixture(scope="session")
@@ -394,6 +408,63 @@ def test_release_hands_every_claim_out_again_at_once(make_queue):
     again_q.extend([again])
     again_q.release(idle_s=5)  # extended a moment ago: a live worker's (one starting beside us), kept
     assert make_queue(visibility_s=30).claim(0.2) is None
+
+
+def test_extend_tells_a_stalled_worker_it_lost_its_claim_and_does_not_take_it_back(make_queue):
+    stalled, other = make_queue(visibility_s=1), make_queue(visibility_s=1)
+    stalled.push("a")
+    mine = stalled.claim(0.1)
+    assert stalled.extend([mine]) == []  # still held
+    time.sleep(1.1)  # stalled past its visibility timeout
+    theirs = other.claim(0.5)
+    assert theirs.message == "a" and theirs.deliveries == 2
+    assert stalled.extend([mine]) == [mine]  # lost: another worker holds it now
+    time.sleep(1.1)
+    assert other.extend([theirs]) == []  # the stalled worker's extend did not take it back
+    other.ack(theirs)
+    assert stalled.extend([mine]) == [mine]  # acknowledged: gone
+
+
+# ---- Outbox
+
+
+def test_outbox_a_send_written_with_a_lease_is_not_due_for_anyone_else(make_outbox):
+    box, other = make_outbox(), make_outbox()
+    lease = box.add("msg_1", {"url": "http://x/"}, lease_s=30)
+    assert lease is not None and lease.attempt == 1 and lease.item == {"url": "http://x/"}
+    assert other.due(10, lease_s=30) == [] and len(other) == 1
+    assert box.done(lease) and len(box) == 0 and other.due(10, lease_s=30) == []
+
+
+def test_outbox_keeps_one_send_per_id_even_after_it_was_sent(make_outbox):
+    box = make_outbox()
+    lease = box.add("msg_1", {"n": 1}, lease_s=30)
+    assert box.add("msg_1", {"n": 2}, lease_s=30) is None  # a job run again announces the same image again
+    box.done(lease)
+    assert box.add("msg_1", {"n": 3}, lease_s=30) is None and len(box) == 0  # settled: still not owed again
+
+
+def test_outbox_retry_is_due_at_its_time_for_one_sender_only(make_outbox):
+    box, a, b = make_outbox(), make_outbox(), make_outbox()
+    lease = box.add("msg_1", {"n": 1}, lease_s=30)
+    assert box.retry(lease, time.time() + 0.3)
+    assert a.due(10, lease_s=30) == [] and 0 < box.next_due() - time.time() <= 0.3
+    time.sleep(0.35)
+    got, also = a.due(10, lease_s=30), b.due(10, lease_s=30)
+    assert [g.id for g in got] == ["msg_1"] and got[0].attempt == 2 and also == []
+    assert a.done(got[0]) and box.next_due() is None
+
+
+def test_outbox_a_stopped_senders_lease_runs_out_and_its_late_answer_is_ignored(make_outbox):
+    dead, live = make_outbox(), make_outbox()
+    stale = dead.add("msg_1", {"n": 1}, lease_s=0.3)  # its sender died before sending
+    live.add("msg_2", {"n": 2}, lease_s=None)  # written unleased: due now
+    assert [g.id for g in live.due(10, lease_s=30)] == ["msg_2"]
+    time.sleep(0.35)
+    [taken] = live.due(10, lease_s=30)
+    assert taken.id == "msg_1" and taken.attempt == 2
+    assert not dead.done(stale) and not dead.retry(stale, 0)  # too late: the live sender holds it
+    assert live.done(taken) and len(live) == 1  # msg_2 is still held by its lease
 
 
 # ---- ResultStore

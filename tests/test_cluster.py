@@ -5,7 +5,9 @@ Two API nodes (`serve --workers 2` and `serve --workers 0`) and a third worker s
 tasks through both nodes; meanwhile a busy worker is SIGKILLed (serve's pool starts it again), Redis is
 restarted, the lone worker is sent SIGTERM while busy (it finishes its job and exits 0), and one poison task
 crashes every worker that takes it. Every task must end with its images exactly once, under the imageUUIDs it
-was promised; the poison task must end in the dead-letter stream with taskCrashedWorker.
+was promised; the poison task must end in the dead-letter stream with taskCrashedWorker. Every task also has a
+webhook whose receiver refuses each message's first try, so retries are owed in the store's outbox all along:
+each image's webhook must be acknowledged exactly once.
 """
 
 from __future__ import annotations
@@ -58,6 +60,37 @@ class Redis:
     def stop(self) -> None:
         self.proc.terminate()  # a clean shutdown: the AOF is flushed
         self.proc.wait(10)
+
+
+class Hooks:
+    """A webhook receiver on 127.0.0.1: answers 500 to each webhook-id's first try, 200 after; counts the 200s."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.tries: dict[str, int] = {}
+        self.acked: dict[str, list[str]] = {}  # webhook-id -> imageUUIDs of each acknowledged delivery
+        lock, outer = threading.Lock(), self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                wid = self.headers["webhook-id"]
+                with lock:
+                    outer.tries[wid] = outer.tries.get(wid, 0) + 1
+                    ok = outer.tries[wid] > 1
+                    if ok:
+                        outer.acked.setdefault(wid, []).extend(d["imageUUID"] for d in body.get("data", []))
+                self.send_response(200 if ok else 500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def _env(tmp: Path) -> dict:
@@ -117,6 +150,7 @@ def test_cluster_loses_nothing_and_makes_nothing_twice(tmp_path, tiny_folder):
             f'[models.tiny]\nid = "daguerre:tiny@1"\npath = "{tiny_folder.model_path}"\n'
             f'[server]\nredis_url = "redis://127.0.0.1:{redis.port}/0"\ndata_dir = "{tmp_path / "data"}"\n'
             "visibility_timeout_s = 2\nmax_deliveries = 2\nmax_queue = 500\ndrain_timeout_s = 60\n"
+            "outbound_allow_loopback = true\nwebhook_retry_schedule = [1, 2, 4, 8]\n"
         )
         ports = [free_port(), free_port()]
         urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -128,6 +162,7 @@ def test_cluster_loses_nothing_and_makes_nothing_twice(tmp_path, tiny_folder):
                             logs / "api-b.log"))  # fmt: skip
         lone_log = logs / "lone.log"
         lone = _spawn(["worker", "--config", str(config), "--name", "lone"], tmp_path, lone_log)
+        hooks = Hooks()
         procs.append(lone)
         t_start = time.time()
         for url in urls:
@@ -147,7 +182,8 @@ def test_cluster_loses_nothing_and_makes_nothing_twice(tmp_path, tiny_folder):
             for i in range(TASKS // CLIENTS):
                 task = {"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": "daguerre:tiny@1",
                         "positivePrompt": f"client {c} photo {i}", "width": 128, "height": 128, "steps": 6,
-                        "numberResults": 1 + (i % 3 == 0), "deliveryMethod": "async"}  # fmt: skip
+                        "numberResults": 1 + (i % 3 == 0), "deliveryMethod": "async",
+                        "webhookURL": hooks.url}  # fmt: skip
                 url = urls[(c + i) % 2]
                 _post(url, [task], deadline)
                 got = _post(url, [{"taskType": "getResponse", "taskUUID": task["taskUUID"]}], deadline)
@@ -239,6 +275,15 @@ def test_cluster_loses_nothing_and_makes_nothing_twice(tmp_path, tiny_folder):
                 assert httpx.get(d["imageURL"], timeout=10).status_code == 200
         assert duplicates == 0 and lost == 0
 
+        # Every image's webhook: refused once, retried from the outbox by whichever process held it, acknowledged
+        # exactly once (a killed worker's and a Redis restart's owed retries included).
+        while len(hooks.acked) < images and time.time() < deadline:
+            time.sleep(0.2)
+        acked = [u for uuids in hooks.acked.values() for u in uuids]
+        hooks_lost, hooks_twice = len(seen - set(acked)), len(acked) - len(set(acked))
+        assert hooks_lost == 0 and hooks_twice == 0 and len(hooks.acked) == images, (hooks_lost, hooks_twice)
+        hooks.server.shutdown()
+
         # The poison task: tried max_deliveries (2) times, then the dead-letter stream and a clear error.
         while True:  # it may still be between its crashes
             r = httpx.post(f"{urls[0]}/v1", json=[{"taskType": "getResponse", "taskUUID": poison["taskUUID"]}])
@@ -259,7 +304,8 @@ def test_cluster_loses_nothing_and_makes_nothing_twice(tmp_path, tiny_folder):
         assert "daguerre_dead_letters 1.0" in page and 'daguerre_jobs{status="success"} 60.0' in page
         assert ready in page
         print(f"\ncluster: {len(done)} tasks, {images} images, duplicates {duplicates}, lost {lost}, "
-              f"dead letters {len(dead)}, worker back {worker_recovery:.1f} s after SIGKILL, all done "
+              f"dead letters {len(dead)}, webhooks {len(hooks.acked)} acknowledged once each (lost 0, twice 0, "
+              f"{sum(hooks.tries.values())} tries), worker back {worker_recovery:.1f} s after SIGKILL, all done "
               f"{redis_recovery:.1f} s after the Redis restart, {time.time() - t_start:.0f} s in all")  # fmt: skip
     finally:
         for p in procs:

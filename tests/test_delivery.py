@@ -285,3 +285,64 @@ def test_redirect_to_loopback_is_refused(strict, listener):
     finally:
         rx.close()
     assert state["accepted"] == 0
+
+
+# ---- The outbox: retries survive their sender, and each send goes out once.
+
+
+def _sender(tmp_path, **kw):
+    from daguerre.jobs.delivery import DeliveryService
+    from daguerre.jobs.outbound import OutboundClient, OutboundPolicy
+    from daguerre.jobs.outbox import SQLiteOutbox
+    from daguerre.storage import LocalResultStore
+
+    return DeliveryService(outbox=SQLiteOutbox(tmp_path / "jobs.sqlite3"), results=LocalResultStore(tmp_path / "img"),
+                           outbound=OutboundClient(OutboundPolicy(allow_loopback=True)), server_secret=b"s" * 32,
+                           poll_s=0.1, **kw)  # fmt: skip
+
+
+def test_a_retry_owed_when_its_sender_stops_is_sent_once_by_another_process(tmp_path):
+    """Sender A's first try fails; A stops (a restart) before the retry is due: sender B (another process on the
+    same data folder) makes the retry, under the same webhook-id, and nobody sends it a third time."""
+    rx = Receiver([500])
+    a = _sender(tmp_path, retry_schedule=[0.5, 0.5])
+    try:
+        a.webhook(rx.url(), {"n": 1}, owner="k_1", task_uuid="t-1", id="msg_fixed")
+        rx.wait(1)
+        a.stop()
+        assert len(rx.requests) == 1 and len(a.outbox) == 1  # the retry is owed, in the store
+        b = _sender(tmp_path, retry_schedule=[0.5, 0.5])
+        try:
+            reqs = rx.wait(2, timeout=10)
+            time.sleep(1.0)
+            assert len(rx.requests) == 2 and [r[2]["webhook-id"] for r in reqs] == ["msg_fixed", "msg_fixed"]
+            secret = derived_webhook_secret(b"s" * 32, "k_1")
+            Webhook(secret).verify(reqs[1][3], {k.lower(): v for k, v in reqs[1][2].items()})
+            assert len(b.outbox) == 0
+            b.webhook(rx.url(), {"n": 1}, owner="k_1", task_uuid="t-1", id="msg_fixed")  # announced again
+            time.sleep(0.5)
+            assert len(rx.requests) == 2  # a send id is sent once
+        finally:
+            b.stop()
+    finally:
+        rx.close()
+
+
+def test_a_send_held_by_a_sender_that_died_is_sent_when_its_lease_runs_out(tmp_path):
+    from daguerre.jobs.outbox import SQLiteOutbox
+
+    rx = Receiver([])
+    dead = SQLiteOutbox(tmp_path / "jobs.sqlite3")  # a process that wrote a send, leased it, and was SIGKILLed
+    item = {"kind": "webhook", "url": rx.url(), "body": '{"n":2}', "owner": "k_1", "task": "t-2", "headers": {},
+            "tries": 3}  # fmt: skip
+    dead.add("msg_orphan", item, lease_s=0.6)
+    live = _sender(tmp_path, retry_schedule=[1.0])
+    try:
+        assert rx.wait(1, timeout=0.4) == []  # not while the lease lasts
+        [(method, _p, headers, body)] = rx.wait(1, timeout=10)
+        assert method == "POST" and headers["webhook-id"] == "msg_orphan" and body == b'{"n":2}'
+        time.sleep(0.5)
+        assert len(rx.requests) == 1 and live.sent["ok"] == 1
+    finally:
+        live.stop()
+        rx.close()

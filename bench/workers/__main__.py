@@ -111,7 +111,7 @@ def worker_processes(settings, count: int, n, size, steps) -> float:
     procs = [subprocess.Popen([sys.executable, "-m", "daguerre", "worker", "--settings-file", str(path),
                                "--name", f"bench-{i}", "--preload", "daguerre:bench@1"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(count)]  # fmt: skip
-    store, queue, feed = build_backends(settings)
+    store, queue, feed, _outbox = build_backends(settings)
     jobs = JobService(store=store, queue=queue, feed=feed)
     try:
         deadline = time.time() + 600

@@ -3,19 +3,23 @@
 `ResultDelivery` is what the worker calls after each stored image and at a job's end: it asks the job's
 protocol adapter for the webhook body (each door shapes its own) and hands the sends to `DeliveryService`.
 
-Every request goes through the guarded OutboundClient with redirects off. A webhook is retried
-on any non-2xx answer or a network failure, an upload on 5xx or a network failure (a 4xx is
-final), following the configured schedule; a webhook keeps its webhook-id across retries so
-the receiver can de-duplicate. Pending retries live in memory: a restart drops them.
+Every send is written to the Outbox (jobs/outbox.py: the job store's database, SQLite or Redis) before it is
+tried, with an id made from what it announces (task, event, image), so a job run again after its worker died
+announces nothing twice; a send is tried by whichever process holds its lease: the one that wrote it, at once,
+or, after a failure or a stop, the sender of any process on the same store once it is due. Pending retries
+therefore survive a restart, a SIGKILL and a dead node.
+
+Every request goes through the guarded OutboundClient with redirects off. A webhook is retried on any non-2xx
+answer or a network failure, an upload on 5xx or a network failure (a 4xx is final), following the configured
+schedule; a webhook keeps its webhook-id across retries so the receiver can de-duplicate. An upload reads the
+image from the ResultStore when it is sent (the outbox holds its imageUUID, not its bytes).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import heapq
 import hmac
-import itertools
 import json
 import logging
 import threading
@@ -23,15 +27,18 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from daguerre.imaging import CONTENT_TYPES
 from daguerre.jobs.outbound import OutboundClient, OutboundError
-from daguerre.jobs.store import Job
+from daguerre.jobs.outbox import Lease, Outbox
+from daguerre.jobs.store import Job, backend_errors
 from daguerre.storage import ResultStore
 
 log = logging.getLogger(__name__)
+
+POLL_S = 1.0  # how often a sender looks for sends due (retries, and the ones a stopped process held)
+LEASE_S = 30.0  # a send's lease: three times the outbound client's total timeout
 
 
 def derived_webhook_secret(server_secret: bytes, owner: str) -> str:
@@ -40,136 +47,181 @@ def derived_webhook_secret(server_secret: bytes, owner: str) -> str:
     return "whsec_" + base64.b64encode(raw).decode()
 
 
-@dataclass(order=True)
-class _Attempt:
-    due: float
-    seq: int
-    kind: str = field(compare=False)  # "webhook" | "upload"
-    url: str = field(compare=False)
-    body: bytes = field(compare=False)
-    headers: dict = field(compare=False)
-    task_uuid: str = field(compare=False)
-    attempt: int = field(compare=False, default=0)  # 0 = first try
-    msg_id: str = field(compare=False, default="")
-    secret: str = field(compare=False, default="")
-    retries: int | None = field(compare=False, default=None)  # None = one per step of the schedule
+def send_id(*parts: str) -> str:
+    """The id (and webhook-id) of the send announcing `parts` (owner, task, event, image): the same every time."""
+    return "msg_" + hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
 
 
 class DeliveryService:
-    """Runs deliveries on a small thread pool; a scheduler thread re-runs failures on the schedule."""
+    """Sends from the outbox on a small thread pool; a poller thread takes the sends that come due."""
 
-    def __init__(self, *, outbound: OutboundClient, retry_schedule: list[float], workers: int = 4):
-        self.outbound = outbound
+    def __init__(self, *, outbox: Outbox, outbound: OutboundClient, results: ResultStore, server_secret: bytes,
+                 retry_schedule: list[float], workers: int = 4, poll_s: float = POLL_S,
+                 lease_s: float = LEASE_S):  # fmt: skip
+        self.outbox, self.outbound, self.results = outbox, outbound, results
+        self.server_secret = server_secret
         self.schedule = list(retry_schedule)
+        self.workers, self.poll_s, self.lease_s = workers, poll_s, lease_s
+        self.sent = {"ok": 0, "retried": 0, "failed": 0}  # this process's sends by outcome (for tests, logs)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="daguerre-delivery")
-        self._heap: list[_Attempt] = []
         self._cv = threading.Condition()
-        self._seq = itertools.count()
+        self._busy = 0  # sends in the pool (queued or running)
+        self._queued: dict[str, Lease] = {}  # leases in the pool not started yet (given back at stop)
         self._stop = False
-        self._thread = threading.Thread(target=self._scheduler, name="daguerre-delivery-scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._poll, name="daguerre-delivery-poller", daemon=True)
         self._thread.start()
 
-    def webhook(self, url: str, payload: dict, *, secret: str, task_uuid: str, headers: dict | None = None,
-                attempts: int | None = None) -> None:  # fmt: skip
-        """POST `payload` as JSON to `url`, signed (Standard Webhooks), with any extra `headers` of its protocol;
-        `attempts` caps the tries (default: one plus a retry per step of the schedule)."""
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        self._push(
-            _Attempt(
-                due=0,
-                seq=next(self._seq),
-                kind="webhook",
-                url=url,
-                body=body,
-                headers={"Content-Type": "application/json", **(headers or {})},
-                task_uuid=task_uuid,
-                msg_id=f"msg_{uuid.uuid4().hex}",
-                secret=secret,
-                retries=len(self.schedule) if attempts is None else max(0, attempts - 1),
-            )
-        )
+    def webhook(self, url: str, payload: dict, *, owner: str, task_uuid: str, id: str | None = None,
+                headers: dict | None = None, attempts: int | None = None) -> None:  # fmt: skip
+        """POST `payload` as JSON to `url`, signed (Standard Webhooks) with the owner's secret, with any extra
+        `headers` of its protocol. `id`: the send's id (a repeat is dropped; default a new one); `attempts` caps
+        the tries (default: one plus a retry per step of the schedule)."""
+        tries = len(self.schedule) + 1 if attempts is None else max(1, attempts)
+        item = {"kind": "webhook", "url": url, "body": json.dumps(payload, separators=(",", ":")), "owner": owner,
+                "task": task_uuid, "headers": {"Content-Type": "application/json", **(headers or {})},
+                "tries": tries}  # fmt: skip
+        self._add(id or f"msg_{uuid.uuid4().hex}", item)
 
-    def upload(self, url: str, data: bytes, content_type: str, *, task_uuid: str) -> None:
-        """PUT the raw image bytes to a (usually presigned) URL."""
-        self._push(
-            _Attempt(
-                due=0,
-                seq=next(self._seq),
-                kind="upload",
-                url=url,
-                body=data,
-                headers={"Content-Type": content_type},
-                task_uuid=task_uuid,
-            )
-        )
+    def upload(self, url: str, image_uuid: str, *, owner: str, task_uuid: str) -> None:
+        """PUT a stored image's bytes to a (usually presigned) URL, once per image and URL."""
+        item = {"kind": "upload", "url": url, "image": image_uuid, "owner": owner, "task": task_uuid,
+                "tries": len(self.schedule) + 1}  # fmt: skip
+        self._add(send_id(owner, task_uuid, "upload", image_uuid, url), item)
 
-    def _push(self, a: _Attempt) -> None:
+    def _add(self, id: str, item: dict) -> None:
         with self._cv:
-            heapq.heappush(self._heap, a)
-            self._cv.notify()
+            free = not self._stop and self._busy < self.workers
+        lease = self.outbox.add(id, item, lease_s=self.lease_s if free else None)
+        if lease is not None:
+            self._submit(lease)
+        else:
+            with self._cv:
+                self._cv.notify()  # written unleased (the pool is busy): the poller takes it when a slot frees
 
-    def _scheduler(self) -> None:
+    def _submit(self, lease: Lease) -> None:
+        with self._cv:
+            self._busy += 1
+            self._queued[lease.id] = lease
+        self._pool.submit(self._run, lease)
+
+    def _poll(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and (not self._heap or self._heap[0].due > time.time()):
-                    wait = None if not self._heap else max(0.0, self._heap[0].due - time.time())
-                    self._cv.wait(wait)
                 if self._stop:
                     return
-                a = heapq.heappop(self._heap)
-            self._pool.submit(self._run, a)
+                free = self.workers - self._busy
+            leases, wait = [], self.poll_s
+            try:
+                leases = self.outbox.due(free, lease_s=self.lease_s)
+                if not leases:
+                    soonest = self.outbox.next_due()
+                    if soonest is not None:
+                        wait = min(wait, max(0.02, soonest - time.time()))
+            except Exception as e:  # noqa: BLE001 - the store is away (Redis restarting): look again later
+                log.warning("cannot read the delivery outbox (%s); trying again", e)
+            for lease in leases:
+                self._submit(lease)
+            if len(leases) < free:
+                with self._cv:
+                    if not self._stop:
+                        self._cv.wait(wait)
 
-    def _run(self, a: _Attempt) -> None:
-        headers = dict(a.headers)
-        if a.kind == "webhook":
+    def _run(self, lease: Lease) -> None:
+        with self._cv:
+            if self._queued.pop(lease.id, None) is None:  # given back at stop
+                return
+        try:
+            self._send(lease)
+        except Exception:  # noqa: BLE001 - one send's trouble never stops the sender; its lease runs out
+            log.exception("delivery %s failed inside the server; it is tried again when its lease runs out", lease.id)
+        finally:
+            with self._cv:
+                self._busy -= 1
+                self._cv.notify()
+
+    def _send(self, lease: Lease) -> None:
+        a = lease.item
+        kind = a["kind"]
+        headers = dict(a.get("headers") or {})
+        if kind == "webhook":
             from standardwebhooks.webhooks import Webhook
 
+            body = a["body"].encode()
             now = datetime.now(tz=UTC)
-            headers.update(
-                {
-                    "webhook-id": a.msg_id,
-                    "webhook-timestamp": str(int(now.timestamp())),
-                    "webhook-signature": Webhook(a.secret).sign(a.msg_id, now, a.body.decode()),
-                }
-            )
-        method = "POST" if a.kind == "webhook" else "PUT"
+            secret = derived_webhook_secret(self.server_secret, a["owner"])
+            headers.update({"webhook-id": lease.id, "webhook-timestamp": str(int(now.timestamp())),
+                            "webhook-signature": Webhook(secret).sign(lease.id, now, a["body"])})  # fmt: skip
+        else:
+            found = self.results.get(a["image"], a["owner"])
+            if found is None:
+                log.warning("upload for task %s dropped: image %s expired before it was sent", a["task"], a["image"],
+                            extra={"taskUUID": a["task"]})  # fmt: skip
+                self._settle(lease, None)
+                return
+            obj, body = found
+            headers["Content-Type"] = CONTENT_TYPES[obj.ext]
         try:
             resp = self.outbound.request(
-                method,
-                a.url,
-                parameter="webhookURL" if a.kind == "webhook" else "uploadEndpoint",
-                content=a.body,
+                "POST" if kind == "webhook" else "PUT",
+                a["url"],
+                parameter="webhookURL" if kind == "webhook" else "uploadEndpoint",
+                content=body,
                 headers=headers,
                 max_redirects=0,
                 max_bytes=1 << 20,
             )
             outcome: int | str = resp.status
             ok = 200 <= resp.status < 300
-            final = ok or (a.kind == "upload" and resp.status < 500)  # an upload's 3xx/4xx is final
+            final = ok or (kind == "upload" and resp.status < 500)  # an upload's 3xx/4xx is final
         except OutboundError as e:
             outcome, ok, final = e.message, False, False
-        retries = len(self.schedule) if a.retries is None else min(a.retries, len(self.schedule))
-        if ok or final or a.attempt >= retries:
+        tries = min(int(a.get("tries", len(self.schedule) + 1)), len(self.schedule) + 1)
+        if ok or final or lease.attempt >= tries:
             if not ok:
-                log.warning(
-                    "%s for task %s failed for good after %d attempts: %s",
-                    a.kind,
-                    a.task_uuid,
-                    a.attempt + 1,
-                    outcome,
-                    extra={"taskUUID": a.task_uuid},
-                )
+                self.sent["failed"] += 1
+                log.warning("%s for task %s failed for good after %d attempts: %s", kind, a["task"], lease.attempt,
+                            outcome, extra={"taskUUID": a["task"]})  # fmt: skip
+            else:
+                self.sent["ok"] += 1
+            self._settle(lease, None)
             return
-        a.attempt += 1
-        a.due = time.time() + self.schedule[a.attempt - 1]
-        a.seq = next(self._seq)
-        self._push(a)
+        self.sent["retried"] += 1
+        self._settle(lease, time.time() + self.schedule[lease.attempt - 1])
 
-    def stop(self) -> None:
+    def _settle(self, lease: Lease, retry_at: float | None) -> None:
+        """Mark a tried send done (`retry_at` None) or due again; if the store is away (a Redis restart), keep
+        asking while the lease lasts, so a send the receiver has answered is not sent again."""
+        give_up = time.monotonic() + self.lease_s / 2
+        while True:
+            try:
+                if retry_at is None:
+                    self.outbox.done(lease)
+                else:
+                    self.outbox.retry(lease, retry_at)
+                return
+            except backend_errors():
+                if time.monotonic() > give_up:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking sends; sends not started go back to the outbox (due now, for the next sender), running
+        ones get up to `timeout` seconds to finish (else their leases run out and another sender retries them)."""
         with self._cv:
             self._stop = True
-            self._cv.notify()
+            back, self._queued = list(self._queued.values()), {}
+            self._busy -= len(back)
+            self._cv.notify_all()
+        for lease in back:
+            try:
+                self.outbox.retry(lease, time.time())
+            except Exception:  # noqa: BLE001 - the store is gone: the lease runs out by itself
+                break
         self._pool.shutdown(wait=False, cancel_futures=True)
+        end = time.monotonic() + timeout
+        with self._cv:
+            while self._busy > 0 and time.monotonic() < end:
+                self._cv.wait(max(0.01, end - time.monotonic()))
 
 
 # A protocol adapter's webhook body for a job event (worker.EVENTS: start, logs, output with the stored
@@ -181,25 +233,22 @@ class ResultDelivery:
     """The worker's on_event hook: webhook the events the job's door sends (its adapter shapes the bodies, the
     job's DeliverySpec says which events), PUT each image to uploadEndpoint."""
 
-    def __init__(self, *, sender: DeliveryService, results: ResultStore, server_secret: bytes,
-                 bodies: dict[str, WebhookBody], attempts: dict[str, int] | None = None):  # fmt: skip
+    def __init__(self, *, sender: DeliveryService, bodies: dict[str, WebhookBody],
+                 attempts: dict[str, int] | None = None):  # fmt: skip
         self.sender = sender
         self.attempts = attempts or {}  # protocol -> most webhook attempts its protocol makes (else the schedule's)
-        self.results = results
-        self.server_secret = server_secret
         self.bodies = bodies  # protocol name (DeliverySpec.protocol) -> its adapter's webhook body
 
     def __call__(self, job: Job, event: str, result: dict | None) -> None:
         d = job.spec.delivery
+        image = result["imageUUID"] if result is not None else ""
         if d.webhook_url and (d.webhook_events is None or event in d.webhook_events):
             payload = self.bodies[d.protocol](job, event, result)
             if payload is not None:
-                secret = derived_webhook_secret(self.server_secret, job.owner)
                 headers = {"X-Webhook-Secret": d.webhook_secret} if d.webhook_secret else None
-                self.sender.webhook(d.webhook_url, payload, secret=secret, task_uuid=job.task_uuid, headers=headers,
-                                    attempts=self.attempts.get(d.protocol))  # fmt: skip
+                # Progress lines are many and each new; every other event is announced once per job (and image).
+                id = None if event == "logs" else send_id(job.owner, job.task_uuid, event, image)
+                self.sender.webhook(d.webhook_url, payload, owner=job.owner, task_uuid=job.task_uuid, id=id,
+                                    headers=headers, attempts=self.attempts.get(d.protocol))  # fmt: skip
         if d.upload_endpoint and event == "output" and result is not None:
-            found = self.results.get(result["imageUUID"], job.owner)
-            if found is not None:
-                obj, data = found
-                self.sender.upload(d.upload_endpoint, data, CONTENT_TYPES[obj.ext], task_uuid=job.task_uuid)
+            self.sender.upload(d.upload_endpoint, image, owner=job.owner, task_uuid=job.task_uuid)

@@ -12,6 +12,7 @@ aside in the dead-letter list (`bury`), and its task fails with a clear code (jo
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 import time
@@ -34,6 +35,7 @@ class Claim:
     id: str  # the backend's id of this delivery (ack, extend, bury)
     deliveries: int = 1  # times the message has been handed out, this one included
     riders: tuple[str, ...] = field(default=())  # messages taken with it (`take`) and owed again with it
+    token: str = ""  # this delivery, where the backend needs one to tell it from the next (SQLite)
 
 
 class JobQueue(Protocol):
@@ -62,8 +64,10 @@ class JobQueue(Protocol):
     def ack(self, claim: Claim) -> None:
         """The job is finished and its results are stored: forget the message (and its riders)."""
 
-    def extend(self, claims: list[Claim]) -> None:
-        """Still running: these claims last another `visibility_s` from now."""
+    def extend(self, claims: list[Claim]) -> list[Claim]:
+        """Still running: these claims last another `visibility_s` from now. Returns the ones this worker does
+        not hold any more (its claim ran out and another worker took the message, or it was acknowledged):
+        their jobs are that worker's now, and this one stops running them."""
 
     def defer(self, claim: Claim, seconds: float) -> None:
         """Give a claimed message back unrun: any worker may claim it again after `seconds`, and this delivery
@@ -91,8 +95,10 @@ class SQLiteQueue:
     """The embedded default: a table in a SQLite file that the API process and its worker processes share.
 
     A row is waiting while `deadline` is NULL, claimed until `deadline` (epoch seconds) otherwise; a claim is
-    one UPDATE ... RETURNING, so of two processes claiming at once each gets a different row. Riders are rows
-    whose `rider_of` names their claim's row: acknowledging that row deletes them too.
+    one UPDATE ... RETURNING, so of two processes claiming at once each gets a different row, and a new random
+    `token` (a worker extends only while its token is the row's: one that stalled past its deadline cannot take
+    back a row another worker claimed since). Riders are rows whose `rider_of` names their claim's row:
+    acknowledging that row deletes them too.
     """
 
     durable = True
@@ -110,6 +116,8 @@ class SQLiteQueue:
                 id INTEGER PRIMARY KEY AUTOINCREMENT, message TEXT NOT NULL, deadline REAL,
                 deliveries INTEGER NOT NULL DEFAULT 0, rider_of INTEGER)"""
         )
+        if "token" not in {row[1] for row in self._db.execute("PRAGMA table_info(queue)")}:
+            self._db.execute("ALTER TABLE queue ADD COLUMN token TEXT")  # a data folder from before tokens
         self._db.execute("CREATE INDEX IF NOT EXISTS queue_deadline ON queue(deadline, id)")
         self._db.execute(
             """CREATE TABLE IF NOT EXISTS dead_letters (
@@ -135,17 +143,17 @@ class SQLiteQueue:
                 row = None
                 if self._db.execute(_CLAIMABLE, (now,)).fetchone() is not None:  # a read first: no write lock
                     row = self._db.execute(
-                        "UPDATE queue SET deadline=?, deliveries=deliveries+1 WHERE id=(SELECT id FROM queue"
-                        " WHERE rider_of IS NULL AND (deadline IS NULL OR deadline<?) ORDER BY deadline IS NULL, id"
-                        " LIMIT 1) RETURNING id, message, deliveries",
-                        (now + self.visibility_s, now),
+                        "UPDATE queue SET deadline=?, deliveries=deliveries+1, token=? WHERE id=(SELECT id FROM"
+                        " queue WHERE rider_of IS NULL AND (deadline IS NULL OR deadline<?) ORDER BY deadline IS"
+                        " NULL, id LIMIT 1) RETURNING id, message, deliveries, token",
+                        (now + self.visibility_s, secrets.token_hex(8), now),
                     ).fetchone()
                 riders = ()
                 if row is not None and row[2] > 1:
                     riders = tuple(m for (m,) in self._db.execute(
                         "SELECT message FROM queue WHERE rider_of=? ORDER BY id", (row[0],)))  # fmt: skip
             if row is not None:
-                return Claim(message=row[1], id=str(row[0]), deliveries=row[2], riders=riders)
+                return Claim(message=row[1], id=str(row[0]), deliveries=row[2], riders=riders, token=row[3])
             if time.monotonic() >= end:
                 return None
             with self._pushed:
@@ -173,14 +181,21 @@ class SQLiteQueue:
         with self._lock:
             self._db.execute("DELETE FROM queue WHERE id=? OR rider_of=?", (int(claim.id), int(claim.id)))
 
-    def extend(self, claims: list[Claim]) -> None:
-        if not claims:
-            return
-        ids = [int(c.id) for c in claims]
-        marks = ",".join("?" * len(ids))
+    def extend(self, claims: list[Claim]) -> list[Claim]:
+        lost = []
+        deadline = time.time() + self.visibility_s
         with self._lock:
-            self._db.execute(f"UPDATE queue SET deadline=? WHERE id IN ({marks}) OR rider_of IN ({marks})",
-                             (time.time() + self.visibility_s, *ids, *ids))  # fmt: skip
+            for c in claims:
+                if not c.token:  # a rider: it lasts as long as its claim
+                    continue
+                cur = self._db.execute(
+                    "UPDATE queue SET deadline=? WHERE id=? AND token=?", (deadline, int(c.id), c.token)
+                )
+                if cur.rowcount:
+                    self._db.execute("UPDATE queue SET deadline=? WHERE rider_of=?", (deadline, int(c.id)))
+                else:
+                    lost.append(c)
+        return lost
 
     def defer(self, claim: Claim, seconds: float) -> None:
         with self._lock:

@@ -3,10 +3,11 @@
 Each message is one stream entry (field `m`: the serialized JobSpec). Workers read with XREADGROUP as members
 of one consumer group, so an entry goes to exactly one of them, and it stays in the group's pending list until
 the worker acknowledges it (XACK, then XDEL) after the job's results are stored. A live worker refreshes its
-entries' idle time (XCLAIM ... JUSTID, which does not count a delivery); an entry idle longer than the
-visibility timeout belonged to a worker that died, and the next claim takes it over with XAUTOCLAIM, which
-raises its delivery count (read back with XPENDING). The worker moves an entry delivered too many times to the
-dead-letter stream (`{key}:dead`).
+entries' idle time (XCLAIM ... JUSTID, which does not count a delivery, in a Lua script that first checks that
+the entry is still pending to this consumer: XCLAIM alone would take it from whoever holds it); an entry idle
+longer than the visibility timeout belonged to a worker that died, and the next claim takes it over with
+XAUTOCLAIM, which raises its delivery count (read back with XPENDING). The worker moves an entry delivered too
+many times to the dead-letter stream (`{key}:dead`).
 
 `waiting` reads the undelivered entries (after the group's last-delivered id) without claiming them. `take`
 claims named ones alongside a claim, with one Lua script, so two workers looking at the same waiting jobs never
@@ -50,6 +51,22 @@ return taken
 """
 
 
+# KEYS[1] stream. ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids: refresh the ones still pending to this
+# consumer; returns the others (taken over by another worker, or acknowledged).
+_EXTEND = """
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+
+
 class RedisStreamQueue:
     durable = True  # as durable as the Redis server's persistence (AOF: docs/deploy.md)
 
@@ -65,6 +82,7 @@ class RedisStreamQueue:
             if "BUSYGROUP" not in str(e):
                 raise
         self._take = self.r.register_script(_TAKE)
+        self._extend = self.r.register_script(_EXTEND)
 
     def push(self, message: str, *, force: bool = False) -> None:
         if not force and len(self) >= self.maxsize:
@@ -110,10 +128,14 @@ class RedisStreamQueue:
         pipe.delete(self._riders(claim.id))
         pipe.execute()
 
-    def extend(self, claims: list[Claim]) -> None:
-        ids = [c.id for c in claims if c.id]
-        if ids:
-            self.r.xclaim(self.key, self.group, self.consumer, 0, ids, justid=True)
+    def extend(self, claims: list[Claim]) -> list[Claim]:
+        held = [c for c in claims if c.id]  # riders (no id) last as long as their claim
+        if not held:
+            return []
+        lost = {
+            _text(i) for i in self._extend(keys=[self.key], args=[self.group, self.consumer, *(c.id for c in held)])
+        }
+        return [c for c in held if c.id in lost]
 
     def defer(self, claim: Claim, seconds: float) -> None:
         # Idle just short of the visibility timeout: XAUTOCLAIM hands it out after `seconds`, counting the

@@ -53,12 +53,14 @@ EventHook = Callable[[Job, str, dict | None], None]
 class StoreCancel(CancelToken):
     """Cancelled once a client asked to cancel every one of these jobs (read from the store at each step)."""
 
-    def __init__(self, jobs: JobService, keys: list[tuple[str, str]]):
+    def __init__(self, jobs: JobService, keys: list[tuple[str, str]], lost: threading.Event | None = None):
         super().__init__()
-        self._jobs, self._keys = jobs, keys
+        self._jobs, self._keys, self._lost = jobs, keys, lost
 
     @property
     def cancelled(self) -> bool:
+        if self._lost is not None and self._lost.is_set():  # another worker runs these jobs now: stop
+            return True
         return all(self._jobs.store.cancel_requested(*k) for k in self._keys)
 
 
@@ -113,6 +115,8 @@ class Worker:
         self._beating = True
         self._left: dict[str, float] = {}  # messages left for a worker with their model loaded -> first time
         self._claims: list[Claim] = []  # what the running job holds (the heartbeat extends them)
+        self._lost = threading.Event()  # the running job's claim ran out and another worker took it over
+        self._running: list[str] = []  # "owner/taskUUID" of the jobs running now (told in each beat)
         self._taken: list[str] = []  # companions it took (owed again if it must run again)
         self._started: dict[tuple[str, str], float] = {}  # job key -> when it started (for the log)
         self._logged: dict[tuple[str, str], float] = {}  # job key -> when its last `logs` event went out
@@ -186,8 +190,10 @@ class Worker:
                 self.drain()
             try:
                 claims = list(self._claims)
-                if claims:
-                    self.jobs.queue.extend(claims)
+                if claims and self.jobs.queue.extend(claims) and claims == self._claims:
+                    log.warning("this worker's claim on its job ran out (it stalled) and another worker has it "
+                                "now: stopping the job here, storing nothing more")  # fmt: skip
+                    self._lost.set()
             except Exception as e:  # noqa: BLE001 - a lost queue: keep trying (the claim may lapse)
                 log.warning("worker could not extend its claim: %s", e)
             try:
@@ -208,6 +214,7 @@ class Worker:
         return {"id": self.id, "ttl": ttl, "pid": os.getpid(), "host": socket.gethostname(),
                 "device": str(models.device), "budget": models.budget, "ready": self.ready, "busy": self.busy.is_set(),
                 "draining": self._stop.is_set(), "resident": [m.spec.id for m in models.resident()],
+                "running": list(self._running),
                 "done": dict(self.done), "images": self.images, "busy_seconds": round(self.busy_seconds, 3),
                 "waits": {m: [round(t, 3), n] for m, (t, n) in self.waits.items()},
                 "preload_errors": list(self.preload_errors), "at": time.time()}  # fmt: skip
@@ -229,7 +236,8 @@ class Worker:
             try:
                 self._handle_through_outages(claim)
             finally:
-                self._claims = []
+                self._claims, self._running = [], []
+                self._lost.clear()
                 self.busy_seconds += time.perf_counter() - t0
                 self.busy.clear()
 
@@ -277,6 +285,11 @@ class Worker:
             log.warning("task %s delivered again (try %d of %d): its worker stopped", job.task_uuid,
                         claim.deliveries, self.max_deliveries, extra={"taskUUID": job.task_uuid})  # fmt: skip
         self.run(job, spec, claim, again=again)
+        if self._lost.is_set():  # the worker that took it over acknowledges it
+            log.warning(
+                "task %s left to the worker that took it over", job.task_uuid, extra={"taskUUID": job.task_uuid}
+            )
+            return
         self.jobs.queue.ack(claim)
 
     def _leave_for_another(self, spec: JobSpec, claim: Claim) -> bool:
@@ -377,14 +390,20 @@ class Worker:
 
     def _mark_running(self, job: Job, *, again: bool = False) -> bool:
         """Claim the job in the store (False: it is no longer queued, e.g. cancelled) and announce its start.
-        `again`: its worker died; the images it stored stay (and are not stored or announced twice)."""
+        `again`: its worker died; the images it stored stay (not stored twice; announced under the same send ids,
+        so the delivery outbox sends each announcement once)."""
         crash = os.environ.get("DAGUERRE_FAULT_CRASH_PROMPT")  # fault injection for crash drills (docs/deploy.md)
         if crash and crash in job.spec.request.positive_prompt:  # a job of a shared pass too
             log.error("DAGUERRE_FAULT_CRASH_PROMPT: stopping this worker on task %s", job.task_uuid)
             os._exit(86)
-        job.error = None  # results stay: images stored before a crash are not made or announced twice
+        job.error = None  # results stay: images stored before a crash are not made twice
+        if again and self._run_elsewhere(job):
+            return False
         if not self.jobs.store.start(job, again=again):
             return False
+        self._running.append(f"{job.owner}/{job.task_uuid}")
+        with contextlib.suppress(Exception):  # the heartbeat thread reports store trouble
+            self._beat()  # a redelivered copy of this job's message sees it running here
         self._started[job.key] = time.perf_counter()
         req = job.spec.request
         if not again:
@@ -396,6 +415,16 @@ class Worker:
         self.jobs.changed(job)
         self._emit(job, "start", None)
         return True
+
+    def _run_elsewhere(self, job: Job) -> bool:
+        """A job to run again is still running on another live worker (its message came twice: a resent task
+        is queued again, and a copy that was redelivered must not restart it there)."""
+        key = f"{job.owner}/{job.task_uuid}"
+        if any(key in w.get("running", []) for w in self.jobs.store.workers() if w["id"] != self.id):
+            log.info("task %s runs on another worker; this copy of its message is dropped", job.task_uuid,
+                     extra={"taskUUID": job.task_uuid})  # fmt: skip
+            return True
+        return False
 
     def _companions(self, key: tuple, room: int, claim: Claim | None) -> list[tuple[Job, JobSpec, GenerationRequest]]:
         """Waiting jobs with this batch key, up to `room` more images, claimed from the queue (oldest first)."""
@@ -422,7 +451,7 @@ class Worker:
     def _run_alone(self, job: Job, spec: JobSpec, req: GenerationRequest) -> None:
         try:
             self.engine.generate(req, on_image=self._on_image(job, spec), on_progress=self._on_progress([job]),
-                                 cancel=StoreCancel(self.jobs, [job.key]), checked=True,
+                                 cancel=StoreCancel(self.jobs, [job.key], self._lost), checked=True,
                                  preview=spec.delivery.progress)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - reported as the job's error
             self._finish(job, e)
@@ -438,7 +467,8 @@ class Worker:
                 [req for _, _, req in group],
                 on_image=lambda k, im: hooks[k](im),
                 on_progress=self._on_progress([job for job, _, _ in group]),
-                cancel=StoreCancel(self.jobs, [job.key for job, _, _ in group]),  # when every one of them is
+                # cancelled when every one of them is (or when another worker took them over)
+                cancel=StoreCancel(self.jobs, [job.key for job, _, _ in group], self._lost),
                 checked=True,
             )
         except Cancelled as e:
@@ -464,10 +494,12 @@ class Worker:
         ext = EXTENSION[output.format]
 
         def on_image(im: GeneratedImage) -> None:
-            if self.jobs.store.cancel_requested(*job.key):  # one job of a shared pass was cancelled: keep none
-                return
+            if self._lost.is_set() or self.jobs.store.cancel_requested(*job.key):  # taken over, or one job of a
+                return  # shared pass was cancelled: keep none
             image_uuid = job.image_uuids[im.index]
-            if any(r["imageUUID"] == image_uuid for r in job.results):  # stored before its first worker died
+            stored = next((r for r in job.results if r["imageUUID"] == image_uuid), None)
+            if stored is not None:  # stored before its first worker died: announced again (the outbox drops the
+                self._emit(job, "output", stored)  # repeat, and sends it if that worker died before announcing it)
                 return
             self.results.put(
                 StoredObject(uuid=image_uuid, owner=job.owner, ext=ext, kind="result", expires_at=time.time() + ttl),
@@ -515,6 +547,8 @@ class Worker:
         again once they are back."""
         if error is not None and isinstance(error, backend_errors()):
             raise error
+        if self._lost.is_set():  # another worker took the job over: it records the end
+            return
         if error is None and self.jobs.store.cancel_requested(*job.key) and len(job.results) < len(job.image_uuids):
             error = Cancelled("cancelled")  # cancelled while sharing a pass with jobs that were not
         if error is None:
