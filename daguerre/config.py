@@ -151,6 +151,11 @@ class ServerSettings(BaseModel):
         3, ge=1, le=100,
         description="tries before a job that keeps stopping its worker goes to the dead-letter list and fails",
     )  # fmt: skip
+    route_wait_s: float = Field(
+        15, ge=0, le=3600,
+        description="model-aware routing: how long a job may wait for a live worker that has its model loaded "
+        "before a worker without it loads the model itself (0: any free worker takes any job)",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _s3_bucket(self):

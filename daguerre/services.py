@@ -263,7 +263,7 @@ def build_server(
     if worker:
         runner = Worker(engine=engine, jobs=jobs, results=results, default_ttl=server.default_ttl,
                         image_limits=settings.image_limits, on_event=deliver, max_deliveries=server.max_deliveries,
-                        name=worker_name)  # fmt: skip
+                        route_wait_s=server.route_wait_s, name=worker_name)  # fmt: skip
     return Services(settings=settings, engine=engine, catalog=catalog, store=store, jobs=jobs, results=results,
                     keys=keys, characters=characters, secret=secret, signer=signer, outbound=outbound, sender=sender,
                     worker=runner, intake=intake, runware=runware, eachlabs=eachlabs, replicate=replicate,

@@ -528,5 +528,19 @@ def test_metrics_count_the_queue_jobs_images_and_workers(make_server):
         assert samples[("daguerre_workers", (("state", "ready"),))] == 1
         assert samples[("daguerre_queue_wait_seconds_count", (("model", "daguerre:tiny@1"), ("worker", worker)))] == 1
         assert samples[("daguerre_dead_letters", ())] == 0
+        assert samples[("daguerre_deliveries_pending", ())] == 0
         busy = [v for (name, _), v in samples.items() if name == "daguerre_busy_seconds_total"]
         assert busy and busy[0] > 0
+
+
+def test_a_queued_task_reports_how_many_wait_before_it(make_server):
+    with make_server(api_keys=[KEY]) as s:
+        assert s.services.worker.stop(30)  # no worker: everything stays queued
+        tasks = [task(deliveryMethod="async", includeProgress=True) for _ in range(3)]
+        for t in tasks:
+            assert post(s, [t]).status_code == 200
+        positions = []
+        for t in tasks:
+            [item] = post(s, [{"taskType": "getResponse", "taskUUID": t["taskUUID"]}]).json()["data"]
+            positions.append((item["status"], item["queuePosition"]))
+        assert positions == [("processing", 0), ("processing", 1), ("processing", 2)]

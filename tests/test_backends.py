@@ -261,6 +261,37 @@ def test_store_counts_an_owners_unfinished_jobs(job_store):
     job_store.start(jobs[1])
     assert job_store.count_unfinished("k_1") == 2 and job_store.count_unfinished("k_2") == 1
     assert job_store.count_unfinished("k_3") == 0
+    job_store.request_cancel("k_2", jobs[3].task_uuid)
+    job_store.delete("k_1", jobs[2].task_uuid)
+    assert job_store.count_unfinished("k_1") == 1 and job_store.count_unfinished("k_2") == 0
+
+
+def test_store_counts_the_jobs_queued_before_one(job_store):
+    jobs = [_job(created=100.0 + i, owner=f"k_{i % 2}") for i in range(5)]
+    for j in jobs:
+        job_store.create(j)
+    assert [job_store.queued_before(j.created_at) for j in jobs] == [0, 1, 2, 3, 4]  # every owner's count
+    job_store.start(jobs[1])
+    job_store.request_cancel(jobs[2].owner, jobs[2].task_uuid)
+    assert job_store.queued_before(jobs[4].created_at) == 2
+    jobs[1].status = QUEUED  # a rider whose claim ended without running it goes back to the queue
+    job_store.update(jobs[1])
+    assert job_store.queued_before(jobs[4].created_at) == 3
+
+
+def test_a_redis_store_from_before_the_owner_index_builds_it_once(redis_server):
+    from daguerre.jobs.redis_store import RedisJobStore
+
+    prefix = f"test-{uuid.uuid4()}"
+    store = RedisJobStore(redis_server, prefix=prefix)
+    jobs = [_job(created=100.0 + i) for i in range(3)]
+    for j in jobs:
+        store.create(j)
+    store.start(jobs[0])
+    for key in redis_server.keys(f"{prefix}:unfinished:*"):  # as an older Daguerre left it
+        redis_server.delete(key)
+    again = RedisJobStore(redis_server, prefix=prefix)
+    assert again.count_unfinished("k_1") == 3 and again.queued_before(200.0) == 2
 
 
 def test_store_lists_an_owners_recent_jobs_newest_first_in_pages(job_store):
@@ -382,6 +413,7 @@ def test_a_buried_job_is_in_the_dead_letters_and_not_delivered_again(make_queue)
     q.bury(claim, "delivered 4 times")
     dead = q.dead()
     assert [(d["message"], d["reason"]) for d in dead] == [("poison", "delivered 4 times")]
+    assert q.dead_count() == 1
     time.sleep(1.1)
     assert q.claim(0.2) is None  # poison never comes back; its rider went with it (the worker re-queues it)
 

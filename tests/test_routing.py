@@ -1,5 +1,6 @@
-"""Model-aware routing: with two workers and two models, each job goes to the worker that has its model loaded,
-and neither worker loads the other's model (docs/deploy.md "Model-aware routing")."""
+"""Which worker runs a job: model-aware routing (with two workers and two models, each job goes to the worker that
+has its model loaded, and neither loads the other's: docs/deploy.md "Model-aware routing"), and a stalled worker
+that lost its claim leaving the job to the worker that took it over."""
 
 from __future__ import annotations
 
@@ -57,3 +58,47 @@ def test_two_workers_two_models_each_job_runs_where_its_model_is_loaded(settings
     for model, w in workers.items():
         assert [m.spec.id for m in w.engine.models.resident()] == [f"daguerre:{model}@1"]  # nothing else loaded
         assert w.done["success"] == sum(1 for m, _ in jobs if m == model)
+
+
+def test_a_worker_that_stalled_past_its_claim_stops_the_job_and_leaves_it_to_the_new_owner(make_server):
+    import httpx
+
+    from daguerre.errors import Cancelled
+    from daguerre.jobs.queue import SQLiteQueue
+    from tests.conftest import inference_task
+
+    with make_server(visibility_timeout_s=1) as s:
+        worker = s.services.worker
+        queue = worker.jobs.queue
+        real_extend, stalled = queue.extend, [True]
+        queue.extend = lambda claims: [] if stalled[0] else real_extend(claims)  # a freeze: no extension lands
+        stopped = []
+
+        def long_job(req, *, cancel, **kw):  # a job that runs until told to stop
+            for _ in range(400):
+                if cancel.cancelled:
+                    stopped.append(time.monotonic())
+                    raise Cancelled("stopped")
+                time.sleep(0.05)
+            raise AssertionError("the job was never stopped")
+
+        worker.engine.generate = long_job
+        t = inference_task(deliveryMethod="async")
+        assert httpx.post(f"{s.base}/v1", json=[t], timeout=30).status_code == 200
+        other = SQLiteQueue(s.services.settings.server.data_dir / "jobs.sqlite3", visibility_s=30)
+        taken = None
+        for _ in range(100):  # another worker takes the message over once the claim has run out
+            taken = other.claim(0.1)
+            if taken is not None:
+                break
+        assert taken is not None and taken.deliveries == 2
+        stalled[0] = False  # the stalled worker wakes up: its next extend finds the claim is not its own
+        for _ in range(100):
+            if stopped and not worker.busy.is_set():
+                break
+            time.sleep(0.05)
+        assert stopped and not worker.busy.is_set()
+        job = s.services.jobs.get("anonymous", t["taskUUID"])
+        assert job.status == "running" and job.results == []  # it recorded no end: the new owner will
+        assert other.extend([taken]) == []  # and did not acknowledge the message the new owner holds
+        other.ack(taken)

@@ -13,6 +13,8 @@ counters carry a `worker` label and restart from zero with the process; Promethe
     daguerre_busy_seconds_total{worker,device}  seconds spent running jobs (GPU or CPU seconds)
     daguerre_workers{state}                     live workers: ready | busy | draining
     daguerre_dead_letters                       jobs set aside in the dead-letter list
+    daguerre_deliveries_pending                 webhooks and uploads owed (in the outbox: not yet sent, or
+                                                waiting for their next retry)
 """
 
 from __future__ import annotations
@@ -83,11 +85,13 @@ def _collect(services):
     for state, n in counts.items():
         states.add_metric([state], n)
     dead = GaugeMetricFamily("daguerre_dead_letters", "jobs set aside in the dead-letter list")
-    dead.add_metric([], len(queue.dead(10_000)))
+    dead.add_metric([], queue.dead_count())
+    owed = GaugeMetricFamily("daguerre_deliveries_pending", "webhooks and uploads owed (not sent, or retrying)")
+    owed.add_metric([], len(services.sender.outbox))
 
     class Snapshot:
         def collect(self):
-            return [depth, oldest, jobs, waits, finished, images, busy, states, dead]
+            return [depth, oldest, jobs, waits, finished, images, busy, states, dead, owed]
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Snapshot())

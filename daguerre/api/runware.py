@@ -327,8 +327,7 @@ class Runware:
         """A pending image's progress: queuePosition while queued (0 = next), then step/total of the pass that
         runs it and, once it is running, the latest latent preview (a small PNG data URI)."""
         if job.status == QUEUED:
-            waiting = self.intake.jobs.store.unfinished()
-            return {"queuePosition": sum(1 for j in waiting if j.status == QUEUED and j.created_at < job.created_at)}
+            return {"queuePosition": self.intake.jobs.store.queued_before(job.created_at)}
         p = job.progress or {}
         if index not in p.get("images", []):
             return {"progress": {"step": 0, "total": p.get("total", 0)}}  # waiting for a later pass

@@ -84,6 +84,9 @@ class JobQueue(Protocol):
     def dead(self, limit: int = 100) -> list[dict]:
         """The dead-letter list, newest first: {message, reason, deliveries, at}."""
 
+    def dead_count(self) -> int:
+        """How many messages the dead-letter list holds (/metrics reads it each scrape)."""
+
     def __len__(self) -> int:
         """Jobs waiting (not counting the ones running)."""
 
@@ -226,6 +229,11 @@ class SQLiteQueue:
                 "SELECT message, reason, deliveries, at FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,)
             ).fetchall()
         return [{"message": m, "reason": r, "deliveries": d, "at": at} for m, r, d, at in rows]
+
+    def dead_count(self) -> int:
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+        return n
 
     def __len__(self) -> int:
         with self._lock:

@@ -169,6 +169,9 @@ class RedisStreamQueue:
                         "at": float(f["at"])})  # fmt: skip
         return out
 
+    def dead_count(self) -> int:
+        return self.r.xlen(f"{self.key}:dead")
+
     def __len__(self) -> int:
         pipe = self.r.pipeline(transaction=False)
         pipe.xlen(self.key)

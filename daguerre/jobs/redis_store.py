@@ -3,7 +3,8 @@
 One hash per job (`{prefix}:job:{owner}:{taskUUID}`) holds the same fields as the SQLite store's columns, so
 both read a job with the same code (store._job). Indexes: a sequence for the job numbers (`{prefix}:seq`),
 number -> job (`{prefix}:num:N`), each owner's jobs by number (a sorted set, for listings), the unfinished jobs
-by creation time (a sorted set, for start-up recovery), and the count per status (a hash). Every change that
+by creation time (a sorted set, for start-up recovery; one per owner, for the in-flight limit; the queued ones,
+for queue positions), and the count per status (a hash). Every change that
 moves a job between statuses is one Lua script, so the counts and indexes never disagree with the hashes and
 `start` is a compare-and-set: of two workers, one gets the job.
 """
@@ -17,8 +18,30 @@ from daguerre.jobs.store import _COLUMNS, RUNNING, Job, _job, _json, _payload, _
 
 _SEP = "\x00"
 
+# Every script that moves a job between statuses keeps the indexes with `move`: the count per status, the
+# unfinished set (all, and one per owner: the in-flight limit is one ZCARD) and the queued set (queuePosition is
+# one ZCOUNT), each scored by creation time. `u` is the unfinished set's key; the others are named after it.
+_MOVE = """
+local function move(u, counts, member, old, new, created)
+  if old == new then return end
+  local owner = string.sub(member, 1, string.find(member, '\\0', 1, true) - 1)
+  local mine, queued = u .. ':owner:' .. owner, u .. ':queued'
+  if old then redis.call('HINCRBY', counts, old, -1) end
+  if new then redis.call('HINCRBY', counts, new, 1) end
+  if new == 'queued' or new == 'running' then
+    redis.call('ZADD', u, created, member)
+    redis.call('ZADD', mine, created, member)
+  else
+    redis.call('ZREM', u, member)
+    redis.call('ZREM', mine, member)
+  end
+  if new == 'queued' then redis.call('ZADD', queued, created, member) else redis.call('ZREM', queued, member) end
+end
+"""
 # KEYS: job, seq, owner-index, unfinished, counts. ARGV: field/value pairs (no number), then the member and score.
-_CREATE = """
+_CREATE = (
+    _MOVE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local n = redis.call('INCR', KEYS[2])
 local member, created, status = ARGV[#ARGV - 1], ARGV[#ARGV], nil
@@ -28,13 +51,15 @@ for i = 1, #ARGV - 2, 2 do
 end
 redis.call('HSET', KEYS[1], 'number', n)
 redis.call('SET', KEYS[2] .. ':' .. n, member)
-redis.call('ZADD', KEYS[3], n, string.sub(member, string.find(member, '\\0') + 1))
-if status == 'queued' or status == 'running' then redis.call('ZADD', KEYS[4], created, member) end
-redis.call('HINCRBY', KEYS[5], status, 1)
+redis.call('ZADD', KEYS[3], n, string.sub(member, string.find(member, '\\0', 1, true) + 1))
+move(KEYS[4], KEYS[5], member, nil, status, created)
 return n
 """
+)
 # KEYS: job, unfinished, counts. ARGV: member, then field/value pairs (status among them when it changes).
-_SET = """
+_SET = (
+    _MOVE
+    + """
 local old = redis.call('HGET', KEYS[1], 'status')
 if not old then return 0 end
 local new = old
@@ -42,46 +67,61 @@ for i = 2, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   if ARGV[i] == 'status' then new = ARGV[i + 1] end
 end
-if new ~= old then
-  redis.call('HINCRBY', KEYS[3], old, -1)
-  redis.call('HINCRBY', KEYS[3], new, 1)
-  if new ~= 'queued' and new ~= 'running' then redis.call('ZREM', KEYS[2], ARGV[1]) end
-end
+move(KEYS[2], KEYS[3], ARGV[1], old, new, redis.call('HGET', KEYS[1], 'created_at'))
 return 1
 """
+)
 # KEYS: job, unfinished, counts. ARGV: member, now, again. Queued -> running (with again, running -> running too);
 # 0 if it is not queued any more.
-_START = """
+_START = (
+    _MOVE
+    + """
 local old = redis.call('HGET', KEYS[1], 'status')
 if old ~= 'queued' and not (ARGV[3] == '1' and old == 'running') then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'updated_at', ARGV[2])
-if old == 'queued' then
-  redis.call('HINCRBY', KEYS[3], 'queued', -1)
-  redis.call('HINCRBY', KEYS[3], 'running', 1)
-end
+move(KEYS[2], KEYS[3], ARGV[1], old, 'running', redis.call('HGET', KEYS[1], 'created_at'))
 return 1
 """
+)
 # KEYS: job, unfinished, counts. ARGV: member, now. Flags the job; a queued one is cancelled at once.
-_CANCEL = """
+_CANCEL = (
+    _MOVE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'cancel', '1', 'updated_at', ARGV[2])
 if redis.call('HGET', KEYS[1], 'status') == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'completed_at', ARGV[2])
-  redis.call('HINCRBY', KEYS[3], 'queued', -1)
-  redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
-  redis.call('ZREM', KEYS[2], ARGV[1])
+  move(KEYS[2], KEYS[3], ARGV[1], 'queued', 'cancelled', 0)
 end
 return 1
 """
+)
 # KEYS: job, seq, owner-index, unfinished, counts. ARGV: member, taskUUID.
-_DELETE = """
+_DELETE = (
+    _MOVE
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
 local n = redis.call('HGET', KEYS[1], 'number')
 redis.call('DEL', KEYS[1], KEYS[2] .. ':' .. n)
 redis.call('ZREM', KEYS[3], ARGV[2])
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('HINCRBY', KEYS[5], status, -1)
+move(KEYS[4], KEYS[5], ARGV[1], status, nil, 0)
+return 1
+"""
+)
+# KEYS: unfinished. A store from before the per-owner and queued sets: build them once from the unfinished set.
+_REINDEX = """
+if redis.call('SET', KEYS[1] .. ':indexed', '1', 'NX') == false then return 0 end
+local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #all, 2 do
+  local member, created = all[i], all[i + 1]
+  local sep = string.find(member, '\\0', 1, true)
+  local owner, task = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
+  redis.call('ZADD', KEYS[1] .. ':owner:' .. owner, created, member)
+  if redis.call('HGET', ARGV[1] .. ':job:' .. owner .. ':' .. task, 'status') == 'queued' then
+    redis.call('ZADD', KEYS[1] .. ':queued', created, member)
+  end
+end
 return 1
 """
 
@@ -92,6 +132,7 @@ class RedisJobStore:
         self._create, self._set = client.register_script(_CREATE), client.register_script(_SET)
         self._start, self._cancel = client.register_script(_START), client.register_script(_CANCEL)
         self._delete = client.register_script(_DELETE)
+        client.register_script(_REINDEX)(keys=[self._unfinished], args=[prefix])
 
     # ---- keys
     def _job_key(self, owner: str, task_uuid: str) -> str:
@@ -169,8 +210,10 @@ class RedisJobStore:
         return [j for j in jobs if j is not None]
 
     def count_unfinished(self, owner: str) -> int:
-        prefix = f"{owner}{_SEP}"
-        return sum(1 for m in self.r.zrange(self._unfinished, 0, -1) if _text(m).startswith(prefix))
+        return self.r.zcard(f"{self._unfinished}:owner:{owner}")
+
+    def queued_before(self, created_at: float) -> int:
+        return self.r.zcount(f"{self._unfinished}:queued", "-inf", f"({created_at!r}")
 
     def recent(self, owner: str, limit: int, before: int | None = None) -> list[Job]:
         top = f"({before}" if before is not None else "+inf"

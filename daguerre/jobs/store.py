@@ -101,6 +101,9 @@ class JobStore(Protocol):
     def count_unfinished(self, owner: str) -> int:
         """This owner's queued and running jobs (the per-key in-flight limit)."""
 
+    def queued_before(self, created_at: float) -> int:
+        """Jobs still queued that were created before `created_at` (a queued job's queuePosition)."""
+
     def recent(self, owner: str, limit: int, before: int | None = None) -> list[Job]:
         """This owner's newest jobs first, up to `limit`, numbered below `before` when given (listings)."""
 
@@ -248,6 +251,13 @@ class SQLiteJobStore:
         with self._lock:
             (n,) = self._db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE owner=? AND status IN (?, ?)", (owner, QUEUED, RUNNING)
+            ).fetchone()
+        return n
+
+    def queued_before(self, created_at: float) -> int:
+        with self._lock:
+            (n,) = self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status=? AND created_at<?", (QUEUED, created_at)
             ).fetchone()
         return n
 

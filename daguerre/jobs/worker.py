@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 LOOKAHEAD = 32  # waiting jobs examined for a shared forward pass
 LOG_EVERY = 0.5  # seconds between two `logs` events of a job (its log itself gains a line every step)
 EVENTS = ("start", "logs", "output", "completed")
-ROUTE_WAIT_S = 15.0  # how long a job may be left for a worker that has its model loaded (docs/deploy.md)
+ROUTE_WAIT_S = 15.0  # default of server.route_wait_s: how long a job may be left for a worker with its model loaded
 DEFER_S = 0.5  # a job left for another worker is claimable again after this
 OUTAGE_S = 300.0  # how long a worker holding a job waits for a lost store/queue before letting the claim lapse
 # on_event(job, event, result): result is the stored image's entry for `output`, else None.
@@ -91,6 +91,7 @@ class Worker:
         image_limits: ImageLimits | None = None,
         on_event: EventHook | None = None,
         max_deliveries: int = 3,
+        route_wait_s: float = ROUTE_WAIT_S,
         name: str | None = None,
     ):
         self.engine = engine
@@ -100,7 +101,7 @@ class Worker:
         self.image_limits = image_limits or ImageLimits()
         self.on_event = on_event  # delivery: (job, event, result) for start, logs, output and completed
         self.max_deliveries = max_deliveries
-        self.route_wait_s = ROUTE_WAIT_S
+        self.route_wait_s = route_wait_s
         self.parent: int | None = None  # serve's pid, when serve started this worker: drain if it goes
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
@@ -295,7 +296,7 @@ class Worker:
     def _leave_for_another(self, spec: JobSpec, claim: Claim) -> bool:
         """Model-aware routing. Leave the job to another live worker when that one can hold the model and this
         one cannot (always), or when that one has the model loaded and this one does not (for up to
-        ROUTE_WAIT_S after this worker first saw the job: then it loads the model and runs it rather than let
+        route_wait_s after this worker first saw the job: then it loads the model and runs it rather than let
         the job wait on a busy worker)."""
         model = spec.request.model
         manager = self.engine.models
