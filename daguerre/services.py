@@ -182,6 +182,7 @@ class Services:
     def close(self) -> None:
         """Stop sending and close the stores; called once when the server stops."""
         self.sender.stop()
+        self.sender.outbox.close()
         self.store.close()
 
 

@@ -171,7 +171,7 @@ def test_cluster_loses_nothing_and_makes_nothing_twice(tmp_path, tiny_folder):
 
         # 60 tasks from four clients through both nodes (and, later, one poison task).
         poison = {"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": "daguerre:tiny@1",
-                  "positivePrompt": f"{POISON} a cat", "width": 128, "height": 128, "steps": 6,
+                  "positivePrompt": f"{POISON} a cat", "width": 128, "height": 128, "steps": 3,
                   "deliveryMethod": "async"}  # fmt: skip
         promised: dict[str, list[str]] = {}
         done: dict[str, dict] = {}
@@ -181,7 +181,7 @@ def test_cluster_loses_nothing_and_makes_nothing_twice(tmp_path, tiny_folder):
             mine = []
             for i in range(TASKS // CLIENTS):
                 task = {"taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": "daguerre:tiny@1",
-                        "positivePrompt": f"client {c} photo {i}", "width": 128, "height": 128, "steps": 6,
+                        "positivePrompt": f"client {c} photo {i}", "width": 128, "height": 128, "steps": 3,
                         "numberResults": 1 + (i % 3 == 0), "deliveryMethod": "async",
                         "webhookURL": hooks.url}  # fmt: skip
                 url = urls[(c + i) % 2]

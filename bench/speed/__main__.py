@@ -26,7 +26,9 @@ the run's transient peak; other paths' models stay resident meanwhile), and fide
 relative error of the final latents and pixel PSNR. Throughput: images per minute with 1, 4 and 16
 txt2img tasks queued on the server's worker (profile exact), which runs compatible queued tasks in
 shared forward passes: once with max_batch 1 (one task per pass) and once with --max-batch (default 4
-on a GPU; on the CPU only 1 unless asked, since a CPU step is compute-bound already).
+on a GPU; on the CPU only 1 unless asked, since a CPU step is compute-bound already); and with --processes N
+(default 1), the largest queue through N `daguerre worker` processes, as `serve` runs them (bench/workers'
+code), against `exact` called directly: the worker thread's CPU penalty is measured away there.
 """
 
 from __future__ import annotations
@@ -126,6 +128,18 @@ def gpu_resident_bytes(modules) -> int:
     return total
 
 
+def _bench_workers():
+    """bench/workers' module (its worker-process throughput run), loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_workers", Path(__file__).parents[1] / "workers" / "__main__.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def worker_throughput(engine, model: str, n: int, *, size: int, steps: int, tmp: Path) -> float:
     """Images per minute for `n` txt2img tasks queued at once, through the server's worker (which runs
     compatible queued tasks in shared forward passes, up to the engine's max_batch images)."""
@@ -203,6 +217,8 @@ def main(argv=None) -> None:
                    help="add the offload modes (exact with offload model / group) as paths; CUDA only")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None,
                    help="throughput rows: compare max_batch 1 with this [4 on a GPU, 1 on the CPU]")  # fmt: skip
+    p.add_argument("--processes", type=int, default=1,
+                   help="throughput through this many worker processes (0 skips it; --smoke: 0) [1]")  # fmt: skip
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="force torch.compile on or off for the engine paths [default: CUDA only]")  # fmt: skip
     a = p.parse_args(argv)
@@ -338,6 +354,13 @@ def main(argv=None) -> None:
                 throughput[f"{n} queued, max_batch {max_batch}"] = worker_throughput(
                     engines["exact"], str(folder), n, size=size, steps=steps, tmp=Path(tmp)
                 )
+        processes = 0 if a.smoke else a.processes
+        if processes and queue:
+            workers = _bench_workers()
+            n = max(queue)
+            data = Path(tmp) / "processes"
+            seconds = workers.worker_processes(workers._settings(folder, data), processes, n, size, steps)
+            throughput[f"{n} queued, {processes} worker process{'es' if processes > 1 else ''}"] = 60 * n / seconds
 
     flops = flops_per_step(transformer.config, size, text_tokens) * steps
     peak, peak_how = device_peak(device)
@@ -391,8 +414,9 @@ def main(argv=None) -> None:
         ps = f"{r['psnr_db']:.1f}" if "psnr_db" in r else "-"
         speed = f"{r['s_per_image']:8.3f} {r['speedup']:7.2f}"
         print(f"{r['path']:18} {speed} {floor:>6} {gib:>6} {err:>8} {ps:>6}  {r['note']}")
+    direct = 60 / statistics.median(times["exact"])
     for what, ipm in throughput.items():
-        print(f"throughput, {what:>22}: {ipm:6.1f} images/min")
+        print(f"throughput, {what:>26}: {ipm:6.1f} images/min ({ipm / direct:.2f}x exact called directly)")
     for w in result["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {a.out}")

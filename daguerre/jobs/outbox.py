@@ -63,6 +63,9 @@ class Outbox(Protocol):
     def __len__(self) -> int:
         """Sends owed (tried or not; not the settled ones)."""
 
+    def close(self) -> None:
+        """Let go of the backend (the process is stopping)."""
+
 
 class SQLiteOutbox:
     """The embedded default: a table in the data folder's jobs.sqlite3, shared by the API process and its workers.
