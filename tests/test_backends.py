@@ -68,8 +68,8 @@ def make_queue(request, tmp_path):
 
         client = request.getfixturevalue("redis_server")
         key = f"test:{uuid.uuid4()}"  # each test its own stream; another handle on it is another consumer
-        return lambda cap=10, visibility_s=30.0: RedisStreamQueue(
-            client, key=key, maxsize=cap, consumer=str(uuid.uuid4()), visibility_s=visibility_s
+        return lambda cap=10, visibility_s=30.0: RedisStreamQueue(  # a server up long enough: no restart grace
+            client, key=key, maxsize=cap, consumer=str(uuid.uuid4()), visibility_s=visibility_s, restart_grace_s=0
         )
     return lambda cap=10, visibility_s=30.0: SQLiteQueue(tmp_path / "jobs.sqlite3", maxsize=cap,
                                                          visibility_s=visibility_s)  # fmt: skip
@@ -451,10 +451,50 @@ def test_extend_tells_a_stalled_worker_it_lost_its_claim_and_does_not_take_it_ba
     theirs = other.claim(0.5)
     assert theirs.message == "a" and theirs.deliveries == 2
     assert stalled.extend([mine]) == [mine]  # lost: another worker holds it now
+    assert not stalled.ack(mine) and not stalled.bury(mine, "late")  # nor can it settle the job it lost
     time.sleep(1.1)
     assert other.extend([theirs]) == []  # the stalled worker's extend did not take it back
-    other.ack(theirs)
+    assert stalled.dead_count() == 0
+    assert other.ack(theirs)
     assert stalled.extend([mine]) == [mine]  # acknowledged: gone
+
+
+def test_a_claim_handed_back_unrun_is_taken_back_by_the_worker_still_running_it(make_queue):
+    paused, other = make_queue(visibility_s=1), make_queue(visibility_s=1)
+    paused.push("a")
+    mine = paused.claim(0.1)
+    time.sleep(1.1)  # the worker paused past its timeout, but lives (it still lists the job as running)
+    theirs = other.claim(0.5)
+    assert theirs.deliveries == 2
+    other.defer(theirs, 0.5)  # so the other worker gives it back unrun, uncounted
+    assert paused.extend([mine]) == []  # and the paused worker's next extend takes it back
+    time.sleep(0.7)
+    assert other.claim(0.2) is None  # held again: not handed out after the pause
+    assert paused.ack(mine) and len(paused) == 0
+
+
+def test_a_redis_queue_takes_no_claim_over_just_after_the_server_started(redis_server):
+    from daguerre.jobs.redis_queue import RedisStreamQueue
+
+    key = f"test:{uuid.uuid4()}"
+    dead = RedisStreamQueue(redis_server, key=key, consumer="dead", visibility_s=1)
+    for m in ("a", "b"):
+        dead.push(m)
+    dead.claim(0.1)
+    left = dead.claim(0.1)
+    time.sleep(1.1)  # idle past the timeout, but as after a restart: the pending list counts the downtime
+    live = RedisStreamQueue(redis_server, key=key, consumer="live", visibility_s=1)
+    up = int(redis_server.info("server")["uptime_in_seconds"])
+    live.restart_grace_s = up + 1.5  # as if the server had started a moment ago
+    live.release(idle_s=0)  # no worker is live, it seems (their beats expired with the downtime): kept anyway
+    assert live.claim(0.1) is None  # its holder may be a live worker that has not reconnected yet
+    dead.defer(left, 0)  # given back unrun: handed out at once, grace or not
+    assert live.claim(0.2).message == "b"
+    while int(redis_server.info("server")["uptime_in_seconds"]) < up + 2:  # past the grace
+        time.sleep(0.1)
+    live._up_read = 0.0  # (read the uptime again now)
+    again = live.claim(0.5)
+    assert again is not None and again.message == "a" and again.deliveries == 2
 
 
 # ---- Outbox

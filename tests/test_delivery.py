@@ -346,3 +346,43 @@ def test_a_send_held_by_a_sender_that_died_is_sent_when_its_lease_runs_out(tmp_p
     finally:
         live.stop()
         rx.close()
+
+
+def test_a_send_whose_leases_all_ran_out_unanswered_is_given_up_not_tried_forever(tmp_path):
+    from daguerre.jobs.outbox import SQLiteOutbox
+
+    rx = Receiver([])
+    dead = SQLiteOutbox(tmp_path / "jobs.sqlite3")  # its senders kept dying mid-send (or it cannot be prepared)
+    item = {"kind": "webhook", "url": rx.url(), "body": "{}", "owner": "k_1", "task": "t-3", "headers": {}, "tries": 1}
+    dead.add("msg_cursed", item, lease_s=0.05)
+    time.sleep(0.1)
+    assert [lease.attempt for lease in dead.due(10, lease_s=0.05)] == [2]  # the one allowed extra lease, lost too
+    time.sleep(0.1)
+    live = _sender(tmp_path, retry_schedule=[])
+    try:
+        for _ in range(100):
+            if len(live.outbox) == 0:
+                break
+            time.sleep(0.05)
+        assert len(live.outbox) == 0 and live.sent["failed"] == 1 and rx.requests == []
+    finally:
+        live.stop()
+        rx.close()
+
+
+def test_a_sender_with_every_slot_busy_waits_for_one_instead_of_polling(tmp_path):
+    gate = threading.Event()
+    sender = _sender(tmp_path, retry_schedule=[], workers=1)
+    try:
+        polls = []
+        real_due = sender.outbox.due
+        sender.outbox.due = lambda *a, **kw: polls.append(1) or real_due(*a, **kw)
+        sender.outbound.request = lambda *a, **kw: gate.wait(10) and None  # a receiver that hangs
+        sender.webhook("http://127.0.0.1:9/hook", {}, owner="k_1", task_uuid="t-4")
+        time.sleep(0.2)
+        before = len(polls)
+        time.sleep(1.0)
+        assert len(polls) - before == 0  # no slot: the outbox is not read at all (it used to be, in a busy loop)
+    finally:
+        gate.set()
+        sender.stop()

@@ -102,3 +102,50 @@ def test_a_worker_that_stalled_past_its_claim_stops_the_job_and_leaves_it_to_the
         assert job.status == "running" and job.results == []  # it recorded no end: the new owner will
         assert other.extend([taken]) == []  # and did not acknowledge the message the new owner holds
         other.ack(taken)
+
+
+def test_a_job_delivered_again_while_its_worker_lives_goes_back_to_it_and_a_copy_is_dropped(
+    settings_factory, tiny_folder, tmp_path
+):
+    from daguerre.engine.plan import resolved
+    from daguerre.jobs import spec as specs
+    from daguerre.jobs.queue import SQLiteQueue
+    from daguerre.jobs.service import JobService
+    from daguerre.jobs.store import SQLiteJobStore
+    from daguerre.jobs.worker import Worker
+    from daguerre.request import GenerationRequest
+    from daguerre.services import build_engine
+    from daguerre.storage import LocalResultStore
+
+    path = tmp_path / "jobs.sqlite3"
+    settings = settings_factory(max_batch=1, models={"tiny": {"id": "daguerre:tiny@1",
+                                                              "path": str(tiny_folder.model_path)}})  # fmt: skip
+    engine = build_engine(settings)
+    jobs = JobService(store=SQLiteJobStore(path), queue=SQLiteQueue(path, visibility_s=1))
+    worker = Worker(engine=engine, jobs=jobs, results=LocalResultStore(tmp_path / "images"), default_ttl=600,
+                    name="this")  # fmt: skip
+    req = resolved(GenerationRequest(model="daguerre:tiny@1", positive_prompt="a quay", width=128, height=128,
+                                     steps=2), engine.models.catalog)  # fmt: skip
+    spec = specs.new("anonymous", str(uuid.uuid4()), req)
+    jobs.submit(spec)
+    paused = SQLiteQueue(path, visibility_s=1)  # the worker that runs it, and paused past its claim
+    theirs = paused.claim(0.5)
+    time.sleep(1.1)
+    again = jobs.queue.claim(0.5)
+    assert again.deliveries == 2
+    key = f"{spec.owner}/{spec.task_uuid}"
+    jobs.store.beat({"id": "paused", "ttl": 30, "running": [key], "claims": [theirs.id], "ready": True})
+    worker.handle(again)  # it lives and runs this very claim: handed back, not run here, not counted
+    assert worker.done == {"success": 0, "error": 0, "cancelled": 0}
+    assert paused.extend([theirs]) == [] and jobs.queue.claim(0.2) is None  # its next extend took it back
+
+    jobs.queue.push(again.message)  # a second message of the same job (a rider queued again beside its claim)
+    copy = SQLiteQueue(path, visibility_s=1).claim(0.5)
+    time.sleep(1.1)
+    paused.extend([theirs])
+    copy_again = jobs.queue.claim(0.5)
+    assert copy_again.id == copy.id and copy_again.deliveries == 2
+    worker.handle(copy_again)  # runs elsewhere under another claim: this copy is dropped
+    assert jobs.queue.dead_count() == 0 and len(jobs.queue) == 0
+    assert paused.extend([theirs]) == [] and jobs.queue.claim(0.2) is None  # the copy is gone for good
+    assert paused.ack(theirs)

@@ -18,6 +18,7 @@ image from the ResultStore when it is sent (the outbox holds its imageUUID, not 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often a sender looks for sends due (retries, and the ones a stopped process held)
 LEASE_S = 30.0  # a send's lease: three times the outbound client's total timeout
+ADD_OUTAGE_S = 60.0  # how long writing a send waits out a store that went away (a Redis restart)
 
 
 def derived_webhook_secret(server_secret: bytes, owner: str) -> str:
@@ -66,7 +68,7 @@ class DeliveryService:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="daguerre-delivery")
         self._cv = threading.Condition()
         self._busy = 0  # sends in the pool (queued or running)
-        self._queued: dict[str, Lease] = {}  # leases in the pool not started yet (given back at stop)
+        self._queued: dict[tuple[str, str], Lease] = {}  # (id, token) -> lease in the pool not started yet
         self._stop = False
         self._thread = threading.Thread(target=self._poll, name="daguerre-delivery-poller", daemon=True)
         self._thread.start()
@@ -89,9 +91,20 @@ class DeliveryService:
         self._add(send_id(owner, task_uuid, "upload", image_uuid, url), item)
 
     def _add(self, id: str, item: dict) -> None:
+        """Write a send to the outbox (waiting out a store outage: an unwritten send would be lost), leased to
+        this process when its pool has room."""
         with self._cv:
             free = not self._stop and self._busy < self.workers
-        lease = self.outbox.add(id, item, lease_s=self.lease_s if free else None)
+        give_up = time.monotonic() + ADD_OUTAGE_S
+        while True:
+            try:
+                lease = self.outbox.add(id, item, lease_s=self.lease_s if free else None)
+                break
+            except backend_errors() as e:
+                if time.monotonic() > give_up:
+                    raise
+                log.warning("cannot write a send to the delivery outbox (%s); trying again", e)
+                time.sleep(1.0)
         if lease is not None:
             self._submit(lease)
         else:
@@ -100,9 +113,16 @@ class DeliveryService:
 
     def _submit(self, lease: Lease) -> None:
         with self._cv:
-            self._busy += 1
-            self._queued[lease.id] = lease
-        self._pool.submit(self._run, lease)
+            stopped = self._stop
+            if not stopped:
+                self._busy += 1
+                self._queued[(lease.id, lease.token)] = lease
+        if stopped:  # leased as this sender stopped: due now, for the next sender
+            with contextlib.suppress(Exception):  # else its lease runs out by itself
+                self.outbox.retry(lease, time.time())
+            return
+        with contextlib.suppress(RuntimeError):  # the pool shut down since: `stop` gave this lease back
+            self._pool.submit(self._run, lease)
 
     def _poll(self) -> None:
         while True:
@@ -112,8 +132,8 @@ class DeliveryService:
                 free = self.workers - self._busy
             leases, wait = [], self.poll_s
             try:
-                leases = self.outbox.due(free, lease_s=self.lease_s)
-                if not leases:
+                leases = self.outbox.due(free, lease_s=self.lease_s) if free > 0 else []
+                if not leases and free > 0:
                     soonest = self.outbox.next_due()
                     if soonest is not None:
                         wait = min(wait, max(0.02, soonest - time.time()))
@@ -121,14 +141,14 @@ class DeliveryService:
                 log.warning("cannot read the delivery outbox (%s); trying again", e)
             for lease in leases:
                 self._submit(lease)
-            if len(leases) < free:
+            if free <= 0 or len(leases) < free:  # nothing more due, or no room: wait for a send or a slot
                 with self._cv:
                     if not self._stop:
                         self._cv.wait(wait)
 
     def _run(self, lease: Lease) -> None:
         with self._cv:
-            if self._queued.pop(lease.id, None) is None:  # given back at stop
+            if self._queued.pop((lease.id, lease.token), None) is None:  # given back at stop
                 return
         try:
             self._send(lease)
@@ -143,6 +163,13 @@ class DeliveryService:
         a = lease.item
         kind = a["kind"]
         headers = dict(a.get("headers") or {})
+        tries = min(int(a.get("tries", len(self.schedule) + 1)), len(self.schedule) + 1)
+        if lease.attempt > tries + 1:  # its leases ran out with no answer recorded (one more than its tries: the
+            self.sent["failed"] += 1  # last may have died with its process before sending)
+            log.warning("%s for task %s given up after %d leases with no answer recorded", kind, a["task"],
+                        lease.attempt - 1, extra={"taskUUID": a["task"]})  # fmt: skip
+            self._settle(lease, None)
+            return
         if kind == "webhook":
             from standardwebhooks.webhooks import Webhook
 
@@ -175,7 +202,6 @@ class DeliveryService:
             final = ok or (kind == "upload" and resp.status < 500)  # an upload's 3xx/4xx is final
         except OutboundError as e:
             outcome, ok, final = e.message, False, False
-        tries = min(int(a.get("tries", len(self.schedule) + 1)), len(self.schedule) + 1)
         if ok or final or lease.attempt >= tries:
             if not ok:
                 self.sent["failed"] += 1

@@ -61,25 +61,28 @@ class JobQueue(Protocol):
         acknowledging `with_` acknowledges them, and if its worker dies they come back with it, as its
         `riders`. Returns the ones claimed (another worker may have been first)."""
 
-    def ack(self, claim: Claim) -> None:
-        """The job is finished and its results are stored: forget the message (and its riders)."""
+    def ack(self, claim: Claim) -> bool:
+        """The job is finished and its results are stored: forget the message (and its riders). Only while this
+        delivery holds it: False (nothing forgotten) when its claim ran out and another worker took it over."""
 
     def extend(self, claims: list[Claim]) -> list[Claim]:
-        """Still running: these claims last another `visibility_s` from now. Returns the ones this worker does
-        not hold any more (its claim ran out and another worker took the message, or it was acknowledged):
-        their jobs are that worker's now, and this one stops running them."""
+        """Still running: these claims last another `visibility_s` from now; one given back unrun meanwhile
+        (`defer`, `release`) is taken back. Returns the ones this worker does not hold any more (its claim ran
+        out and another worker took the message, or it was acknowledged): their jobs are that worker's now, and
+        this one stops running them."""
 
     def defer(self, claim: Claim, seconds: float) -> None:
         """Give a claimed message back unrun: any worker may claim it again after `seconds`, and this delivery
-        does not count (model-aware routing: a worker with the job's model loaded should take it)."""
+        does not count (model-aware routing: a worker with the job's model loaded should take it; a live worker
+        still runs it, whose claim ran out while it paused: its next `extend` takes the message back)."""
 
     def release(self, idle_s: float) -> None:
         """Every claim not extended for `idle_s` seconds runs out now: called when no worker is live, so their
         workers are gone (a restart); a claim extended since belongs to a worker starting at the same time."""
 
-    def bury(self, claim: Claim, reason: str) -> None:
+    def bury(self, claim: Claim, reason: str) -> bool:
         """Move the message to the dead-letter list with `reason` (acknowledging it and forgetting its riders:
-        the worker queues those again)."""
+        the worker queues those again); False, like `ack`, when this delivery no longer holds it."""
 
     def dead(self, limit: int = 100) -> list[dict]:
         """The dead-letter list, newest first: {message, reason, deliveries, at}."""
@@ -180,9 +183,27 @@ class SQLiteQueue:
                     taken.append(Claim(message=message, id=str(row[0]), deliveries=row[1]))
         return taken
 
-    def ack(self, claim: Claim) -> None:
+    def ack(self, claim: Claim) -> bool:
         with self._lock:
-            self._db.execute("DELETE FROM queue WHERE id=? OR rider_of=?", (int(claim.id), int(claim.id)))
+            return self._settle(claim)
+
+    def _settle(self, claim: Claim, dead_reason: str | None = None) -> bool:
+        """Delete a claimed row and its riders if this delivery holds it (its token), keeping it as a dead letter
+        with `dead_reason`, in one transaction; the caller holds the lock."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self._db.execute("DELETE FROM queue WHERE id=? AND (token=? OR ?='')",
+                                   (int(claim.id), claim.token, claim.token))  # fmt: skip
+            if cur.rowcount:
+                self._db.execute("DELETE FROM queue WHERE rider_of=?", (int(claim.id),))
+                if dead_reason is not None:
+                    self._db.execute("INSERT INTO dead_letters (message, reason, deliveries, at) VALUES (?, ?, ?, ?)",
+                                     (claim.message, dead_reason, claim.deliveries, time.time()))  # fmt: skip
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return cur.rowcount > 0
 
     def extend(self, claims: list[Claim]) -> list[Claim]:
         lost = []
@@ -191,8 +212,9 @@ class SQLiteQueue:
             for c in claims:
                 if not c.token:  # a rider: it lasts as long as its claim
                     continue
-                cur = self._db.execute(
-                    "UPDATE queue SET deadline=? WHERE id=? AND token=?", (deadline, int(c.id), c.token)
+                cur = self._db.execute(  # a NULL token: given back unrun (`defer`), taken back here
+                    "UPDATE queue SET deadline=?, token=? WHERE id=? AND (token=? OR token IS NULL)",
+                    (deadline, c.token, int(c.id), c.token),
                 )
                 if cur.rowcount:
                     self._db.execute("UPDATE queue SET deadline=? WHERE rider_of=?", (deadline, int(c.id)))
@@ -202,26 +224,19 @@ class SQLiteQueue:
 
     def defer(self, claim: Claim, seconds: float) -> None:
         with self._lock:
-            self._db.execute("UPDATE queue SET deadline=?, deliveries=MAX(0, deliveries-1) WHERE id=?",
-                             (time.time() + seconds, int(claim.id)))  # fmt: skip
+            self._db.execute("UPDATE queue SET deadline=?, deliveries=MAX(0, deliveries-1), token=NULL WHERE id=?"
+                             " AND (token=? OR ?='')", (time.time() + seconds, int(claim.id), claim.token,
+                                                        claim.token))  # fmt: skip
 
     def release(self, idle_s: float) -> None:
         with self._lock:  # a claim's deadline is visibility_s after its last extension
             self._db.execute("UPDATE queue SET deadline=0 WHERE deadline IS NOT NULL AND deadline<?",
                              (time.time() + self.visibility_s - idle_s,))  # fmt: skip
 
-    def bury(self, claim: Claim, reason: str) -> None:
+    def bury(self, claim: Claim, reason: str) -> bool:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("INSERT INTO dead_letters (message, reason, deliveries, at) VALUES (?, ?, ?, ?)",
-                                 (claim.message, reason, claim.deliveries, time.time()))  # fmt: skip
-                # Its riders go with it from here; the worker queues them again (jobs/worker.py _requeue).
-                self._db.execute("DELETE FROM queue WHERE id=? OR rider_of=?", (int(claim.id), int(claim.id)))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            # Its riders go with it from here; the worker queues them again (jobs/worker.py _requeue).
+            return self._settle(claim, reason)
 
     def dead(self, limit: int = 100) -> list[dict]:
         with self._lock:

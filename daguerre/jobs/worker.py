@@ -22,6 +22,7 @@ import dataclasses
 import io
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -44,7 +45,7 @@ LOOKAHEAD = 32  # waiting jobs examined for a shared forward pass
 LOG_EVERY = 0.5  # seconds between two `logs` events of a job (its log itself gains a line every step)
 EVENTS = ("start", "logs", "output", "completed")
 ROUTE_WAIT_S = 15.0  # default of server.route_wait_s: how long a job may be left for a worker with its model loaded
-DEFER_S = 0.5  # a job left for another worker is claimable again after this
+DEFER_S = 0.5  # a job left for another worker is claimable again after this (to twice this)
 OUTAGE_S = 300.0  # how long a worker holding a job waits for a lost store/queue before letting the claim lapse
 # on_event(job, event, result): result is the stored image's entry for `output`, else None.
 EventHook = Callable[[Job, str, dict | None], None]
@@ -117,6 +118,7 @@ class Worker:
         self._left: dict[str, float] = {}  # messages left for a worker with their model loaded -> first time
         self._claims: list[Claim] = []  # what the running job holds (the heartbeat extends them)
         self._lost = threading.Event()  # the running job's claim ran out and another worker took it over
+        self._claims_lock = threading.Lock()  # the heartbeat marks these claims lost, not the next job's
         self._running: list[str] = []  # "owner/taskUUID" of the jobs running now (told in each beat)
         self._taken: list[str] = []  # companions it took (owed again if it must run again)
         self._started: dict[tuple[str, str], float] = {}  # job key -> when it started (for the log)
@@ -190,17 +192,37 @@ class Worker:
                 log.warning("the serve process that started this worker is gone: draining")
                 self.drain()
             try:
-                claims = list(self._claims)
-                if claims and self.jobs.queue.extend(claims) and claims == self._claims:
-                    log.warning("this worker's claim on its job ran out (it stalled) and another worker has it "
-                                "now: stopping the job here, storing nothing more")  # fmt: skip
-                    self._lost.set()
+                claims = self._claims
+                if claims and self.jobs.queue.extend(claims):
+                    self._set_lost(claims)
             except Exception as e:  # noqa: BLE001 - a lost queue: keep trying (the claim may lapse)
                 log.warning("worker could not extend its claim: %s", e)
             try:
                 self._beat(ttl=every * 3)
             except Exception as e:  # noqa: BLE001 - a lost store: keep trying
                 log.warning("worker heartbeat failed: %s", e)
+
+    def _set_lost(self, claims: list[Claim]) -> None:
+        """These claims ran out and another worker took them over: if they are still the running job's, it stops
+        at its next step and stores nothing more."""
+        with self._claims_lock:
+            if claims is not self._claims or self._lost.is_set():
+                return
+            self._lost.set()
+        log.warning("this worker's claim on its job ran out (it stalled) and another worker has it now: stopping "
+                    "the job here, storing nothing more")  # fmt: skip
+
+    def _holding(self) -> bool:
+        """Whether this worker still holds the running job's claims, asked of the queue now: before an image or a
+        job's end is stored, so a worker that stalled past its timeout never stores over the one that took its
+        job over (the heartbeat alone would tell it up to a beat late)."""
+        claims = self._claims
+        if self._lost.is_set():
+            return False
+        if claims and self.jobs.queue.extend(claims):
+            self._set_lost(claims)
+            return False
+        return True
 
     def _every(self) -> float:
         """Seconds between heartbeats: a few per visibility timeout, at most 2 s (a beat lives 3 of these)."""
@@ -215,7 +237,7 @@ class Worker:
         return {"id": self.id, "ttl": ttl, "pid": os.getpid(), "host": socket.gethostname(),
                 "device": str(models.device), "budget": models.budget, "ready": self.ready, "busy": self.busy.is_set(),
                 "draining": self._stop.is_set(), "resident": [m.spec.id for m in models.resident()],
-                "running": list(self._running),
+                "running": list(self._running), "claims": [c.id for c in self._claims],
                 "done": dict(self.done), "images": self.images, "busy_seconds": round(self.busy_seconds, 3),
                 "waits": {m: [round(t, 3), n] for m, (t, n) in self.waits.items()},
                 "preload_errors": list(self.preload_errors), "at": time.time()}  # fmt: skip
@@ -237,8 +259,11 @@ class Worker:
             try:
                 self._handle_through_outages(claim)
             finally:
-                self._claims, self._running = [], []
-                self._lost.clear()
+                with self._claims_lock:
+                    self._claims, self._running = [], []
+                    self._lost.clear()
+                self._started.clear()
+                self._logged.clear()
                 self.busy_seconds += time.perf_counter() - t0
                 self.busy.clear()
 
@@ -275,23 +300,40 @@ class Worker:
             self._requeue(claim.riders)  # its riders may not have finished: they go back to the queue
             self.jobs.queue.ack(claim)
             return
+        if again and not self._holding():  # the store was away so long that another worker took the job over
+            return
+        if claim.deliveries > 1 and not again:
+            elsewhere = self._held_elsewhere(job, claim)
+            if elsewhere == "claim":  # its worker lives (a pause, a queue outage): handed back to it, uncounted
+                log.info("task %s still runs on the worker whose claim ran out; given back to it", job.task_uuid,
+                         extra={"taskUUID": job.task_uuid})  # fmt: skip
+                self.jobs.queue.defer(claim, DEFER_S)
+                return
+            if elsewhere == "copy":  # a second message of a job that runs elsewhere: dropped
+                log.info("task %s runs on another worker; this copy of its message is dropped", job.task_uuid,
+                         extra={"taskUUID": job.task_uuid})  # fmt: skip
+                self._requeue(claim.riders)
+                self.jobs.queue.ack(claim)
+                return
         if claim.deliveries > self.max_deliveries:
             self._bury(claim, job)
             return
         if not again and not claim.riders and self._leave_for_another(spec, claim):
-            self.jobs.queue.defer(claim, DEFER_S)
+            # A random pause: a fixed one is a whole number of this worker's polls, so it would win its own
+            # deferred job back every time (two workers each deferring the other's job never got out of it).
+            self.jobs.queue.defer(claim, DEFER_S * random.uniform(1.0, 2.0))
             return
-        self._claims, self._taken = [claim], []
         if claim.deliveries > 1 and not again:
             log.warning("task %s delivered again (try %d of %d): its worker stopped", job.task_uuid,
                         claim.deliveries, self.max_deliveries, extra={"taskUUID": job.task_uuid})  # fmt: skip
+        # Extended by the heartbeat from here (not before: a claim given back above must stay given back).
+        with self._claims_lock:
+            self._claims, self._taken = [claim], []
         self.run(job, spec, claim, again=again)
-        if self._lost.is_set():  # the worker that took it over acknowledges it
+        if self._lost.is_set() or not self.jobs.queue.ack(claim):  # the worker that took it over acknowledges it
             log.warning(
                 "task %s left to the worker that took it over", job.task_uuid, extra={"taskUUID": job.task_uuid}
             )
-            return
-        self.jobs.queue.ack(claim)
 
     def _leave_for_another(self, spec: JobSpec, claim: Claim) -> bool:
         """Model-aware routing. Leave the job to another live worker when that one can hold the model and this
@@ -333,6 +375,9 @@ class Worker:
         """A message that stopped its worker too many times: dead letter, and its task fails saying why."""
         reason = (f"delivered {claim.deliveries} times; each worker that took it stopped before finishing "
                   f"(a crash, or the machine ran out of memory)")  # fmt: skip
+        self._requeue(claim.riders)  # they were never the trouble (queued before the claim goes: never lost)
+        if not self.jobs.queue.bury(claim, reason):  # another worker took it over meanwhile: its call
+            return
         log.error("task %s set aside in the dead-letter list: %s", job.task_uuid, reason,
                   extra={"taskUUID": job.task_uuid})  # fmt: skip
         job.status = ERROR
@@ -340,8 +385,6 @@ class Worker:
                    "set aside, not retried; try a smaller size or fewer images")  # fmt: skip
         job.error = {"code": "taskCrashedWorker", "parameter": None, "message": message}
         self.jobs.changed(job)
-        self._requeue(claim.riders)  # they were never the trouble
-        self.jobs.queue.bury(claim, reason)
         self.done["error"] += 1
         self._emit(job, "completed", None)
 
@@ -398,8 +441,6 @@ class Worker:
             log.error("DAGUERRE_FAULT_CRASH_PROMPT: stopping this worker on task %s", job.task_uuid)
             os._exit(86)
         job.error = None  # results stay: images stored before a crash are not made twice
-        if again and self._run_elsewhere(job):
-            return False
         if not self.jobs.store.start(job, again=again):
             return False
         self._running.append(f"{job.owner}/{job.task_uuid}")
@@ -417,15 +458,16 @@ class Worker:
         self._emit(job, "start", None)
         return True
 
-    def _run_elsewhere(self, job: Job) -> bool:
-        """A job to run again is still running on another live worker (its message came twice: a resent task
-        is queued again, and a copy that was redelivered must not restart it there)."""
+    def _held_elsewhere(self, job: Job, claim: Claim) -> str | None:
+        """Whether a job delivered again still runs on another live worker (the `running` and `claims` of its
+        beats): "claim" under this very claim (its claim ran out while it lived: it paused, or the queue was
+        away), "copy" under another message of the same job (a rider queued again beside its old claim); None
+        when it runs nowhere (its worker died)."""
         key = f"{job.owner}/{job.task_uuid}"
-        if any(key in w.get("running", []) for w in self.jobs.store.workers() if w["id"] != self.id):
-            log.info("task %s runs on another worker; this copy of its message is dropped", job.task_uuid,
-                     extra={"taskUUID": job.task_uuid})  # fmt: skip
-            return True
-        return False
+        for w in self.jobs.store.workers():
+            if w["id"] != self.id and key in w.get("running", []):
+                return "claim" if claim.id and claim.id in w.get("claims", []) else "copy"
+        return None
 
     def _companions(self, key: tuple, room: int, claim: Claim | None) -> list[tuple[Job, JobSpec, GenerationRequest]]:
         """Waiting jobs with this batch key, up to `room` more images, claimed from the queue (oldest first)."""
@@ -495,7 +537,7 @@ class Worker:
         ext = EXTENSION[output.format]
 
         def on_image(im: GeneratedImage) -> None:
-            if self._lost.is_set() or self.jobs.store.cancel_requested(*job.key):  # taken over, or one job of a
+            if not self._holding() or self.jobs.store.cancel_requested(*job.key):  # taken over, or one job of a
                 return  # shared pass was cancelled: keep none
             image_uuid = job.image_uuids[im.index]
             stored = next((r for r in job.results if r["imageUUID"] == image_uuid), None)
@@ -548,7 +590,7 @@ class Worker:
         again once they are back."""
         if error is not None and isinstance(error, backend_errors()):
             raise error
-        if self._lost.is_set():  # another worker took the job over: it records the end
+        if not self._holding():  # another worker took the job over: it records the end
             return
         if error is None and self.jobs.store.cancel_requested(*job.key) and len(job.results) < len(job.image_uuids):
             error = Cancelled("cancelled")  # cancelled while sharing a pass with jobs that were not
