@@ -95,16 +95,8 @@ class DeliveryService:
         this process when its pool has room."""
         with self._cv:
             free = not self._stop and self._busy < self.workers
-        give_up = time.monotonic() + ADD_OUTAGE_S
-        while True:
-            try:
-                lease = self.outbox.add(id, item, lease_s=self.lease_s if free else None)
-                break
-            except backend_errors() as e:
-                if time.monotonic() > give_up:
-                    raise
-                log.warning("cannot write a send to the delivery outbox (%s); trying again", e)
-                time.sleep(1.0)
+        lease = _through_outages(lambda: self.outbox.add(id, item, lease_s=self.lease_s if free else None),
+                                 ADD_OUTAGE_S, pause=1.0, doing="write a send to")  # fmt: skip
         if lease is not None:
             self._submit(lease)
         else:
@@ -217,18 +209,8 @@ class DeliveryService:
     def _settle(self, lease: Lease, retry_at: float | None) -> None:
         """Mark a tried send done (`retry_at` None) or due again; if the store is away (a Redis restart), keep
         asking while the lease lasts, so a send the receiver has answered is not sent again."""
-        give_up = time.monotonic() + self.lease_s / 2
-        while True:
-            try:
-                if retry_at is None:
-                    self.outbox.done(lease)
-                else:
-                    self.outbox.retry(lease, retry_at)
-                return
-            except backend_errors():
-                if time.monotonic() > give_up:
-                    raise
-                time.sleep(0.5)
+        settle = (lambda: self.outbox.done(lease)) if retry_at is None else (lambda: self.outbox.retry(lease, retry_at))
+        _through_outages(settle, self.lease_s / 2, pause=0.5, doing="settle a send in")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop taking sends; sends not started go back to the outbox (due now, for the next sender), running
@@ -248,6 +230,19 @@ class DeliveryService:
         with self._cv:
             while self._busy > 0 and time.monotonic() < end:
                 self._cv.wait(max(0.01, end - time.monotonic()))
+
+
+def _through_outages(call: Callable, seconds: float, *, pause: float, doing: str):
+    """call(), asked again every `pause` seconds while the store is away (a Redis restart), for up to `seconds`."""
+    give_up = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except backend_errors() as e:
+            if time.monotonic() > give_up:
+                raise
+            log.warning("cannot %s the delivery outbox (%s); trying again", doing, e)
+            time.sleep(pause)
 
 
 # A protocol adapter's webhook body for a job event (worker.EVENTS: start, logs, output with the stored

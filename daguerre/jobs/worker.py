@@ -192,9 +192,7 @@ class Worker:
                 log.warning("the serve process that started this worker is gone: draining")
                 self.drain()
             try:
-                claims = self._claims
-                if claims and self.jobs.queue.extend(claims):
-                    self._set_lost(claims)
+                self._holding()
             except Exception as e:  # noqa: BLE001 - a lost queue: keep trying (the claim may lapse)
                 log.warning("worker could not extend its claim: %s", e)
             try:
