@@ -104,9 +104,8 @@ def test_a_worker_that_stalled_past_its_claim_stops_the_job_and_leaves_it_to_the
         other.ack(taken)
 
 
-def test_a_job_delivered_again_while_its_worker_lives_goes_back_to_it_and_a_copy_is_dropped(
-    settings_factory, tiny_folder, tmp_path
-):
+def _one_worker(settings_factory, tiny_folder, tmp_path, **worker):
+    """A worker (not started) on a SQLite queue with a 1 s visibility timeout, and new_spec(prompt) -> a JobSpec."""
     from daguerre.engine.plan import resolved
     from daguerre.jobs import spec as specs
     from daguerre.jobs.queue import SQLiteQueue
@@ -118,15 +117,28 @@ def test_a_job_delivered_again_while_its_worker_lives_goes_back_to_it_and_a_copy
     from daguerre.storage import LocalResultStore
 
     path = tmp_path / "jobs.sqlite3"
-    settings = settings_factory(max_batch=1, models={"tiny": {"id": "daguerre:tiny@1",
+    settings = settings_factory(max_batch=2, models={"tiny": {"id": "daguerre:tiny@1",
                                                               "path": str(tiny_folder.model_path)}})  # fmt: skip
     engine = build_engine(settings)
     jobs = JobService(store=SQLiteJobStore(path), queue=SQLiteQueue(path, visibility_s=1))
-    worker = Worker(engine=engine, jobs=jobs, results=LocalResultStore(tmp_path / "images"), default_ttl=600,
-                    name="this")  # fmt: skip
-    req = resolved(GenerationRequest(model="daguerre:tiny@1", positive_prompt="a quay", width=128, height=128,
-                                     steps=2), engine.models.catalog)  # fmt: skip
-    spec = specs.new("anonymous", str(uuid.uuid4()), req)
+    w = Worker(engine=engine, jobs=jobs, results=LocalResultStore(tmp_path / "images"), default_ttl=600,
+               name="this", **worker)  # fmt: skip
+
+    def new_spec(prompt: str):
+        req = resolved(GenerationRequest(model="daguerre:tiny@1", positive_prompt=prompt, width=128, height=128,
+                                         steps=2), engine.models.catalog)  # fmt: skip
+        return specs.new("anonymous", str(uuid.uuid4()), req)
+
+    return w, jobs, path, new_spec
+
+
+def test_a_job_delivered_again_while_its_worker_lives_goes_back_to_it_and_a_copy_is_dropped(
+    settings_factory, tiny_folder, tmp_path
+):
+    from daguerre.jobs.queue import SQLiteQueue
+
+    worker, jobs, path, new_spec = _one_worker(settings_factory, tiny_folder, tmp_path)
+    spec = new_spec("a quay")
     jobs.submit(spec)
     paused = SQLiteQueue(path, visibility_s=1)  # the worker that runs it, and paused past its claim
     theirs = paused.claim(0.5)
@@ -149,3 +161,49 @@ def test_a_job_delivered_again_while_its_worker_lives_goes_back_to_it_and_a_copy
     assert jobs.queue.dead_count() == 0 and len(jobs.queue) == 0
     assert paused.extend([theirs]) == [] and jobs.queue.claim(0.2) is None  # the copy is gone for good
     assert paused.ack(theirs)
+
+
+def test_a_job_in_a_shared_pass_that_crashed_runs_alone_and_that_try_counts(settings_factory, tiny_folder, tmp_path):
+    """A poison job that rides with other jobs' claims must still end in the dead letters after max_deliveries."""
+    import dataclasses
+
+    from daguerre.jobs.queue import SQLiteQueue
+    from daguerre.jobs.spec import from_json, to_json
+
+    worker, jobs, path, new_spec = _one_worker(settings_factory, tiny_folder, tmp_path, max_deliveries=2)
+    host, rider = new_spec("a quay"), new_spec("a quay at dusk")
+    jobs.submit(host)
+    jobs.submit(rider)
+    crashed = SQLiteQueue(path, visibility_s=1)  # a worker that took both into one pass, and died in it
+    held = crashed.claim(0.5)
+    assert [c.message for c in crashed.take(crashed.waiting(5), held)] != []
+    time.sleep(1.1)
+    again = jobs.queue.claim(0.5)
+    assert again.deliveries == 2 and len(again.riders) == 1
+    worker.handle(again)  # the host runs alone; the rider is queued again on its own, its crashed try counted
+    assert jobs.get(*host.key).status == "success"
+    [queued] = jobs.queue.waiting(5)
+    assert from_json(queued).key == rider.key and from_json(queued).crashes == 1
+    other = new_spec("a quay at noon")
+    jobs.submit(other)
+    claim = jobs.queue.claim(0.5)
+    assert from_json(claim.message).key == rider.key
+    worker.handle(claim)  # it shares no pass any more: the job behind it waits for its own turn
+    assert jobs.get(*rider.key).status == "success" and jobs.get(*other.key).status == "queued"
+
+    assert jobs.queue.ack(jobs.queue.claim(0.5))  # (done with it)
+
+    # A rider queued again after its crashed pass that then crashes on its own: its tries add up, set aside.
+    poison = new_spec("a quay, poison")
+    jobs.submit(poison)
+    dropped = crashed.claim(0.5)
+    assert crashed.ack(dropped)  # stands for the rider's old message, gone with its claim
+    jobs.queue.push(to_json(dataclasses.replace(poison, crashes=1)))  # as `_requeue` after the crashed pass
+    crashed.claim(0.5)  # tried on its own, and it stops that worker too
+    time.sleep(1.1)
+    last = jobs.queue.claim(0.5)
+    assert last.deliveries == 2
+    worker.handle(last)  # one crashed pass + two deliveries = 3 tries > max_deliveries 2
+    job = jobs.get(*poison.key)
+    assert job.status == "error" and job.error["code"] == "taskCrashedWorker"
+    assert [d["reason"].split(";")[0] for d in jobs.queue.dead()] == ["delivered 3 times"]

@@ -68,6 +68,9 @@ class JobSpec:
     image_uuids: tuple[str, ...] = ()  # pre-allocated imageUUIDs of the results, one per image
     delivery: DeliverySpec = field(default_factory=DeliverySpec)
     task_type: str = "imageInference"  # the task type as the client named it (for reply items)
+    # Shared passes with this job in them that stopped their worker (it rode with another job's claim, and was
+    # queued again on its own): counted with its own deliveries, and it shares no pass any more.
+    crashes: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -165,6 +168,7 @@ def to_json(spec: JobSpec) -> str:
         "images": spec.images,
         "image_uuids": list(spec.image_uuids),
         "delivery": asdict(spec.delivery),
+        "crashes": spec.crashes,
     }
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
@@ -204,4 +208,5 @@ def from_json(text: str | dict) -> JobSpec:
         image_uuids=tuple(data.get("image_uuids", ())),
         delivery=delivery,
         task_type=data.get("task_type", "imageInference"),
+        crashes=int(data.get("crashes", 0)),
     )

@@ -35,7 +35,7 @@ from daguerre.errors import Cancelled, DaguerreError, ImageInputError
 from daguerre.imaging import EXTENSION, decode
 from daguerre.jobs.queue import Claim
 from daguerre.jobs.service import JobService
-from daguerre.jobs.spec import JobSpec, from_json, hydrate
+from daguerre.jobs.spec import JobSpec, from_json, hydrate, to_json
 from daguerre.jobs.store import CANCELLED, ERROR, LOG_LINES, QUEUED, SUCCESS, Job, backend_errors
 from daguerre.request import GenerationRequest
 from daguerre.storage import ResultStore, StoredObject
@@ -313,8 +313,8 @@ class Worker:
                 self._requeue(claim.riders)
                 self.jobs.queue.ack(claim)
                 return
-        if claim.deliveries > self.max_deliveries:
-            self._bury(claim, job)
+        if claim.deliveries + spec.crashes > self.max_deliveries:
+            self._bury(claim, job, claim.deliveries + spec.crashes)
             return
         if not again and not claim.riders and self._leave_for_another(spec, claim):
             # A random pause: a fixed one is a whole number of this worker's polls, so it would win its own
@@ -359,27 +359,33 @@ class Worker:
                 del self._left[key]
         return now - first < self.route_wait_s
 
-    def _requeue(self, messages: tuple[str, ...]) -> None:
-        """Riders whose claim ends without running them: queued again (their stored images stay)."""
+    def _requeue(self, messages: tuple[str, ...], *, crashed: bool = False) -> None:
+        """Riders whose claim ends without running them: queued again (their stored images stay). `crashed`: they
+        were in a pass that stopped its worker, which counts as one of their tries (a poison job riding with
+        others' claims would otherwise be queued afresh each time and never set aside)."""
         for message in messages:
             spec = from_json(message)
             job = self.jobs.get(*spec.key)
             if job is not None and not job.done:
                 job.status = QUEUED
                 self.jobs.changed(job)
+                if crashed:
+                    message = to_json(dataclasses.replace(spec, crashes=spec.crashes + 1))
                 self.jobs.queue.push(message, force=True)
 
-    def _bury(self, claim: Claim, job: Job) -> None:
-        """A message that stopped its worker too many times: dead letter, and its task fails saying why."""
-        reason = (f"delivered {claim.deliveries} times; each worker that took it stopped before finishing "
+    def _bury(self, claim: Claim, job: Job, tries: int) -> None:
+        """A job that stopped its worker too many times (`tries`: its deliveries and the shared passes with it that
+        crashed): dead letter, and its task fails saying why."""
+        reason = (f"delivered {tries} times; each worker that took it stopped before finishing "
                   f"(a crash, or the machine ran out of memory)")  # fmt: skip
-        self._requeue(claim.riders)  # they were never the trouble (queued before the claim goes: never lost)
+        # Its riders were in its last pass: that try counts (queued before the claim goes: never lost).
+        self._requeue(claim.riders, crashed=True)
         if not self.jobs.queue.bury(claim, reason):  # another worker took it over meanwhile: its call
             return
         log.error("task %s set aside in the dead-letter list: %s", job.task_uuid, reason,
                   extra={"taskUUID": job.task_uuid})  # fmt: skip
         job.status = ERROR
-        message = (f"this task stopped its worker {claim.deliveries - 1} times (a crash, or out of memory) and was "
+        message = (f"this task stopped its worker {tries - 1} times (a crash, or out of memory) and was "
                    "set aside, not retried; try a smaller size or fewer images")  # fmt: skip
         job.error = {"code": "taskCrashedWorker", "parameter": None, "message": message}
         self.jobs.changed(job)
@@ -389,6 +395,7 @@ class Worker:
     def run(self, job: Job, spec: JobSpec, claim: Claim | None = None, *, again: bool = False) -> None:
         """Run a claimed job to success or error, with any waiting jobs that can share its forward passes (or,
         on a redelivery, the ones that shared them before)."""
+        crashed = claim is not None and claim.deliveries > 1 and not again  # (not a store outage)
         again = again or (claim is not None and claim.deliveries > 1)
         req = self._start(job, spec, again=again)
         if req is None:
@@ -397,10 +404,11 @@ class Worker:
         if claim is not None and claim.riders:
             # A redelivery: its pass killed a worker, and any of its jobs may be why. Each goes back to the
             # queue to be tried on its own, so a poison job cannot take the others down with it.
-            self._requeue(claim.riders)
+            self._requeue(claim.riders, crashed=crashed)
         else:
-            # Jobs with input images, or whose client watches live previews, run alone.
-            key = self.engine.batch_key(req) if not spec.images and not spec.delivery.progress else None
+            # Jobs with input images, whose client watches live previews, or that were in a crashed pass run alone.
+            alone = spec.images or spec.delivery.progress or spec.crashes
+            key = self.engine.batch_key(req) if not alone else None
             if key is not None:
                 group += self._companions(key, room=self.engine.max_batch - req.number_results, claim=claim)
         if len(group) == 1:
@@ -474,7 +482,7 @@ class Worker:
             if room <= 0:
                 break
             spec = from_json(message)
-            if spec.images or spec.delivery.progress:  # input images or live previews: never share a pass
+            if spec.images or spec.delivery.progress or spec.crashes:  # input images, previews, a crash: alone
                 continue
             job = self.jobs.get(*spec.key)
             if job is None or job.done:
