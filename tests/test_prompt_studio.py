@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -45,7 +46,7 @@ def test_enhancer_keeps_user_text_first_and_only_fills_open_categories(prompt, s
         assert lib.get(preset_id).category not in user  # never a second lighting, lens, film...
     if non_photo_styles(prompt):
         assert e.text == prompt.strip() and not e.added  # a painting stays a painting
-    if e.added and any(w in prompt.lower() for w in ("red", "neon")):
+    if e.added and re.search(r"(?<![a-z0-9])(red|neon)(?![a-z])", prompt.lower()):  # a colour word (not "0red")
         assert "black and white" not in e.text[len(prompt.strip()) :]  # no monochrome over stated colour
     added_text = e.text[len(prompt.strip()) :]
     assert len([s for s in segments(added_text)]) == len(e.added) <= len(CATEGORIES)
